@@ -1,0 +1,142 @@
+"""TrainConfig: every training setting with its default and its allowed range, JSON round-trippable."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
+
+from dwf_core import defaults
+from dwf_core.errors import ConfigError
+from dwf_core.factorize import MAX_DEPTH
+
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one DWF training run; ``None`` means "use the measured default" (see defaults.py)."""
+
+    depth: int = defaults.DEFAULT_DEPTH
+    epochs: int = defaults.DEFAULT_EPOCHS
+    lam: float | None = None
+    lr: float | None = None
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = defaults.DEFAULT_MOMENTUM
+    nesterov: bool = False
+    batch_size: int = defaults.DEFAULT_BATCH_SIZE
+    weight_decay: float = 0.0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: float = 0.0
+    init: Literal["varmatch", "balanced"] = "varmatch"
+    varmatch_variant: Literal["published", "exact"] = "exact"
+    epsilon: float = 0.25
+    threshold: float | Literal["auto"] = "auto"
+    tolerance: float = defaults.DEFAULT_TOLERANCE
+    monitor_threshold: float = defaults.MONITOR_THRESHOLD
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    max_grad_norm: float | None = None
+    eval_batch_size: int = 1000
+    progress_every: int = 20
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolved(self) -> TrainConfig:
+        """A copy with defaults filled in and every value range-checked.
+
+        Raises:
+            ConfigError: naming the first invalid field.
+        """
+        cfg = replace(
+            self,
+            lam=defaults.default_lam(self.depth) if self.lam is None else self.lam,
+            lr=defaults.DEFAULT_LR.get(self.optimizer, 0.1) if self.lr is None else self.lr,
+        )
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Check ranges; raises ConfigError with ``param`` set to the field name."""
+
+        def need(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                raise ConfigError(f"{name} must be {rule}, got {getattr(self, name)!r}", param=name)
+
+        def finite(v: Any) -> bool:
+            return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+        need(
+            isinstance(self.depth, int) and 1 <= self.depth <= MAX_DEPTH,
+            "depth",
+            f"an integer in [1, {MAX_DEPTH}]",
+        )
+        need(
+            isinstance(self.epochs, int) and 1 <= self.epochs <= MAX_EPOCHS, "epochs", f"in [1, {MAX_EPOCHS}]"
+        )
+        need(self.lam is None or (finite(self.lam) and 0 <= self.lam <= 1), "lam", "in [0, 1]")
+        need(self.lr is None or (finite(self.lr) and 0 < self.lr <= 100), "lr", "in (0, 100]")
+        need(self.optimizer in ("sgd", "adam"), "optimizer", "'sgd' or 'adam'")
+        need(finite(self.momentum) and 0 <= self.momentum < 1, "momentum", "in [0, 1)")
+        need(
+            isinstance(self.batch_size, int) and 1 <= self.batch_size <= MAX_BATCH_SIZE,
+            "batch_size",
+            f"in [1, {MAX_BATCH_SIZE}]",
+        )
+        need(finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "≥ 0")
+        need(self.schedule in ("cosine", "constant"), "schedule", "'cosine' or 'constant'")
+        need(
+            finite(self.warmup_epochs) and 0 <= self.warmup_epochs <= self.epochs,
+            "warmup_epochs",
+            "in [0, epochs]",
+        )
+        need(self.init in ("varmatch", "balanced"), "init", "'varmatch' or 'balanced'")
+        need(self.varmatch_variant in ("published", "exact"), "varmatch_variant", "'published' or 'exact'")
+        need(finite(self.epsilon) and 0 < self.epsilon < 2, "epsilon", "in (0, 2)")
+        need(
+            self.threshold == "auto" or (finite(self.threshold) and self.threshold >= 0),
+            "threshold",
+            "'auto' or ≥ 0",
+        )
+        need(finite(self.tolerance) and 0 <= self.tolerance < 1, "tolerance", "in [0, 1)")
+        need(finite(self.monitor_threshold) and self.monitor_threshold >= 0, "monitor_threshold", "≥ 0")
+        need(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", "an integer in [0, 2^63)")
+        need(
+            self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+            "device",
+            "auto/cpu/cuda/mps",
+        )
+        need(
+            self.max_grad_norm is None or (finite(self.max_grad_norm) and self.max_grad_norm > 0),
+            "max_grad_norm",
+            "> 0",
+        )
+        need(
+            isinstance(self.eval_batch_size, int) and 1 <= self.eval_batch_size <= MAX_BATCH_SIZE,
+            "eval_batch_size",
+            f"in [1, {MAX_BATCH_SIZE}]",
+        )
+        need(isinstance(self.progress_every, int) and self.progress_every >= 1, "progress_every", "≥ 1")
+        for name in ("include", "exclude"):
+            value = getattr(self, name)
+            need(
+                value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value)),
+                name,
+                "a list of glob strings",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a dict, refusing unknown keys (a typo must not silently fall back to a default)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}", param=unknown[0])
+        return cls(**data)

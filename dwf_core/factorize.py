@@ -1,0 +1,254 @@
+"""Reparametrize chosen weights of any nn.Module as the elementwise product of D factors.
+
+Built on ``torch.nn.utils.parametrize``: each selected tensor ``module.weight`` becomes
+``module.parametrizations.weight.original0 … original{D-1}``, and reading ``module.weight`` returns
+ω1⊙…⊙ωD. Because the module class and forward are untouched, this works on any module, including graphs
+converted from ONNX, and ``collapse`` can later turn the model back into its original classes and keys.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from dwf_core.errors import ConfigError
+from dwf_core.init import (
+    TargetStd,
+    VarMatchVariant,
+    balanced_factors,
+    moments,
+    target_std,
+    varmatch_factors,
+)
+
+InitName = Literal["varmatch", "balanced"]
+MAX_DEPTH = 8
+DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class Product(nn.Module):
+    """The parametrization w = ω1⊙…⊙ωD; ``right_inverse`` gives the balanced split so assignment works."""
+
+    def __init__(self, depth: int, parameter_order: list[str] | None = None) -> None:
+        super().__init__()
+        self.depth = depth
+        # The owning module's parameter names in their original order, so unfactorizing can restore the
+        # exact state_dict key order (removing a parametrization appends the tensor at the end).
+        self.parameter_order = list(parameter_order or [])
+
+    def forward(self, *factors: torch.Tensor) -> torch.Tensor:
+        """Multiply the factors elementwise, left to right (collapse uses the very same order)."""
+        out = factors[0]
+        for factor in factors[1:]:
+            out = out * factor
+        return out
+
+    def right_inverse(self, weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Balanced factors of ``weight``; called by register_parametrization and on ``module.weight = w``."""
+        return balanced_factors(weight, self.depth)
+
+    def extra_repr(self) -> str:
+        """Show D in the module repr."""
+        return f"depth={self.depth}"
+
+
+@dataclass(frozen=True)
+class FactorizedTensor:
+    """One factorized weight: its name in the original state_dict, owning module and its factors."""
+
+    name: str
+    module: nn.Module
+    attr: str
+    depth: int
+
+    def factors(self) -> list[nn.Parameter]:
+        """The D factor parameters, in multiplication order."""
+        # right_inverse returns a tuple even for D = 1, so the factors are always original0…original{D-1}.
+        plist = self.module.parametrizations[self.attr]  # type: ignore[index]
+        return [getattr(plist, f"original{d}") for d in range(self.depth)]
+
+    def weight(self) -> torch.Tensor:
+        """The collapsed weight ω1⊙…⊙ωD (computed now, with gradient tracking as usual)."""
+        return getattr(self.module, self.attr)  # type: ignore[no-any-return]
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def select_parameters(
+    model: nn.Module, include: Sequence[str] | None = None, exclude: Sequence[str] | None = None
+) -> list[str]:
+    """Names of the parameters ``factorize`` would choose.
+
+    Default: the ``weight`` of every Linear and Conv1d/2d/3d (subclasses included). With ``include``, any
+    directly owned parameter whose full name matches one of the globs (``"*.weight"``, ``"head.*"``);
+    ``exclude`` globs then remove names.
+    """
+    chosen: list[str] = []
+    for mod_name, module in model.named_modules():
+        for attr, param in module.named_parameters(recurse=False):
+            if param is None:
+                continue
+            full = f"{mod_name}.{attr}" if mod_name else attr
+            if include:
+                selected = _matches(full, include)
+            else:
+                selected = attr == "weight" and isinstance(module, DEFAULT_LAYER_TYPES)
+            if selected and not (exclude and _matches(full, exclude)):
+                chosen.append(full)
+    return chosen
+
+
+def _resolve(model: nn.Module, full_name: str) -> tuple[nn.Module, str]:
+    mod_name, _, attr = full_name.rpartition(".")
+    return (model.get_submodule(mod_name) if mod_name else model), attr
+
+
+def _check_selection(model: nn.Module, names: list[str], include: Sequence[str] | None) -> None:
+    if not names:
+        what = f"include={list(include)}" if include else "the default (weights of Linear/Conv layers)"
+        raise ConfigError(f"no parameter matched {what}; nothing to factorize", param="include")
+    seen: dict[int, str] = {}
+    for full, param in model.named_parameters(remove_duplicate=False):
+        if full in names or id(param) in seen:
+            if id(param) in seen and (full in names or seen[id(param)] in names):
+                raise ConfigError(
+                    f"parameter {full!r} is shared with {seen[id(param)]!r} (tied weights); factorizing one "
+                    "copy would untie them — exclude both or neither",
+                    param="exclude",
+                )
+            seen.setdefault(id(param), full)
+    for name in names:
+        module, attr = _resolve(model, name)
+        param = getattr(module, attr)
+        if isinstance(param, nn.parameter.UninitializedParameter):
+            raise ConfigError(
+                f"{name!r} is a lazy, uninitialized parameter; run one forward pass first", param=name
+            )
+        if not param.dtype.is_floating_point:
+            raise ConfigError(
+                f"{name!r} has dtype {param.dtype}; only floating tensors can be factorized", param=name
+            )
+        if parametrize.is_parametrized(module, attr):
+            raise ConfigError(f"{name!r} is already parametrized; factorize a plain model", param=name)
+
+
+def factorize(
+    model: nn.Module,
+    depth: int = 3,
+    init: InitName = "varmatch",
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    *,
+    variant: VarMatchVariant = "exact",
+    epsilon: float = 0.25,
+    target: TargetStd = "kaiming",
+    seed: int | None = 0,
+) -> nn.Module:
+    """Replace each selected weight w of ``model`` (in place) by D factors with w = ω1⊙…⊙ωD.
+
+    Args:
+        model: any module; its classes, forward and non-selected parameters are untouched.
+        depth: D ≥ 1 (D = 1 is the dense model with the same code path: one "factor", L2 penalty).
+        init: "balanced" keeps the current weights (function preserved; use with pretrained weights);
+            "varmatch" draws fresh factors by the paper's VarMatch with absolute-value truncation.
+        include: parameter-name globs to factorize instead of the default Linear/Conv weights.
+        exclude: parameter-name globs removed from the selection.
+        variant: VarMatch reading, "published" or "exact" (variance matched after truncation).
+        epsilon: VarMatch lower truncation relative to σw.
+        target: which standard init's std the collapsed weights match ("kaiming" or "torch_default").
+        seed: seed of the VarMatch draws (None: torch's global RNG).
+
+    Returns:
+        The same ``model`` object, now parametrized.
+
+    Raises:
+        ConfigError: bad depth/init, empty selection, tied, lazy, non-float or already parametrized weights.
+            On error the model is left exactly as it was.
+    """
+    if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= MAX_DEPTH:
+        raise ConfigError(f"depth must be an integer in [1, {MAX_DEPTH}], got {depth!r}", param="depth")
+    if init not in ("varmatch", "balanced"):
+        raise ConfigError(f"init must be 'varmatch' or 'balanced', got {init!r}", param="init")
+    if any(parametrize.is_parametrized(m) for m in model.modules()):
+        raise ConfigError("model is already parametrized; factorize a plain model (or collapse it first)", param="model")
+    names = select_parameters(model, include, exclude)
+    _check_selection(model, names, include)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    done: list[tuple[nn.Module, str]] = []
+    try:
+        for name in names:
+            module, attr = _resolve(model, name)
+            weight = getattr(module, attr)
+            parametrize.register_parametrization(module, attr, Product(depth, list(module._parameters)))
+            done.append((module, attr))
+            if init == "varmatch":
+                fresh = varmatch_factors(
+                    weight.shape,
+                    depth,
+                    sigma_w=target_std(weight.shape, target),
+                    variant=variant,
+                    epsilon=epsilon,
+                    generator=generator,
+                    dtype=weight.dtype,
+                    device=weight.device,
+                )
+                plist = module.parametrizations[attr]  # type: ignore[index]
+                with torch.no_grad():
+                    for d, value in enumerate(fresh):
+                        getattr(plist, f"original{d}").copy_(value)
+    except Exception:
+        # Roll back so a failure never leaves a half-factorized model behind.
+        for module, attr in reversed(done):
+            unfactorize(module, attr)
+        raise
+    return model
+
+
+def unfactorize(module: nn.Module, attr: str) -> None:
+    """Replace the parametrization of ``module.attr`` by its current product, keeping the original key order."""
+    product = module.parametrizations[attr][0]  # type: ignore[index]
+    order = product.parameter_order if isinstance(product, Product) else []
+    parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+    if order and set(order) == set(module._parameters):
+        params = dict(module._parameters)
+        module._parameters.clear()
+        for key in order:
+            module._parameters[key] = params[key]
+
+
+def factorized_tensors(model: nn.Module) -> list[FactorizedTensor]:
+    """Every tensor of ``model`` parametrized by ``Product``, with its original state_dict name."""
+    found: list[FactorizedTensor] = []
+    for mod_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for attr, plist in module.parametrizations.items():  # type: ignore[operator]
+            if len(plist) == 1 and isinstance(plist[0], Product):
+                full = f"{mod_name}.{attr}" if mod_name else attr
+                found.append(FactorizedTensor(full, module, attr, plist[0].depth))
+    return found
+
+
+def is_factorized(model: nn.Module) -> bool:
+    """Whether any tensor of ``model`` is DWF-factorized."""
+    return bool(factorized_tensors(model))
+
+
+def factor_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """All factor parameters of ``model`` (each once)."""
+    for tensor in factorized_tensors(model):
+        yield from tensor.factors()
+
+
+def init_stats(model: nn.Module) -> dict[str, dict[str, float]]:
+    """Per factorized tensor: std and kurtosis of the collapsed weight (the paper's init diagnostic)."""
+    with torch.no_grad():
+        return {t.name: moments(t.weight()) for t in factorized_tensors(model)}

@@ -1,0 +1,389 @@
+"""The DWF trainer: factorize, optimise with the factor decay, evaluate and checkpoint every epoch.
+
+Data are in-memory tensors (a dataset split), shuffled by a dedicated seeded generator, so a run is
+deterministic on CPU and a resumed run repeats the uninterrupted one exactly: the checkpoint holds the
+factors, the optimizer state, the step count (the LR schedule is a pure function of it) and both RNG states.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dwf_core.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    optimizer_from_parts,
+    optimizer_to_parts,
+    save_checkpoint,
+)
+from dwf_core.config import TrainConfig
+from dwf_core.errors import DwfError, TrainingError
+from dwf_core.evaluate import Labeled, evaluate
+from dwf_core.factorize import factorize, init_stats, is_factorized
+from dwf_core.penalty import factor_penalty, misalignment, param_groups
+from dwf_core.report import sparsity_report
+from dwf_core.schedule import lr_at
+
+
+class TrainingCancelled(DwfError):
+    """Raised between two steps when ``should_stop`` says so; the last checkpoint stays valid."""
+
+    code = "cancelled"
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """What the progress callback receives: every ``progress_every`` steps ("step") and per epoch ("epoch")."""
+
+    kind: str
+    epoch: int
+    epochs: int
+    step: int
+    steps_per_epoch: int
+    global_step: int
+    total_steps: int
+    loss: float
+    lr: float
+    elapsed_s: float
+    metrics: dict[str, Any] | None = None
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of all training steps done."""
+        return self.global_step / self.total_steps if self.total_steps else 1.0
+
+
+@dataclass
+class TrainResult:
+    """A trained factorized model and what happened on the way."""
+
+    model: nn.Module
+    config: TrainConfig
+    history: list[dict[str, Any]]
+    init_stats: dict[str, dict[str, float]]
+    device: str
+    train_seconds: float
+    resumed_from_epoch: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    """ "auto" picks CUDA, then Apple MPS, then CPU; an explicit device must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(
+            "device 'cuda' requested but CUDA is not available", code="device_unavailable", param="device"
+        )
+    return device
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD or Adam with the DWF parameter groups (coupled decay 2λ/D on factors)."""
+    assert cfg.lam is not None and cfg.lr is not None
+    groups = param_groups(model, cfg.lam, other_weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.SGD(
+        groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+    )
+
+
+class Trainer:
+    """Train one model with DWF. ``fit()`` factorizes the model (unless it already is) and trains it.
+
+    Args:
+        model: the network; factorized in place per ``config`` if it is not yet.
+        train: training split (``x``, ``y`` tensors).
+        val: validation split, evaluated after every epoch (never the test split).
+        config: settings; ``None`` fields take the measured defaults.
+        checkpoint_dir: where a checkpoint is written after every epoch; if it already holds one, training
+            resumes from it.
+        on_progress: called with a ``ProgressEvent`` (steps, throttled, and epochs).
+        should_stop: polled before every step; when it returns True training raises ``TrainingCancelled``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train: Labeled,
+        val: Labeled,
+        config: TrainConfig | None = None,
+        *,
+        checkpoint_dir: str | Path | None = None,
+        on_progress: Callable[[ProgressEvent], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        self.config = (config or TrainConfig()).resolved()
+        self.model = model
+        self.train_data = train
+        self.val_data = val
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.on_progress = on_progress
+        self.should_stop = should_stop
+        self.history: list[dict[str, Any]] = []
+
+    # -- setup -----------------------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        if not is_factorized(self.model):
+            factorize(
+                self.model,
+                cfg.depth,
+                cfg.init,
+                cfg.include,
+                cfg.exclude,
+                variant=cfg.varmatch_variant,
+                epsilon=cfg.epsilon,
+                seed=cfg.seed,
+            )
+        self.init_stats = init_stats(self.model)
+        self.device = resolve_device(cfg.device)
+        self.model.to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg)
+        # A generator of its own keeps the shuffling order independent of anything else that draws numbers.
+        self.shuffle_rng = torch.Generator().manual_seed(cfg.seed + 1)
+        self.global_step = 0
+        self.start_epoch = 0
+        self.resumed_from: int | None = None
+        n = int(self.train_data.x.shape[0])
+        if n == 0:
+            raise TrainingError("the training split is empty", code="empty_dataset", param="dataset")
+        self.steps_per_epoch = math.ceil(n / cfg.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
+        self.autocast_dtype: torch.dtype | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+        if cfg.amp and self.device.type == "cuda":
+            if torch.cuda.is_bf16_supported():
+                self.autocast_dtype = torch.bfloat16
+            else:
+                self.autocast_dtype = torch.float16
+                self.scaler = torch.amp.GradScaler("cuda")
+        # Keep the training tensors on the accelerator when they fit comfortably: no per-batch copies.
+        x, y = self.train_data.x, self.train_data.y
+        if self.device.type != "cpu" and x.element_size() * x.numel() < 2 * 1024**3:
+            x, y = x.to(self.device), y.to(self.device)
+        self.x_train, self.y_train = x, y
+        if self.checkpoint_dir is not None:
+            self._maybe_resume()
+
+    def _maybe_resume(self) -> None:
+        assert self.checkpoint_dir is not None
+        ckpt = load_checkpoint(self.checkpoint_dir)
+        if ckpt is None:
+            return
+        state = ckpt.state
+        saved = TrainConfig.from_dict(state["config"])
+        if saved != self.config:
+            diff = [k for k, v in self.config.to_dict().items() if saved.to_dict().get(k) != v]
+            raise TrainingError(
+                f"checkpoint was made with different settings ({', '.join(diff)}); use a new "
+                "checkpoint directory or the same settings",
+                code="checkpoint_mismatch",
+                param=diff[0] if diff else None,
+            )
+        model_state = {k[len("model/") :]: v for k, v in ckpt.tensors.items() if k.startswith("model/")}
+        self.model.load_state_dict(model_state, strict=True)
+        self.model.to(self.device)
+        self.optimizer.load_state_dict(optimizer_from_parts(ckpt.tensors, state["optimizer"]))
+        torch.set_rng_state(ckpt.tensors["rng/torch"])
+        self.shuffle_rng.set_state(ckpt.tensors["rng/shuffle"])
+        if self.device.type == "cuda" and "rng/cuda" in ckpt.tensors:
+            torch.cuda.set_rng_state(ckpt.tensors["rng/cuda"], self.device)
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.global_step = int(state["global_step"])
+        self.start_epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.init_stats = state.get("init_stats", self.init_stats)
+        self.resumed_from = self.start_epoch
+
+    def _save(self, epoch: int) -> None:
+        assert self.checkpoint_dir is not None
+        opt_tensors, opt_meta = optimizer_to_parts(self.optimizer.state_dict())
+        tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update(opt_tensors)
+        tensors["rng/torch"] = torch.get_rng_state()
+        tensors["rng/shuffle"] = self.shuffle_rng.get_state()
+        if self.device.type == "cuda":
+            tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
+        state = {
+            "epoch": epoch,
+            "global_step": self.global_step,
+            "config": self.config.to_dict(),
+            "optimizer": opt_meta,
+            "history": self.history,
+            "init_stats": self.init_stats,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
+        save_checkpoint(self.checkpoint_dir, epoch, Checkpoint(tensors, state))
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor, lr: float) -> torch.Tensor:
+        cfg = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        ctx = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype
+            else nullcontext()
+        )
+        with ctx:
+            logits = self.model(xb)
+            loss = nn.functional.cross_entropy(logits.float(), yb)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"training loss became {float(loss.detach())} at step {self.global_step} (lr={lr:.4g}, λ={cfg.lam:.3g}); "
+                "lower the learning rate or λ, or check the data for extreme values",
+                code="non_finite_loss",
+                param="lr",
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if cfg.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        correct = (logits.detach().argmax(dim=1) == yb).sum()
+        return torch.stack([loss.detach().float() * yb.shape[0], correct.float()])
+
+    def _epoch_metrics(
+        self, epoch: int, sums: torch.Tensor, seen: int, lr: float, seconds: float
+    ) -> dict[str, Any]:
+        cfg = self.config
+        assert cfg.lam is not None
+        val_loss, val_acc = evaluate(
+            self.model, self.val_data, batch_size=cfg.eval_batch_size, device=self.device
+        )
+        monitored = sparsity_report(self.model, threshold=cfg.monitor_threshold)
+        exact = sparsity_report(self.model, threshold=0.0)
+        return {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": float(sums[0]) / max(seen, 1),
+            "train_accuracy": float(sums[1]) / max(seen, 1),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "monitor_threshold": cfg.monitor_threshold,
+            "sparsity": monitored.sparsity,
+            "compression_ratio": monitored.compression_ratio,
+            "nnz": monitored.nnz,
+            "exact_zero_sparsity": exact.sparsity,
+            "factor_penalty": float(factor_penalty(self.model, cfg.lam)),
+            "misalignment": misalignment(self.model),
+            "epoch_seconds": seconds,
+        }
+
+    def _emit(
+        self,
+        kind: str,
+        epoch: int,
+        step: int,
+        loss: float,
+        lr: float,
+        t0: float,
+        metrics: dict[str, Any] | None = None,
+    ) -> None:
+        if self.on_progress is not None:
+            self.on_progress(
+                ProgressEvent(
+                    kind,
+                    epoch,
+                    self.config.epochs,
+                    step,
+                    self.steps_per_epoch,
+                    self.global_step,
+                    self.total_steps,
+                    loss,
+                    lr,
+                    time.monotonic() - t0,
+                    metrics,
+                )
+            )
+
+    def fit(self) -> TrainResult:
+        """Run (or resume) training for ``config.epochs`` epochs and return the factorized model.
+
+        Raises:
+            TrainingError: non-finite loss, a checkpoint made with other settings, an unavailable device.
+            TrainingCancelled: when ``should_stop`` returned True.
+            ConfigError: invalid settings.
+        """
+        self._prepare()
+        cfg = self.config
+        assert cfg.lr is not None
+        t0 = time.monotonic()
+        n = int(self.x_train.shape[0])
+        lr = lr_at(
+            self.global_step, self.total_steps, cfg.lr, schedule=cfg.schedule, warmup_steps=self.warmup_steps
+        )
+        for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
+            self.model.train()
+            epoch_start = time.monotonic()
+            order = torch.randperm(n, generator=self.shuffle_rng)
+            sums = torch.zeros(2, device=self.device)
+            seen = 0
+            for step in range(self.steps_per_epoch):
+                if self.should_stop is not None and self.should_stop():
+                    raise TrainingCancelled(f"training cancelled at epoch {epoch}, step {step}")
+                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                if self.x_train.device != torch.device("cpu"):
+                    idx = idx.to(self.x_train.device)
+                xb = self.x_train[idx].to(self.device, non_blocking=True)
+                yb = self.y_train[idx].to(self.device, non_blocking=True)
+                lr = lr_at(
+                    self.global_step,
+                    self.total_steps,
+                    cfg.lr,
+                    schedule=cfg.schedule,
+                    warmup_steps=self.warmup_steps,
+                )
+                sums += self._step(xb, yb, lr)
+                seen += int(yb.shape[0])
+                self.global_step += 1
+                if (step + 1) % cfg.progress_every == 0:
+                    self._emit("step", epoch, step + 1, float(sums[0]) / seen, lr, t0)
+            metrics = self._epoch_metrics(epoch, sums, seen, lr, time.monotonic() - epoch_start)
+            self.history.append(metrics)
+            if self.checkpoint_dir is not None:
+                self._save(epoch)
+            self._emit("epoch", epoch, self.steps_per_epoch, metrics["train_loss"], lr, t0, metrics)
+        return TrainResult(
+            self.model,
+            cfg,
+            self.history,
+            self.init_stats,
+            str(self.device),
+            time.monotonic() - t0,
+            self.resumed_from,
+        )
+
+
+def train(
+    model: nn.Module, train: Labeled, val: Labeled, config: TrainConfig | None = None, **kwargs: Any
+) -> TrainResult:
+    """Shorthand for ``Trainer(model, train, val, config, **kwargs).fit()``."""
+    return Trainer(model, train, val, config, **kwargs).fit()

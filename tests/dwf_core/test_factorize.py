@@ -1,0 +1,133 @@
+"""Invariants of factorize(): selection, function preservation, init statistics, loud errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from dwf_core.errors import ConfigError
+from dwf_core.factorize import Product, factorize, factorized_tensors, init_stats, select_parameters
+from dwf_core.init import target_std, varmatch_bounds
+
+from .helpers import ResidualNorm, mlp
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_balanced_preserves_function(depth: int) -> None:
+    model = ResidualNorm()
+    x = torch.randn(3, 1, 8, 8)
+    before = model(x)
+    factorize(model, depth, init="balanced")
+    torch.testing.assert_close(model(x), before)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_factors_have_weight_shape_and_dtype(depth: int) -> None:
+    model = mlp()
+    factorize(model, depth)
+    tensors = factorized_tensors(model)
+    assert [t.name for t in tensors] == ["1.weight", "3.weight"]
+    for t in tensors:
+        factors = t.factors()
+        assert len(factors) == depth
+        for f in factors:
+            assert f.shape == t.weight().shape and f.dtype == torch.float32 and f.requires_grad
+
+
+def test_parameters_named_as_parametrize_does() -> None:
+    model = factorize(mlp(), 3)
+    names = [n for n, _ in model.named_parameters()]
+    assert "1.parametrizations.weight.original2" in names and "1.bias" in names
+    assert isinstance(model[1].parametrizations.weight[0], Product)
+
+
+def test_gradients_flow_to_every_factor() -> None:
+    model = factorize(mlp(), 3)
+    model(torch.randn(5, 20)).sum().backward()
+    for t in factorized_tensors(model):
+        for f in t.factors():
+            assert f.grad is not None and f.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("depth", [2, 3, 4])
+def test_varmatch_exact_matches_target_std(depth: int) -> None:
+    model = nn.Sequential(nn.Linear(784, 300))
+    factorize(model, depth, variant="exact")
+    stats = init_stats(model)["0.weight"]
+    assert stats["std"] == pytest.approx(target_std((300, 784)), rel=0.02)
+
+
+@pytest.mark.parametrize("depth", [2, 3, 4])
+def test_varmatch_published_shrinks_std_and_respects_window(depth: int) -> None:
+    model = nn.Sequential(nn.Linear(784, 300))
+    factorize(model, depth, variant="published")
+    sigma = target_std((300, 784))
+    assert 0.7 * sigma < init_stats(model)["0.weight"]["std"] < 0.9 * sigma
+    low, high = varmatch_bounds(sigma, depth, 0.25)
+    for f in factorized_tensors(model)[0].factors():
+        assert low < float(f.detach().abs().min()) and float(f.detach().abs().max()) < high
+
+
+def test_varmatch_is_seeded() -> None:
+    a = factorize(mlp(), 3, seed=7)
+    b = factorize(mlp(), 3, seed=7)
+    c = factorize(mlp(), 3, seed=8)
+    assert torch.equal(a[1].weight, b[1].weight)
+    assert not torch.equal(a[1].weight, c[1].weight)
+
+
+def test_include_exclude_globs() -> None:
+    model = ResidualNorm()
+    assert select_parameters(model) == ["stem.weight", "block.0.weight", "block.2.weight", "head.weight"]
+    assert select_parameters(model, exclude=["head.*"]) == ["stem.weight", "block.0.weight", "block.2.weight"]
+    assert select_parameters(model, include=["norm.weight", "head.bias"]) == ["norm.weight", "head.bias"]
+    factorize(model, 2, include=["norm.weight"])
+    assert [t.name for t in factorized_tensors(model)] == ["norm.weight"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"depth": 0}, "depth"),
+        ({"depth": 9}, "depth"),
+        ({"depth": 2.0}, "depth"),
+        ({"init": "xavier"}, "init"),
+        ({"include": ["nothing.*"]}, "include"),
+    ],
+)
+def test_bad_arguments_are_refused_loudly(kwargs: dict[str, object], param: str) -> None:
+    model = mlp()
+    with pytest.raises(ConfigError) as err:
+        factorize(model, **kwargs)  # type: ignore[arg-type]
+    assert err.value.param == param
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())
+
+
+def test_already_factorized_is_refused() -> None:
+    model = factorize(mlp(), 2)
+    with pytest.raises(ConfigError, match="already parametrized"):
+        factorize(model, 2)
+
+
+def test_tied_weights_are_refused() -> None:
+    tied = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    tied[1].weight = tied[0].weight
+    with pytest.raises(ConfigError, match="tied"):
+        factorize(tied, 2)
+
+
+def test_integer_parameter_is_refused() -> None:
+    model = nn.Module()
+    model.register_parameter("codes", nn.Parameter(torch.zeros(3, dtype=torch.int64), requires_grad=False))
+    with pytest.raises(ConfigError, match="dtype"):
+        factorize(model, 2, include=["codes"])
+
+
+def test_failed_init_rolls_back() -> None:
+    model = mlp()
+    with pytest.raises(ConfigError):
+        factorize(model, 3, epsilon=100.0)  # empty VarMatch window
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    assert [n for n, _ in model.named_parameters()] == ["1.weight", "1.bias", "3.weight", "3.bias"]
