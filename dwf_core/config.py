@@ -29,7 +29,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: float = 0.0
-    init: Literal["varmatch", "balanced"] = "varmatch"
+    # None: "varmatch" for a fresh model, "balanced" when pretrained weights are given (the pipeline decides).
+    init: Literal["varmatch", "balanced"] | None = None
     varmatch_variant: Literal["published", "exact"] = "exact"
     epsilon: float = 0.25
     threshold: float | Literal["auto"] = "auto"
@@ -55,6 +56,7 @@ class TrainConfig:
             self,
             lam=defaults.default_lam(self.depth) if self.lam is None else self.lam,
             lr=defaults.DEFAULT_LR.get(self.optimizer, 0.1) if self.lr is None else self.lr,
+            init=self.init or defaults.DEFAULT_INIT,
         )
         cfg.validate()
         return cfg
@@ -93,7 +95,7 @@ class TrainConfig:
             "warmup_epochs",
             "in [0, epochs]",
         )
-        need(self.init in ("varmatch", "balanced"), "init", "'varmatch' or 'balanced'")
+        need(self.init in (None, "varmatch", "balanced"), "init", "'varmatch' or 'balanced'")
         need(self.varmatch_variant in ("published", "exact"), "varmatch_variant", "'published' or 'exact'")
         need(finite(self.epsilon) and 0 < self.epsilon < 2, "epsilon", "in (0, 2)")
         need(

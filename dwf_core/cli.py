@@ -1,0 +1,154 @@
+"""The ``dwf`` command line: ``dwf train`` runs a whole DWF sparsification locally."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Annotated, Any, Literal, cast
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from dwf_core import defaults
+from dwf_core.errors import ConfigError, DwfError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Deep Weight Factorization: sparse models.")
+console = Console(stderr=True)
+out_console = Console()
+
+
+@app.callback()
+def _root() -> None:
+    """Deep Weight Factorization: train a factorized model, collapse it into a sparse one."""
+
+
+def _parse_threshold(value: str) -> float | Literal["auto"]:
+    if value == "auto":
+        return "auto"
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"--threshold must be 'auto' or a number, got {value!r}", param="threshold") from None
+    if not math.isfinite(number) or number < 0:
+        raise ConfigError(f"--threshold must be 'auto' or a number ≥ 0, got {value!r}", param="threshold")
+    return number
+
+
+def _fmt_cr(value: float | None) -> str:
+    if value is None or math.isinf(value):
+        return "∞"
+    return f"{value:.1f}×"
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option(help="Zoo name (lenet_300_100, lenet5, vgg16, vgg19, resnet18), "
+                                       "torchvision:NAME, or a .onnx file")],
+    data: Annotated[str, typer.Option(help="Dataset: .npz/.safetensors/CSV/CIFAR tarball/image-folder zip, "
+                                      "or mnist-idx:DIR")],
+    out: Annotated[Path, typer.Option(help="Output directory for the artifacts and metrics.json")],
+    depth: Annotated[int, typer.Option(help="Number of factors D (≥ 2 for DWF; 1 = dense with L2)")] = 3,
+    weights: Annotated[Path | None, typer.Option(help="Pretrained weights (.safetensors) for a zoo model")] = None,
+    lam: Annotated[float | None, typer.Option(help="λ; default depends on D (see docs/defaults.md)")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs")] = defaults.DEFAULT_EPOCHS,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 0.3 for SGD, 1e-3 for Adam)")] = None,
+    batch_size: Annotated[int, typer.Option(help="Batch size")] = defaults.DEFAULT_BATCH_SIZE,
+    optimizer: Annotated[str, typer.Option(help="sgd or adam")] = defaults.DEFAULT_OPTIMIZER,
+    momentum: Annotated[float, typer.Option(help="SGD momentum")] = defaults.DEFAULT_MOMENTUM,
+    init: Annotated[str | None, typer.Option(help="varmatch or balanced (default: balanced with "
+                                             "pretrained weights, else varmatch)")] = None,
+    threshold: Annotated[str, typer.Option(help="'auto' or a number: |w| below it becomes 0")] = "auto",
+    tolerance: Annotated[float, typer.Option(help="Max validation-accuracy drop for --threshold auto "
+                                             "(fraction)")] = defaults.DEFAULT_TOLERANCE,
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+    warmup_epochs: Annotated[float, typer.Option(help="Linear LR warmup before the cosine decay")] = 0.0,
+    include: Annotated[list[str] | None, typer.Option(help="Parameter-name glob to factorize (repeatable)")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Parameter-name glob to leave dense (repeatable)")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
+    val_fraction: Annotated[float, typer.Option(help="Validation share carved from train when the "
+                                                "dataset has none")] = 0.1,
+    normalize: Annotated[str, typer.Option(help="auto, none or standardize")] = "auto",
+    onnx: Annotated[bool, typer.Option(help="Also export model.onnx (checked with onnxruntime)")] = True,
+    fresh: Annotated[bool, typer.Option(help="Ignore an existing checkpoint in OUT instead of resuming")] = False,
+) -> None:
+    """Factorize MODEL, train it on DATA, collapse it into a sparse model and write the artifacts to OUT."""
+    try:
+        metrics = _train(**locals())
+    except DwfError as err:
+        where = f" ({err.param})" if err.param else ""
+        console.print(f"[bold red]error[/] {escape(f'[{err.code}]{where}: {err.message}')}", highlight=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: the last epoch's checkpoint is kept; run the same command to resume")
+        raise typer.Exit(130) from None
+    _print_summary(metrics, out)
+
+
+def _train(**kw: Any) -> dict[str, Any]:
+    from dwf_core.config import TrainConfig
+    from dwf_core.pipeline import RunSpec, run
+
+    optimizer = kw["optimizer"]
+    if optimizer not in ("sgd", "adam"):
+        raise ConfigError(f"--optimizer must be sgd or adam, got {optimizer!r}", param="optimizer")
+    if kw["init"] not in (None, "varmatch", "balanced"):
+        raise ConfigError(f"--init must be varmatch or balanced, got {kw['init']!r}", param="init")
+    config = TrainConfig(
+        depth=kw["depth"], epochs=kw["epochs"], lam=kw["lam"], lr=kw["lr"], batch_size=kw["batch_size"],
+        optimizer=cast(Literal["sgd", "adam"], optimizer), momentum=kw["momentum"],
+        init=kw["init"], threshold=_parse_threshold(kw["threshold"]), tolerance=kw["tolerance"], seed=kw["seed"],
+        warmup_epochs=kw["warmup_epochs"], include=kw["include"] or None, exclude=kw["exclude"] or None,
+        device=kw["device"],
+    )
+    config.validate()
+    out: Path = kw["out"]
+    checkpoints = out / "checkpoints"
+    if kw["fresh"] and checkpoints.exists():
+        shutil.rmtree(checkpoints)
+    spec = RunSpec(model=kw["model"], data=kw["data"], out_dir=out,
+                   weights=str(kw["weights"]) if kw["weights"] else None, train=config,
+                   val_fraction=kw["val_fraction"], normalize=kw["normalize"], export_onnx=kw["onnx"],
+                   checkpoint_dir=checkpoints)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("epoch {task.fields[epoch]}"),
+        TextColumn("loss {task.fields[loss]}"), TextColumn("val acc {task.fields[acc]}"),
+        TextColumn("CR {task.fields[cr]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+    )
+    task = progress.add_task("loading", total=None, epoch="-", loss="-", acc="-", cr="-")
+
+    def on_phase(name: str) -> None:
+        progress.update(task, description=name)
+
+    def on_progress(event: Any) -> None:
+        fields: dict[str, Any] = {"epoch": f"{event.epoch}/{event.epochs}", "loss": f"{event.loss:.4f}"}
+        if event.metrics is not None:
+            fields["acc"] = f"{100 * event.metrics['val_accuracy']:.2f}%"
+            fields["cr"] = _fmt_cr(event.metrics["compression_ratio"])
+        progress.update(task, total=event.total_steps, completed=event.global_step, **fields)
+
+    with progress:
+        return run(spec, on_progress=on_progress, on_phase=on_phase)
+
+
+def _print_summary(metrics: dict[str, Any], out: Path) -> None:
+    table = Table(title="DWF result", show_header=False)
+    table.add_row("test accuracy (sparse model)", f"{100 * metrics['test_accuracy']:.2f}%")
+    table.add_row("test accuracy (factorized)", f"{100 * metrics['factorized_test_accuracy']:.2f}%")
+    table.add_row("compression ratio", _fmt_cr(metrics["compression_ratio"]))
+    table.add_row("sparsity", f"{100 * metrics['sparsity']:.3f}%")
+    table.add_row("non-zeros / weights", f"{metrics['nnz']:,} / {metrics['total']:,}")
+    table.add_row("threshold", f"{metrics['threshold']:.3g} ({metrics['threshold_mode']})")
+    table.add_row("max |Δlogit| test", f"{metrics['max_abs_logit_diff_test']:.3g}")
+    for art in metrics["artifacts"]:
+        table.add_row(art["name"], f"{art['bytes']:,} bytes")
+    table.add_row("output", str(out))
+    out_console.print(table)
+
+
+def main() -> None:
+    """Entry point of the ``dwf`` console script."""
+    app()

@@ -1,0 +1,237 @@
+"""One complete DWF run: load data and model, check them, train, collapse, evaluate, write artifacts.
+
+``dwf train`` and the service's worker both call ``run``; ``prepare`` alone is the fast validation step
+(safe model load, dataset parse, one forward pass) that the service runs before spending GPU time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dwf_core.collapse import collapse_and_verify
+from dwf_core.config import TrainConfig
+from dwf_core.data import DataLimits, DatasetBundle, load_dataset
+from dwf_core.errors import ConfigError, ModelError
+from dwf_core.evaluate import accuracy_of, predict_logits
+from dwf_core.export import export_onnx, save_dense, save_sparse, write_json_atomic
+from dwf_core.intake import build_model, detect_model_format, load_onnx, load_weights, refuse_unsafe
+from dwf_core.train import ProgressEvent, Trainer
+
+ARTIFACTS = ("model.safetensors", "model.sparse.safetensors", "model.onnx", "metrics.json")
+
+
+@dataclass
+class RunSpec:
+    """What to sparsify, with what data and settings, and where to write the results."""
+
+    model: str
+    data: str
+    out_dir: Path
+    weights: str | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    val_fraction: float = 0.1
+    normalize: str = "auto"
+    export_onnx: bool = True
+    checkpoint_dir: Path | None = None
+    data_limits: DataLimits = field(default_factory=DataLimits)
+
+
+@dataclass
+class Prepared:
+    """A model and dataset that passed the checks, and the settings resolved for them."""
+
+    model: nn.Module
+    data: DatasetBundle
+    config: TrainConfig
+    model_source: str
+
+
+def _load_model(spec: RunSpec, data: DatasetBundle) -> tuple[nn.Module, str]:
+    path = Path(spec.model)
+    if path.is_file():
+        refuse_unsafe(path)
+        fmt = detect_model_format(path)
+        if fmt != "onnx":
+            raise ModelError(
+                f"{path.name}: a model file must be a self-contained .onnx graph (got {fmt}); a .safetensors file "
+                "holds weights only: pass it as weights with a zoo model",
+                code="unsupported_format",
+                param="model",
+            )
+        return load_onnx(path), "onnx"
+    model = build_model(spec.model, num_classes=data.num_classes, in_channels=data.input_shape[0] if
+                        len(data.input_shape) == 3 else None, input_shape=data.input_shape)
+    return model, "zoo"
+
+
+def check_forward(model: nn.Module, data: DatasetBundle, batch: int = 8) -> None:
+    """One forward pass on a few training samples: the output must be (N, num_classes) and finite.
+
+    Raises:
+        ModelError: naming what the model returned versus what the dataset needs.
+    """
+    x = data.train.x[:batch]
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:  # the user's model may raise anything on a wrong input shape
+        raise ModelError(
+            f"the model fails on dataset inputs of shape {tuple(x.shape)}: {type(exc).__name__}: {exc}",
+            code="input_shape_mismatch",
+            param="model",
+        ) from exc
+    finally:
+        model.train()
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"the model must return logits of shape (N, classes); got {shape} for N={x.shape[0]}",
+                         code="output_shape_mismatch", param="model")
+    if out.shape[1] < data.num_classes:
+        raise ModelError(
+            f"the model has {out.shape[1]} outputs but the dataset has {data.num_classes} classes",
+            code="output_shape_mismatch",
+            param="model",
+        )
+    if not torch.isfinite(out).all():
+        raise ModelError("the model's output is not finite on the first batch", code="non_finite_output",
+                         param="model")
+
+
+def prepare(spec: RunSpec) -> Prepared:
+    """Load and check everything that can fail before training (seconds, CPU only).
+
+    Raises:
+        DatasetError, ModelError, WeightsError, ConfigError: with ``param`` naming the culprit.
+    """
+    data = load_dataset(spec.data, val_fraction=spec.val_fraction, seed=spec.train.seed, normalize=spec.normalize,
+                        limits=spec.data_limits)
+    model, source = _load_model(spec, data)
+    if spec.weights is not None:
+        if source == "onnx":
+            raise ConfigError("an ONNX model carries its own weights; drop the weights file", param="weights")
+        load_weights(model, spec.weights)
+    check_forward(model, data)
+    pretrained = spec.weights is not None or source == "onnx"
+    config = replace(spec.train, init=spec.train.init or ("balanced" if pretrained else "varmatch")).resolved()
+    return Prepared(model, data, config, source)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run(
+    spec: RunSpec,
+    *,
+    on_progress: Callable[[ProgressEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_phase: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train, collapse and export; returns the metrics also written to ``out_dir/metrics.json``.
+
+    Args:
+        spec: what to run.
+        on_progress: training progress callback (steps and epochs).
+        should_stop: polled every step; True cancels the run (``TrainingCancelled``).
+        on_phase: called with "loading", "training", "collapsing", "evaluating", "exporting".
+
+    Returns:
+        The metrics dict (test_accuracy, sparsity, compression_ratio, nnz, total, threshold, layers, history…).
+
+    Raises:
+        DwfError subclasses for every anticipated failure (bad inputs, non-finite loss, cancellation).
+    """
+    phase = on_phase or (lambda _name: None)
+    started = time.monotonic()
+    phase("loading")
+    prepared = prepare(spec)
+    cfg, data = prepared.config, prepared.data
+    out = Path(spec.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    phase("training")
+    trainer = Trainer(prepared.model, data.train, data.val, cfg,
+                      checkpoint_dir=spec.checkpoint_dir or out / "checkpoints",
+                      on_progress=on_progress, should_stop=should_stop)
+    result = trainer.fit()
+
+    phase("collapsing")
+    collapsed = collapse_and_verify(result.model, data.val, cfg.threshold, tolerance=cfg.tolerance,
+                                    batch_size=cfg.eval_batch_size)
+    plain = collapsed.model.to("cpu").eval()
+
+    phase("evaluating")
+    factorized_logits = predict_logits(result.model, data.test.x, batch_size=cfg.eval_batch_size)
+    plain_logits = predict_logits(plain, data.test.x, batch_size=cfg.eval_batch_size)
+    test_acc = accuracy_of(plain_logits, data.test.y)
+    factorized_test_acc = accuracy_of(factorized_logits, data.test.y)
+
+    phase("exporting")
+    artifacts: dict[str, Path] = {}
+    save_dense(plain, out / "model.safetensors")
+    artifacts["model.safetensors"] = out / "model.safetensors"
+    sparse_stats = save_sparse(plain, out / "model.sparse.safetensors",
+                               metadata={"model": spec.model, "threshold": repr(collapsed.threshold)})
+    artifacts["model.sparse.safetensors"] = out / "model.sparse.safetensors"
+    onnx_info: dict[str, Any] = {"exported": False, "reason": "disabled"}
+    if spec.export_onnx:
+        onnx_result = export_onnx(plain, data.test.x[:2].contiguous(), out / "model.onnx")
+        onnx_info = onnx_result.to_dict() if hasattr(onnx_result, "to_dict") else vars(onnx_result)
+        if onnx_result.exported:
+            artifacts["model.onnx"] = out / "model.onnx"
+
+    report = collapsed.report
+    metrics: dict[str, Any] = {
+        "test_accuracy": test_acc,
+        "factorized_test_accuracy": factorized_test_acc,
+        "val_accuracy": collapsed.collapsed_accuracy,
+        "factorized_val_accuracy": collapsed.factorized_accuracy,
+        "max_abs_logit_diff_val": collapsed.max_abs_logit_diff,
+        "max_abs_logit_diff_test": float((plain_logits - factorized_logits).abs().max()) if len(plain_logits) else 0.0,
+        "sparsity": report.sparsity,
+        "compression_ratio": report.compression_ratio,
+        "nnz": report.nnz,
+        "total": report.total,
+        "sparsity_all": report.sparsity_all,
+        "compression_ratio_all": report.compression_ratio_all,
+        "nnz_all": report.nnz_all,
+        "total_all": report.total_all,
+        "threshold": collapsed.threshold,
+        "threshold_mode": "auto" if cfg.threshold == "auto" else "fixed",
+        "tolerance": collapsed.tolerance,
+        "threshold_search": collapsed.search,
+        "layers": [{"name": t.name, "shape": list(t.shape), "total": t.total, "nnz": t.nnz, "sparsity": t.sparsity}
+                   for t in report.layers],
+        "history": result.history,
+        "init_stats": result.init_stats,
+        "config": cfg.to_dict(),
+        "model": {"spec": spec.model, "source": prepared.model_source, "weights": spec.weights},
+        "dataset": data.describe(),
+        "sparse_file": sparse_stats.to_dict(),
+        "onnx": onnx_info,
+        "device": result.device,
+        "train_seconds": result.train_seconds,
+        "total_seconds": time.monotonic() - started,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                        "machine": platform.machine(), "cpus": os.cpu_count()},
+    }
+    metrics["artifacts"] = [{"name": name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+                            for name, path in artifacts.items()]
+    write_json_atomic(metrics, out / "metrics.json")
+    return metrics
