@@ -178,7 +178,9 @@ def factorize(
     if init not in ("varmatch", "balanced"):
         raise ConfigError(f"init must be 'varmatch' or 'balanced', got {init!r}", param="init")
     if any(parametrize.is_parametrized(m) for m in model.modules()):
-        raise ConfigError("model is already parametrized; factorize a plain model (or collapse it first)", param="model")
+        raise ConfigError(
+            "model is already parametrized; factorize a plain model (or collapse it first)", param="model"
+        )
     names = select_parameters(model, include, exclude)
     _check_selection(model, names, include)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None

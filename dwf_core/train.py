@@ -249,7 +249,8 @@ class Trainer:
             loss = nn.functional.cross_entropy(logits.float(), yb)
         if not torch.isfinite(loss):
             raise TrainingError(
-                f"training loss became {float(loss.detach())} at step {self.global_step} (lr={lr:.4g}, λ={cfg.lam:.3g}); "
+                f"training loss became {float(loss.detach())} at step {self.global_step} "
+                f"(lr={lr:.4g}, λ={cfg.lam:.3g}); "
                 "lower the learning rate or λ, or check the data for extreme values",
                 code="non_finite_loss",
                 param="lr",

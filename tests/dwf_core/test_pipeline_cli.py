@@ -1,0 +1,122 @@
+"""`dwf train` end to end on a small dataset: artifacts, metrics.json, and errors as one clear line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from dwf_core.cli import app
+from dwf_core.data import load_dataset
+from dwf_core.evaluate import accuracy_of, predict_logits
+from dwf_core.export import load_sparse
+from dwf_core.intake import build_model
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def small_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A learnable 10-class 28×28 uint8 dataset: each class lights up its own band of rows."""
+    rng = np.random.default_rng(0)
+
+    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 10, n)
+        x = rng.integers(0, 60, (n, 1, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(y):
+            x[i, 0, 2 * label + 4 : 2 * label + 7, :] = 250
+        return x, y.astype(np.int64)
+
+    path = tmp_path_factory.mktemp("data") / "small.npz"
+    x_train, y_train = make(600)
+    x_test, y_test = make(200)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(small_npz: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    result = runner.invoke(app, ["train", "--model", "lenet_300_100", "--data", str(small_npz), "--depth", "3",
+                                 "--epochs", "3", "--lam", "1e-3", "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_metrics_json_has_documented_fields(trained: Path) -> None:
+    metrics = json.loads((trained / "metrics.json").read_text())
+    for key in ("test_accuracy", "sparsity", "compression_ratio", "nnz", "total", "threshold", "layers", "history"):
+        assert key in metrics, key
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert metrics["test_accuracy"] > 0.5
+    assert len(metrics["history"]) == 3
+    assert [layer["name"] for layer in metrics["layers"]] == ["fc1.weight", "fc2.weight", "fc3.weight"]
+    assert {a["name"] for a in metrics["artifacts"]} >= {"model.safetensors", "model.sparse.safetensors"}
+
+
+def test_dense_artifact_reproduces_reported_numbers(trained: Path, small_npz: Path) -> None:
+    metrics = json.loads((trained / "metrics.json").read_text())
+    model = build_model("lenet_300_100", num_classes=10)
+    model.load_state_dict(load_file(str(trained / "model.safetensors")), strict=True)
+    names = [layer["name"] for layer in metrics["layers"]]
+    nnz = sum(int(torch.count_nonzero(model.get_parameter(n))) for n in names)
+    assert nnz == metrics["nnz"]
+    assert sum(model.get_parameter(n).numel() for n in names) == metrics["total"]
+    data = load_dataset(str(small_npz), seed=0)
+    assert accuracy_of(predict_logits(model, data.test.x), data.test.y) == metrics["test_accuracy"]
+
+
+def test_sparse_artifact_restores_dense_bit_for_bit(trained: Path) -> None:
+    dense = load_file(str(trained / "model.safetensors"))
+    sparse = load_sparse(trained / "model.sparse.safetensors")
+    assert set(sparse) == set(dense)
+    for name, tensor in dense.items():
+        assert torch.equal(sparse[name], tensor), name
+
+
+def test_onnx_artifact_matches_pytorch(trained: Path) -> None:
+    model = build_model("lenet_300_100", num_classes=10)
+    model.load_state_dict(load_file(str(trained / "model.safetensors")), strict=True)
+    x = torch.randn(4, 1, 28, 28)
+    session = ort.InferenceSession(str(trained / "model.onnx"), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(onnx_out, model.eval()(x).detach().numpy(), atol=1e-4)
+
+
+def test_rerun_resumes_from_checkpoint(trained: Path, small_npz: Path) -> None:
+    before = json.loads((trained / "metrics.json").read_text())
+    result = runner.invoke(app, ["train", "--model", "lenet_300_100", "--data", str(small_npz), "--depth", "3",
+                                 "--epochs", "3", "--lam", "1e-3", "--out", str(trained), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    after = json.loads((trained / "metrics.json").read_text())
+    assert after["resumed_from_epoch"] == 3
+    assert after["test_accuracy"] == before["test_accuracy"] and after["nnz"] == before["nnz"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--model", "no_such_net"], "unknown_model"),
+        (["--data", "/nonexistent/file.npz"], "not_found"),
+        (["--depth", "0"], "depth"),
+        (["--threshold", "soon"], "threshold"),
+        (["--optimizer", "lbfgs"], "optimizer"),
+        (["--lr", "-1"], "lr"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args: list[str], expected: str, small_npz: Path, tmp_path: Path) -> None:
+    base = {"--model": "lenet_300_100", "--data": str(small_npz), "--out": str(tmp_path), "--epochs": "1"}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    argv = ["train"] + [item for pair in base.items() for item in pair]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert expected in result.output
+    assert not (tmp_path / "metrics.json").exists()
