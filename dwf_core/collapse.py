@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -81,9 +82,7 @@ def _collapse_exact(model: nn.Module) -> tuple[nn.Module, list[str]]:
     return plain, names
 
 
-def _apply_threshold(
-    targets: dict[str, torch.Tensor], dense: dict[str, torch.Tensor], threshold: float
-) -> None:
+def _apply_threshold(targets: Mapping[str, torch.Tensor], dense: Mapping[str, torch.Tensor], threshold: float) -> None:
     with torch.no_grad():
         for name, param in targets.items():
             value = dense[name]

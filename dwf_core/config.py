@@ -56,7 +56,7 @@ class TrainConfig:
             self,
             lam=defaults.default_lam(self.depth) if self.lam is None else self.lam,
             lr=defaults.DEFAULT_LR.get(self.optimizer, 0.1) if self.lr is None else self.lr,
-            init=self.init or defaults.DEFAULT_INIT,
+            init=self.init or "varmatch",
         )
         cfg.validate()
         return cfg

@@ -232,7 +232,7 @@ def factorized_tensors(model: nn.Module) -> list[FactorizedTensor]:
     for mod_name, module in model.named_modules():
         if not parametrize.is_parametrized(module):
             continue
-        for attr, plist in module.parametrizations.items():  # type: ignore[operator]
+        for attr, plist in module.parametrizations.items():
             if len(plist) == 1 and isinstance(plist[0], Product):
                 full = f"{mod_name}.{attr}" if mod_name else attr
                 found.append(FactorizedTensor(full, module, attr, plist[0].depth))

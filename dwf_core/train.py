@@ -145,7 +145,7 @@ class Trainer:
             factorize(
                 self.model,
                 cfg.depth,
-                cfg.init,
+                cfg.init or "varmatch",
                 cfg.include,
                 cfg.exclude,
                 variant=cfg.varmatch_variant,
@@ -257,10 +257,10 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             self.scaler.unscale_(self.optimizer)
         else:
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
         if cfg.max_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
         if self.scaler is not None:

@@ -1,0 +1,174 @@
+"""Semantics-preserving ONNX graph rewrites that let onnx2torch convert what today's exporters produce."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx.inliner
+from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, numpy_helper
+
+
+@dataclass
+class NormalizeReport:
+    """What the normalization changed, for logs and tests."""
+
+    inlined_functions: int = 0
+    constants_to_initializers: int = 0
+    identities_folded: int = 0
+    allowzero_dropped: int = 0
+
+
+def _subgraphs(node: NodeProto) -> Iterator[GraphProto]:
+    """Yield the graphs held by a node's attributes (If/Loop/Scan bodies)."""
+    for attr in node.attribute:
+        if attr.type == AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == AttributeProto.GRAPHS:
+            yield from attr.graphs
+
+
+def _rename_inputs(graph: GraphProto, mapping: dict[str, str]) -> None:
+    """Point every node input (subgraphs included, they may capture outer names) through ``mapping``."""
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in mapping:
+                node.input[i] = mapping[name]
+        for sub in _subgraphs(node):
+            _rename_inputs(sub, mapping)
+
+
+def _constant_tensor(node: NodeProto) -> TensorProto | None:
+    """The value of a Constant node as a tensor, or None for sparse/string forms we leave alone."""
+    if len(node.attribute) != 1:
+        return None
+    attr = node.attribute[0]
+    if attr.name == "value" and attr.type == AttributeProto.TENSOR:
+        tensor = TensorProto()
+        tensor.CopyFrom(attr.t)
+        return tensor
+    # onnx.helper decodes the scalar/list attribute forms into the tensor Constant would produce.
+    dtype_of = {
+        "value_float": np.float32,
+        "value_floats": np.float32,
+        "value_int": np.int64,
+        "value_ints": np.int64,
+    }
+    if attr.name in dtype_of:
+        array = np.asarray(onnx.helper.get_attribute_value(attr), dtype=dtype_of[attr.name])
+        return numpy_helper.from_array(array)
+    return None
+
+
+def constants_to_initializers(model: ModelProto, report: NormalizeReport) -> None:
+    """Turn top-level Constant nodes into initializers.
+
+    onnx2torch builds nn.Conv2d/nn.Linear (parametrizable modules) only when weights are initializers;
+    some exporters and optimizers emit weights as Constant nodes instead.
+    """
+    if model.ir_version < 4:
+        # Before IR 4 every initializer must also be a graph input; not worth supporting here.
+        return
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    keep = []
+    for node in graph.node:
+        tensor = _constant_tensor(node) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+        # A graph output must stay produced by a node for onnx2torch's output wiring.
+        if tensor is None or node.output[0] in outputs:
+            keep.append(node)
+            continue
+        tensor.name = node.output[0]
+        graph.initializer.append(tensor)
+        report.constants_to_initializers += 1
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
+
+
+def fold_identity_initializers(model: ModelProto, report: NormalizeReport) -> None:
+    """Replace ``Identity(initializer)`` outputs by the initializer itself.
+
+    The TorchScript-based exporter de-duplicates equal initializers (e.g. folded BatchNorm biases) by
+    routing copies through Identity nodes; onnx2torch's Conv/Gemm converters then look the bias up
+    among initializers and fail with KeyError. Consumers read the shared initializer directly instead;
+    onnx2torch copies it into each module, so the modules stay independent.
+    """
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    mapping: dict[str, str] = {}
+    keep = []
+    for node in graph.node:  # topological order, so chains of Identity resolve in one sweep
+        source = mapping.get(node.input[0], node.input[0]) if node.input else ""
+        is_identity = node.op_type == "Identity" and node.domain in ("", "ai.onnx") and len(node.output) == 1
+        if is_identity and source in initializers and node.output[0] not in outputs:
+            mapping[node.output[0]] = source
+            report.identities_folded += 1
+            continue
+        keep.append(node)
+    if mapping:
+        del graph.node[:]
+        graph.node.extend(keep)
+        _rename_inputs(graph, mapping)
+
+
+def _constant_tensors(graph: GraphProto) -> dict[str, TensorProto]:
+    """Initializers and Constant-node outputs of ``graph``, by name."""
+    found = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            tensor = _constant_tensor(node)
+            if tensor is not None:
+                found[node.output[0]] = tensor
+    return found
+
+
+def drop_redundant_allowzero(model: ModelProto, report: NormalizeReport) -> None:
+    """Remove ``allowzero=1`` from Reshape nodes whose constant target shape contains no zero.
+
+    allowzero only changes how a 0 in the target shape is read; the dynamo exporter sets it on every
+    Reshape and onnx2torch refuses it, so it is dropped exactly where it cannot matter.
+    """
+    graph = model.graph
+    constants: dict[str, TensorProto] | None = None
+    for node in graph.node:
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        attrs = [a for a in node.attribute if a.name == "allowzero"]
+        if not attrs or attrs[0].i == 0:
+            continue
+        if constants is None:
+            constants = _constant_tensors(graph)
+        shape = constants.get(node.input[1])
+        if shape is not None and 0 not in numpy_helper.to_array(shape).reshape(-1).tolist():
+            node.attribute.remove(attrs[0])
+            report.allowzero_dropped += 1
+
+
+def inline_local_functions(model: ModelProto, report: NormalizeReport) -> ModelProto:
+    """Inline model-local functions, which onnx2torch cannot convert as opaque ops."""
+    if not model.functions:
+        return model
+    report.inlined_functions = len(model.functions)
+    inlined: ModelProto = onnx.inliner.inline_local_functions(model)
+    return inlined
+
+
+def normalize_for_onnx2torch(model: ModelProto) -> tuple[ModelProto, NormalizeReport]:
+    """Apply every rewrite, in dependency order, to a copy-safe model.
+
+    Args:
+        model: A checked ModelProto with all tensor data inline; it is modified in place.
+
+    Returns:
+        The (possibly new) model and a report of what changed.
+    """
+    report = NormalizeReport()
+    model = inline_local_functions(model, report)
+    constants_to_initializers(model, report)
+    fold_identity_initializers(model, report)
+    drop_redundant_allowzero(model, report)
+    return model, report
