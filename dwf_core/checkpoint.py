@@ -49,9 +49,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(
-    directory: str | os.PathLike[str], epoch: int, ckpt: Checkpoint, *, keep: int = 1
-) -> Path:
+def save_checkpoint(directory: str | os.PathLike[str], epoch: int, ckpt: Checkpoint, *, keep: int = 1) -> Path:
     """Write checkpoint ``epoch`` into ``directory`` and make it the latest; prune older ones beyond ``keep``."""
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
@@ -100,9 +98,7 @@ def load_checkpoint(directory: str | os.PathLike[str]) -> Checkpoint | None:
         latest = json.loads(latest_path.read_text())
         tensor_path, state_path = root / latest["tensors"], root / latest["state"]
         if _sha256(tensor_path) != latest["sha256"]:
-            raise TrainingError(
-                f"checkpoint {tensor_path.name} fails its checksum", code="corrupt_checkpoint"
-            )
+            raise TrainingError(f"checkpoint {tensor_path.name} fails its checksum", code="corrupt_checkpoint")
         state = json.loads(state_path.read_text())
         tensors = load_file(str(tensor_path))
     except (OSError, KeyError, ValueError) as exc:

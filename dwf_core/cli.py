@@ -46,10 +46,15 @@ def _fmt_cr(value: float | None) -> str:
 
 @app.command()
 def train(
-    model: Annotated[str, typer.Option(help="Zoo name (lenet_300_100, lenet5, vgg16, vgg19, resnet18), "
-                                       "torchvision:NAME, or a .onnx file")],
-    data: Annotated[str, typer.Option(help="Dataset: .npz/.safetensors/CSV/CIFAR tarball/image-folder zip, "
-                                      "or mnist-idx:DIR")],
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Zoo name (lenet_300_100, lenet5, vgg16, vgg19, resnet18), torchvision:NAME, or a .onnx file"
+        ),
+    ],
+    data: Annotated[
+        str, typer.Option(help="Dataset: .npz/.safetensors/CSV/CIFAR tarball/image-folder zip, or mnist-idx:DIR")
+    ],
     out: Annotated[Path, typer.Option(help="Output directory for the artifacts and metrics.json")],
     depth: Annotated[int, typer.Option(help="Number of factors D (≥ 2 for DWF; 1 = dense with L2)")] = 3,
     weights: Annotated[Path | None, typer.Option(help="Pretrained weights (.safetensors) for a zoo model")] = None,
@@ -59,18 +64,21 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Batch size")] = defaults.DEFAULT_BATCH_SIZE,
     optimizer: Annotated[str, typer.Option(help="sgd or adam")] = defaults.DEFAULT_OPTIMIZER,
     momentum: Annotated[float, typer.Option(help="SGD momentum")] = defaults.DEFAULT_MOMENTUM,
-    init: Annotated[str | None, typer.Option(help="varmatch or balanced (default: balanced with "
-                                             "pretrained weights, else varmatch)")] = None,
+    init: Annotated[
+        str | None, typer.Option(help="varmatch or balanced (default: balanced with pretrained weights, else varmatch)")
+    ] = None,
     threshold: Annotated[str, typer.Option(help="'auto' or a number: |w| below it becomes 0")] = "auto",
-    tolerance: Annotated[float, typer.Option(help="Max validation-accuracy drop for --threshold auto "
-                                             "(fraction)")] = defaults.DEFAULT_TOLERANCE,
+    tolerance: Annotated[
+        float, typer.Option(help="Max validation-accuracy drop for --threshold auto (fraction)")
+    ] = defaults.DEFAULT_TOLERANCE,
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
     warmup_epochs: Annotated[float, typer.Option(help="Linear LR warmup before the cosine decay")] = 0.0,
     include: Annotated[list[str] | None, typer.Option(help="Parameter-name glob to factorize (repeatable)")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Parameter-name glob to leave dense (repeatable)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
-    val_fraction: Annotated[float, typer.Option(help="Validation share carved from train when the "
-                                                "dataset has none")] = 0.1,
+    val_fraction: Annotated[
+        float, typer.Option(help="Validation share carved from train when the dataset has none")
+    ] = 0.1,
     normalize: Annotated[str, typer.Option(help="auto, none or standardize")] = "auto",
     onnx: Annotated[bool, typer.Option(help="Also export model.onnx (checked with onnxruntime)")] = True,
     fresh: Annotated[bool, typer.Option(help="Ignore an existing checkpoint in OUT instead of resuming")] = False,
@@ -98,10 +106,20 @@ def _train(**kw: Any) -> dict[str, Any]:
     if kw["init"] not in (None, "varmatch", "balanced"):
         raise ConfigError(f"--init must be varmatch or balanced, got {kw['init']!r}", param="init")
     config = TrainConfig(
-        depth=kw["depth"], epochs=kw["epochs"], lam=kw["lam"], lr=kw["lr"], batch_size=kw["batch_size"],
-        optimizer=cast(Literal["sgd", "adam"], optimizer), momentum=kw["momentum"],
-        init=kw["init"], threshold=_parse_threshold(kw["threshold"]), tolerance=kw["tolerance"], seed=kw["seed"],
-        warmup_epochs=kw["warmup_epochs"], include=kw["include"] or None, exclude=kw["exclude"] or None,
+        depth=kw["depth"],
+        epochs=kw["epochs"],
+        lam=kw["lam"],
+        lr=kw["lr"],
+        batch_size=kw["batch_size"],
+        optimizer=cast(Literal["sgd", "adam"], optimizer),
+        momentum=kw["momentum"],
+        init=kw["init"],
+        threshold=_parse_threshold(kw["threshold"]),
+        tolerance=kw["tolerance"],
+        seed=kw["seed"],
+        warmup_epochs=kw["warmup_epochs"],
+        include=kw["include"] or None,
+        exclude=kw["exclude"] or None,
         device=kw["device"],
     )
     config.validate()
@@ -109,14 +127,28 @@ def _train(**kw: Any) -> dict[str, Any]:
     checkpoints = out / "checkpoints"
     if kw["fresh"] and checkpoints.exists():
         shutil.rmtree(checkpoints)
-    spec = RunSpec(model=kw["model"], data=kw["data"], out_dir=out,
-                   weights=str(kw["weights"]) if kw["weights"] else None, train=config,
-                   val_fraction=kw["val_fraction"], normalize=kw["normalize"], export_onnx=kw["onnx"],
-                   checkpoint_dir=checkpoints)
+    spec = RunSpec(
+        model=kw["model"],
+        data=kw["data"],
+        out_dir=out,
+        weights=str(kw["weights"]) if kw["weights"] else None,
+        train=config,
+        val_fraction=kw["val_fraction"],
+        normalize=kw["normalize"],
+        export_onnx=kw["onnx"],
+        checkpoint_dir=checkpoints,
+        allow_onnx_external_data=True,
+    )
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("epoch {task.fields[epoch]}"),
-        TextColumn("loss {task.fields[loss]}"), TextColumn("val acc {task.fields[acc]}"),
-        TextColumn("CR {task.fields[cr]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("epoch {task.fields[epoch]}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("val acc {task.fields[acc]}"),
+        TextColumn("CR {task.fields[cr]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
     )
     task = progress.add_task("loading", total=None, epoch="-", loss="-", acc="-", cr="-")
 

@@ -59,9 +59,7 @@ def _check_threshold(threshold: Threshold) -> None:
     if threshold == "auto":
         return
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not math.isfinite(threshold):
-        raise ConfigError(
-            f"threshold must be 'auto' or a finite number ≥ 0, got {threshold!r}", param="threshold"
-        )
+        raise ConfigError(f"threshold must be 'auto' or a finite number ≥ 0, got {threshold!r}", param="threshold")
     if threshold < 0:
         raise ConfigError(f"threshold must be ≥ 0, got {threshold!r}", param="threshold")
 
@@ -129,9 +127,7 @@ def collapse_and_verify(
     if not factorized_tensors(model):
         raise ConfigError("model has no factorized tensors; call dwf_core.factorize first", param="model")
     if threshold == "auto" and data is None:
-        raise ConfigError(
-            "threshold='auto' needs validation data (data=...) to verify accuracy", param="threshold"
-        )
+        raise ConfigError("threshold='auto' needs validation data (data=...) to verify accuracy", param="threshold")
     plain, names = _collapse_exact(model)
     targets = {name: plain.get_parameter(name) for name in names}
     dense = {name: p.detach().clone() for name, p in targets.items()}

@@ -76,9 +76,7 @@ class TrainConfig:
             "depth",
             f"an integer in [1, {MAX_DEPTH}]",
         )
-        need(
-            isinstance(self.epochs, int) and 1 <= self.epochs <= MAX_EPOCHS, "epochs", f"in [1, {MAX_EPOCHS}]"
-        )
+        need(isinstance(self.epochs, int) and 1 <= self.epochs <= MAX_EPOCHS, "epochs", f"in [1, {MAX_EPOCHS}]")
         need(self.lam is None or (finite(self.lam) and 0 <= self.lam <= 1), "lam", "in [0, 1]")
         need(self.lr is None or (finite(self.lr) and 0 < self.lr <= 100), "lr", "in (0, 100]")
         need(self.optimizer in ("sgd", "adam"), "optimizer", "'sgd' or 'adam'")

@@ -308,9 +308,7 @@ def _max_abs_diff(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(diff.max()) if diff.size else 0.0
 
 
-def _compare_with_onnxruntime(
-    model: nn.Module, example_input: torch.Tensor, onnx_path: Path
-) -> tuple[float, float]:
+def _compare_with_onnxruntime(model: nn.Module, example_input: torch.Tensor, onnx_path: Path) -> tuple[float, float]:
     """Run the ONNX file and the model on the example and on a random batch.
 
     Returns:
@@ -481,8 +479,6 @@ def write_json_atomic(obj: Any, path: PathLike) -> None:
     try:
         text = json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n"
     except (TypeError, ValueError) as exc:
-        raise ExportError(
-            f"cannot write {path} as JSON: {exc}", code="not_json_serializable", param=str(path)
-        ) from exc
+        raise ExportError(f"cannot write {path} as JSON: {exc}", code="not_json_serializable", param=str(path)) from exc
     with _atomic_target(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

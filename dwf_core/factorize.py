@@ -129,13 +129,9 @@ def _check_selection(model: nn.Module, names: list[str], include: Sequence[str] 
         module, attr = _resolve(model, name)
         param = getattr(module, attr)
         if isinstance(param, nn.parameter.UninitializedParameter):
-            raise ConfigError(
-                f"{name!r} is a lazy, uninitialized parameter; run one forward pass first", param=name
-            )
+            raise ConfigError(f"{name!r} is a lazy, uninitialized parameter; run one forward pass first", param=name)
         if not param.dtype.is_floating_point:
-            raise ConfigError(
-                f"{name!r} has dtype {param.dtype}; only floating tensors can be factorized", param=name
-            )
+            raise ConfigError(f"{name!r} has dtype {param.dtype}; only floating tensors can be factorized", param=name)
         if parametrize.is_parametrized(module, attr):
             raise ConfigError(f"{name!r} is already parametrized; factorize a plain model", param=name)
 

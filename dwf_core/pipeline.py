@@ -44,6 +44,9 @@ class RunSpec:
     export_onnx: bool = True
     checkpoint_dir: Path | None = None
     data_limits: DataLimits = field(default_factory=DataLimits)
+    # A local run may read an ONNX model's weights from a side file next to it (torch's dynamo exporter
+    # writes one by default); the service keeps refusing external data, since uploads are single files.
+    allow_onnx_external_data: bool = False
 
 
 @dataclass
@@ -68,9 +71,13 @@ def _load_model(spec: RunSpec, data: DatasetBundle) -> tuple[nn.Module, str]:
                 code="unsupported_format",
                 param="model",
             )
-        return load_onnx(path), "onnx"
-    model = build_model(spec.model, num_classes=data.num_classes, in_channels=data.input_shape[0] if
-                        len(data.input_shape) == 3 else None, input_shape=data.input_shape)
+        return load_onnx(path, allow_external_data=spec.allow_onnx_external_data), "onnx"
+    model = build_model(
+        spec.model,
+        num_classes=data.num_classes,
+        in_channels=data.input_shape[0] if len(data.input_shape) == 3 else None,
+        input_shape=data.input_shape,
+    )
     return model, "zoo"
 
 
@@ -95,8 +102,11 @@ def check_forward(model: nn.Module, data: DatasetBundle, batch: int = 8) -> None
         model.train()
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelError(f"the model must return logits of shape (N, classes); got {shape} for N={x.shape[0]}",
-                         code="output_shape_mismatch", param="model")
+        raise ModelError(
+            f"the model must return logits of shape (N, classes); got {shape} for N={x.shape[0]}",
+            code="output_shape_mismatch",
+            param="model",
+        )
     if out.shape[1] < data.num_classes:
         raise ModelError(
             f"the model has {out.shape[1]} outputs but the dataset has {data.num_classes} classes",
@@ -104,8 +114,7 @@ def check_forward(model: nn.Module, data: DatasetBundle, batch: int = 8) -> None
             param="model",
         )
     if not torch.isfinite(out).all():
-        raise ModelError("the model's output is not finite on the first batch", code="non_finite_output",
-                         param="model")
+        raise ModelError("the model's output is not finite on the first batch", code="non_finite_output", param="model")
 
 
 def prepare(spec: RunSpec) -> Prepared:
@@ -114,8 +123,13 @@ def prepare(spec: RunSpec) -> Prepared:
     Raises:
         DatasetError, ModelError, WeightsError, ConfigError: with ``param`` naming the culprit.
     """
-    data = load_dataset(spec.data, val_fraction=spec.val_fraction, seed=spec.train.seed, normalize=spec.normalize,
-                        limits=spec.data_limits)
+    data = load_dataset(
+        spec.data,
+        val_fraction=spec.val_fraction,
+        seed=spec.train.seed,
+        normalize=spec.normalize,
+        limits=spec.data_limits,
+    )
     model, source = _load_model(spec, data)
     if spec.weights is not None:
         if source == "onnx":
@@ -165,14 +179,21 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
 
     phase("training")
-    trainer = Trainer(prepared.model, data.train, data.val, cfg,
-                      checkpoint_dir=spec.checkpoint_dir or out / "checkpoints",
-                      on_progress=on_progress, should_stop=should_stop)
+    trainer = Trainer(
+        prepared.model,
+        data.train,
+        data.val,
+        cfg,
+        checkpoint_dir=spec.checkpoint_dir or out / "checkpoints",
+        on_progress=on_progress,
+        should_stop=should_stop,
+    )
     result = trainer.fit()
 
     phase("collapsing")
-    collapsed = collapse_and_verify(result.model, data.val, cfg.threshold, tolerance=cfg.tolerance,
-                                    batch_size=cfg.eval_batch_size)
+    collapsed = collapse_and_verify(
+        result.model, data.val, cfg.threshold, tolerance=cfg.tolerance, batch_size=cfg.eval_batch_size
+    )
     plain = collapsed.model.to("cpu").eval()
 
     phase("evaluating")
@@ -185,8 +206,9 @@ def run(
     artifacts: dict[str, Path] = {}
     save_dense(plain, out / "model.safetensors")
     artifacts["model.safetensors"] = out / "model.safetensors"
-    sparse_stats = save_sparse(plain, out / "model.sparse.safetensors",
-                               metadata={"model": spec.model, "threshold": repr(collapsed.threshold)})
+    sparse_stats = save_sparse(
+        plain, out / "model.sparse.safetensors", metadata={"model": spec.model, "threshold": repr(collapsed.threshold)}
+    )
     artifacts["model.sparse.safetensors"] = out / "model.sparse.safetensors"
     onnx_info: dict[str, Any] = {"exported": False, "reason": "disabled"}
     if spec.export_onnx:
@@ -215,8 +237,10 @@ def run(
         "threshold_mode": "auto" if cfg.threshold == "auto" else "fixed",
         "tolerance": collapsed.tolerance,
         "threshold_search": collapsed.search,
-        "layers": [{"name": t.name, "shape": list(t.shape), "total": t.total, "nnz": t.nnz, "sparsity": t.sparsity}
-                   for t in report.layers],
+        "layers": [
+            {"name": t.name, "shape": list(t.shape), "total": t.total, "nnz": t.nnz, "sparsity": t.sparsity}
+            for t in report.layers
+        ],
         "history": result.history,
         "init_stats": result.init_stats,
         "config": cfg.to_dict(),
@@ -228,10 +252,15 @@ def run(
         "train_seconds": result.train_seconds,
         "total_seconds": time.monotonic() - started,
         "resumed_from_epoch": result.resumed_from_epoch,
-        "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                        "machine": platform.machine(), "cpus": os.cpu_count()},
+        "environment": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+        },
     }
-    metrics["artifacts"] = [{"name": name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
-                            for name, path in artifacts.items()]
+    metrics["artifacts"] = [
+        {"name": name, "bytes": path.stat().st_size, "sha256": _sha256(path)} for name, path in artifacts.items()
+    ]
     write_json_atomic(metrics, out / "metrics.json")
     return metrics

@@ -103,9 +103,7 @@ def _count(tensor: torch.Tensor, threshold: float) -> int:
     return int(torch.count_nonzero(tensor.detach()))
 
 
-def sparsity_report(
-    model: nn.Module, *, names: Sequence[str] | None = None, threshold: float = 0.0
-) -> SparsityReport:
+def sparsity_report(model: nn.Module, *, names: Sequence[str] | None = None, threshold: float = 0.0) -> SparsityReport:
     """Count non-zeros per tensor of ``model``.
 
     Args:
@@ -125,9 +123,7 @@ def sparsity_report(
         layers = []
         for name in targets:
             tensor = state[name]
-            layers.append(
-                TensorSparsity(name, tuple(tensor.shape), tensor.numel(), _count(tensor, threshold))
-            )
+            layers.append(TensorSparsity(name, tuple(tensor.shape), tensor.numel(), _count(tensor, threshold)))
         # Over all parameters: plain ones as they are, each factorized tensor once as its collapsed weight.
         factor_ids = {id(f) for t in factorized_tensors(model) for f in t.factors()}
         plain = [p for p in model.parameters() if id(p) not in factor_ids]

@@ -271,9 +271,7 @@ def encode_tensor(name: str, tensor: torch.Tensor) -> EncodedTensor:
     return EncodedTensor(entries=entries, info=info)
 
 
-def build_metadata(
-    infos: list[TensorEncoding], user_metadata: Mapping[str, str] | None = None
-) -> dict[str, str]:
+def build_metadata(infos: list[TensorEncoding], user_metadata: Mapping[str, str] | None = None) -> dict[str, str]:
     """The safetensors metadata of a dwf-sparse file.
 
     Args:

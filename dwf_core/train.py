@@ -98,9 +98,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     groups = param_groups(model, cfg.lam, other_weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr)
-    return torch.optim.SGD(
-        groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
-    )
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
 class Trainer:
@@ -239,11 +237,7 @@ class Trainer:
         cfg = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        ctx = (
-            torch.autocast(self.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype
-            else nullcontext()
-        )
+        ctx = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
         with ctx:
             logits = self.model(xb)
             loss = nn.functional.cross_entropy(logits.float(), yb)
@@ -271,14 +265,10 @@ class Trainer:
         correct = (logits.detach().argmax(dim=1) == yb).sum()
         return torch.stack([loss.detach().float() * yb.shape[0], correct.float()])
 
-    def _epoch_metrics(
-        self, epoch: int, sums: torch.Tensor, seen: int, lr: float, seconds: float
-    ) -> dict[str, Any]:
+    def _epoch_metrics(self, epoch: int, sums: torch.Tensor, seen: int, lr: float, seconds: float) -> dict[str, Any]:
         cfg = self.config
         assert cfg.lam is not None
-        val_loss, val_acc = evaluate(
-            self.model, self.val_data, batch_size=cfg.eval_batch_size, device=self.device
-        )
+        val_loss, val_acc = evaluate(self.model, self.val_data, batch_size=cfg.eval_batch_size, device=self.device)
         monitored = sparsity_report(self.model, threshold=cfg.monitor_threshold)
         exact = sparsity_report(self.model, threshold=0.0)
         return {
@@ -338,9 +328,7 @@ class Trainer:
         assert cfg.lr is not None
         t0 = time.monotonic()
         n = int(self.x_train.shape[0])
-        lr = lr_at(
-            self.global_step, self.total_steps, cfg.lr, schedule=cfg.schedule, warmup_steps=self.warmup_steps
-        )
+        lr = lr_at(self.global_step, self.total_steps, cfg.lr, schedule=cfg.schedule, warmup_steps=self.warmup_steps)
         for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
             self.model.train()
             epoch_start = time.monotonic()

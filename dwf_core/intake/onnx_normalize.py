@@ -19,6 +19,7 @@ class NormalizeReport:
     constants_to_initializers: int = 0
     identities_folded: int = 0
     allowzero_dropped: int = 0
+    batch_reshapes_freed: int = 0
 
 
 def _subgraphs(node: NodeProto) -> Iterator[GraphProto]:
@@ -148,6 +149,64 @@ def drop_redundant_allowzero(model: ModelProto, report: NormalizeReport) -> None
             report.allowzero_dropped += 1
 
 
+def _static_batch(graph: GraphProto) -> int | None:
+    """The fixed leading dim of the graph's single data input, if it has one (exports without dynamic axes)."""
+    initializers = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1 or not inputs[0].type.HasField("tensor_type"):
+        return None
+    dims = inputs[0].type.tensor_type.shape.dim
+    if not dims or not dims[0].HasField("dim_value") or dims[0].dim_value <= 0:
+        return None
+    return int(dims[0].dim_value)
+
+
+def free_static_batch(model: ModelProto, report: NormalizeReport) -> None:
+    """Make a graph exported with a fixed batch size accept any batch size.
+
+    Exporters without dynamic axes (the default) bake the example's batch size into the input shape and
+    into Reshape targets such as the dynamo exporter's ``Reshape(x, [1, 512])`` before the classifier.
+    Training needs other batch sizes, so a leading target dim equal to that batch size becomes -1 (it
+    resolves to the same value at the exported batch size, so the graph's result there is unchanged) and the
+    input/output batch dims become symbolic.
+    """
+    graph = model.graph
+    batch = _static_batch(graph)
+    if batch is None:
+        return
+    initializers = {t.name: t for t in graph.initializer}
+    users: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    for node in graph.node:
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        shape_init = initializers.get(node.input[1])
+        if shape_init is None:
+            continue
+        target = numpy_helper.to_array(shape_init).reshape(-1)
+        if target.size < 2 or int(target[0]) != batch or -1 in target.tolist() or 0 in target.tolist():
+            continue
+        freed = target.copy()
+        freed[0] = -1
+        if users.get(node.input[1], 0) == 1:
+            shape_init.CopyFrom(numpy_helper.from_array(freed, shape_init.name))
+        else:
+            # Shared target: give this Reshape its own copy instead of changing the other users.
+            name = f"{node.input[1]}__dwf_free_batch_{report.batch_reshapes_freed}"
+            graph.initializer.append(numpy_helper.from_array(freed, name))
+            node.input[1] = name
+        report.batch_reshapes_freed += 1
+    initializer_names = set(initializers)
+    for value in [*graph.input, *graph.output]:
+        if value.name in initializer_names or not value.type.HasField("tensor_type"):
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value == batch:
+            dims[0].dim_param = "batch"
+
+
 def inline_local_functions(model: ModelProto, report: NormalizeReport) -> ModelProto:
     """Inline model-local functions, which onnx2torch cannot convert as opaque ops."""
     if not model.functions:
@@ -171,4 +230,5 @@ def normalize_for_onnx2torch(model: ModelProto) -> tuple[ModelProto, NormalizeRe
     constants_to_initializers(model, report)
     fold_identity_initializers(model, report)
     drop_redundant_allowzero(model, report)
+    free_static_batch(model, report)
     return model, report

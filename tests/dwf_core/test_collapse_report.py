@@ -76,8 +76,9 @@ def test_auto_threshold_verified_on_validation() -> None:
     assert result.max_abs_logit_diff is not None and result.max_abs_logit_diff > 0.0
     fixed = collapse_and_verify(model, data, 1e-4)
     assert fixed.max_abs_logit_diff is not None and fixed.max_abs_logit_diff < 1e-3
-    assert result.search and all(s["threshold"] <= max(threshold_grid([p.detach() for p in model.parameters()]))
-                                 for s in result.search)
+    assert result.search and all(
+        s["threshold"] <= max(threshold_grid([p.detach() for p in model.parameters()])) for s in result.search
+    )
 
 
 def test_auto_threshold_larger_tolerance_prunes_more() -> None:

@@ -43,8 +43,26 @@ def small_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(small_npz: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run")
-    result = runner.invoke(app, ["train", "--model", "lenet_300_100", "--data", str(small_npz), "--depth", "3",
-                                 "--epochs", "3", "--lam", "1e-3", "--out", str(out), "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            "lenet_300_100",
+            "--data",
+            str(small_npz),
+            "--depth",
+            "3",
+            "--epochs",
+            "3",
+            "--lam",
+            "1e-3",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -91,8 +109,26 @@ def test_onnx_artifact_matches_pytorch(trained: Path) -> None:
 
 def test_rerun_resumes_from_checkpoint(trained: Path, small_npz: Path) -> None:
     before = json.loads((trained / "metrics.json").read_text())
-    result = runner.invoke(app, ["train", "--model", "lenet_300_100", "--data", str(small_npz), "--depth", "3",
-                                 "--epochs", "3", "--lam", "1e-3", "--out", str(trained), "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            "lenet_300_100",
+            "--data",
+            str(small_npz),
+            "--depth",
+            "3",
+            "--epochs",
+            "3",
+            "--lam",
+            "1e-3",
+            "--out",
+            str(trained),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     after = json.loads((trained / "metrics.json").read_text())
     assert after["resumed_from_epoch"] == 3

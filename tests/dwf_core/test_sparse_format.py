@@ -75,9 +75,7 @@ def header_overhead(path: Path) -> int:
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("sparsity", SPARSITIES)
-def test_round_trip_bit_exact(
-    tmp_path: Path, sparsity: float, dtype: torch.dtype, shape: tuple[int, ...]
-) -> None:
+def test_round_trip_bit_exact(tmp_path: Path, sparsity: float, dtype: torch.dtype, shape: tuple[int, ...]) -> None:
     """Every dtype/shape/sparsity comes back bit for bit, with the smallest encoding, sized exactly."""
     tensor = random_sparse(shape, dtype, sparsity)
     path = tmp_path / "w.safetensors"
@@ -126,9 +124,7 @@ def from_unsigned(patterns: list[int], dtype: torch.dtype) -> torch.Tensor:
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.85, 0.995])
 @pytest.mark.parametrize("dtype", list(SPECIALS), ids=str)
-def test_negative_zero_and_nan_payloads_preserved(
-    tmp_path: Path, sparsity: float, dtype: torch.dtype
-) -> None:
+def test_negative_zero_and_nan_payloads_preserved(tmp_path: Path, sparsity: float, dtype: torch.dtype) -> None:
     """-0.0, NaNs with payloads, signaling NaN, ±inf and denormals survive every encoding exactly."""
     tensor = random_sparse((300, 784), dtype, sparsity, seed=3)
     positions = torch.tensor([0, 1, 5000, 123456, 200000, 235199])

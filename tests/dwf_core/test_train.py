@@ -81,8 +81,19 @@ def test_metrics_and_progress_events() -> None:
     cfg = TrainConfig(**{**CFG.to_dict(), "progress_every": 2})
     result = train(mlp(), DATA, VAL, cfg, on_progress=events.append)
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
-    keys = {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "sparsity", "compression_ratio",
-            "misalignment", "lr", "factor_penalty", "exact_zero_sparsity", "nnz"}
+    keys = {
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "sparsity",
+        "compression_ratio",
+        "misalignment",
+        "lr",
+        "factor_penalty",
+        "exact_zero_sparsity",
+        "nnz",
+    }
     assert keys <= set(result.history[-1])
     assert result.history[-1]["val_accuracy"] > 0.5
     epochs = [e for e in events if e.kind == "epoch"]
@@ -115,8 +126,19 @@ def test_diverging_lr_stops_with_clear_error() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("depth", 0), ("epochs", 0), ("epochs", 10**6), ("lr", -1.0), ("lam", float("nan")), ("momentum", 1.0),
-     ("batch_size", 0), ("optimizer", "rmsprop"), ("threshold", -0.5), ("device", "tpu"), ("seed", -1)],
+    [
+        ("depth", 0),
+        ("epochs", 0),
+        ("epochs", 10**6),
+        ("lr", -1.0),
+        ("lam", float("nan")),
+        ("momentum", 1.0),
+        ("batch_size", 0),
+        ("optimizer", "rmsprop"),
+        ("threshold", -0.5),
+        ("device", "tpu"),
+        ("seed", -1),
+    ],
 )
 def test_bad_config_names_the_field(field: str, value: object) -> None:
     with pytest.raises(ConfigError) as err:
