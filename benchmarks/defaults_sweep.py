@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent
 MNIST = "mnist-idx:" + str(ROOT.parent.parent / "shared" / "data" / "mnist")
 
 GRIDS: dict[str, list[dict[str, Any]]] = {
-    "main": [{"depth": d, "lam": lam} for d in (2, 3, 4) for lam in (1e-4, 2e-4, 3e-4, 5e-4)],
+    "main": [{"depth": d, "lam": lam} for d in (3, 2, 4) for lam in (2e-4, 3e-4, 5e-4, 1e-4)],
     "lr": [
         {"depth": 3, "lam": 2e-4, "lr": 0.1},
         {"depth": 3, "lam": 2e-4, "lr": 0.5},
@@ -105,11 +105,15 @@ def main() -> None:
         cfg = TrainConfig(epochs=args.epochs, seed=args.seed, device="cpu", **settings)
         started = time.monotonic()
         with tempfile.TemporaryDirectory() as tmp:
-            metrics = run(RunSpec(model="lenet_300_100", data=args.data, out_dir=Path(tmp), train=cfg,
-                                  export_onnx=False))
+            metrics = run(
+                RunSpec(model="lenet_300_100", data=args.data, out_dir=Path(tmp), train=cfg, export_onnx=False)
+            )
         rows.append(_row(settings, metrics))
-        print(f"{settings}: acc {metrics['test_accuracy']:.4f} CR {metrics['compression_ratio']:.1f} "
-              f"({time.monotonic() - started:.0f}s)", flush=True)
+        print(
+            f"{settings}: acc {metrics['test_accuracy']:.4f} CR {metrics['compression_ratio']:.1f} "
+            f"({time.monotonic() - started:.0f}s)",
+            flush=True,
+        )
         out_json.write_text(json.dumps({"header": header, "rows": rows}, indent=2))
         out_json.with_suffix(".md").write_text(_markdown(header, rows))
 

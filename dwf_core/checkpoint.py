@@ -7,7 +7,6 @@ either the previous or the new checkpoint readable. ``latest.json`` records the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dwf_core.errors import TrainingError
+from dwf_core.files import sha256_file
 
 LATEST = "latest.json"
 FORMAT = "dwf-checkpoint"
@@ -41,14 +41,6 @@ def _atomic_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_checkpoint(directory: str | os.PathLike[str], epoch: int, ckpt: Checkpoint, *, keep: int = 1) -> Path:
     """Write checkpoint ``epoch`` into ``directory`` and make it the latest; prune older ones beyond ``keep``."""
     root = Path(directory)
@@ -65,7 +57,7 @@ def save_checkpoint(directory: str | os.PathLike[str], epoch: int, ckpt: Checkpo
         "epoch": epoch,
         "tensors": tensor_path.name,
         "state": state_path.name,
-        "sha256": _sha256(tensor_path),
+        "sha256": sha256_file(tensor_path),
     }
     _atomic_bytes(root / LATEST, json.dumps(latest).encode())
     kept = sorted(root.glob("ckpt-*.json"))[:-keep] if keep > 0 else []
@@ -97,7 +89,7 @@ def load_checkpoint(directory: str | os.PathLike[str]) -> Checkpoint | None:
     try:
         latest = json.loads(latest_path.read_text())
         tensor_path, state_path = root / latest["tensors"], root / latest["state"]
-        if _sha256(tensor_path) != latest["sha256"]:
+        if sha256_file(tensor_path) != latest["sha256"]:
             raise TrainingError(f"checkpoint {tensor_path.name} fails its checksum", code="corrupt_checkpoint")
         state = json.loads(state_path.read_text())
         tensors = load_file(str(tensor_path))

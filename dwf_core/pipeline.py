@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import time
@@ -24,6 +23,7 @@ from dwf_core.data import DataLimits, DatasetBundle, load_dataset
 from dwf_core.errors import ConfigError, ModelError
 from dwf_core.evaluate import accuracy_of, predict_logits
 from dwf_core.export import export_onnx, save_dense, save_sparse, write_json_atomic
+from dwf_core.files import sha256_file
 from dwf_core.intake import build_model, detect_model_format, load_onnx, load_weights, refuse_unsafe
 from dwf_core.train import ProgressEvent, Trainer
 
@@ -141,14 +141,6 @@ def prepare(spec: RunSpec) -> Prepared:
     return Prepared(model, data, config, source)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def run(
     spec: RunSpec,
     *,
@@ -213,7 +205,7 @@ def run(
     onnx_info: dict[str, Any] = {"exported": False, "reason": "disabled"}
     if spec.export_onnx:
         onnx_result = export_onnx(plain, data.test.x[:2].contiguous(), out / "model.onnx")
-        onnx_info = onnx_result.to_dict() if hasattr(onnx_result, "to_dict") else vars(onnx_result)
+        onnx_info = {k: v for k, v in onnx_result.to_dict().items() if k != "path"}
         if onnx_result.exported:
             artifacts["model.onnx"] = out / "model.onnx"
 
@@ -260,7 +252,7 @@ def run(
         },
     }
     metrics["artifacts"] = [
-        {"name": name, "bytes": path.stat().st_size, "sha256": _sha256(path)} for name, path in artifacts.items()
+        {"name": name, "bytes": path.stat().st_size, "sha256": sha256_file(path)} for name, path in artifacts.items()
     ]
     write_json_atomic(metrics, out / "metrics.json")
     return metrics
