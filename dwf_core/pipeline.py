@@ -130,6 +130,9 @@ def prepare(spec: RunSpec) -> Prepared:
         normalize=spec.normalize,
         limits=spec.data_limits,
     )
+    # Zoo models draw their non-factorized parameters (biases, norms) from torch's global RNG at
+    # construction: seed it so the same settings give the same run in any process.
+    torch.manual_seed(spec.train.seed)
     model, source = _load_model(spec, data)
     if spec.weights is not None:
         if source == "onnx":

@@ -156,3 +156,30 @@ def test_bad_input_is_one_clear_line(args: list[str], expected: str, small_npz: 
     assert "Traceback" not in result.output
     assert expected in result.output
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_same_settings_same_run_whatever_the_global_rng(small_npz: Path, tmp_path: Path) -> None:
+    """Zoo models draw biases from torch's global RNG: the pipeline seeds it, so runs repeat exactly."""
+    from dwf_core.config import TrainConfig
+    from dwf_core.pipeline import RunSpec, run
+
+    results = []
+    for attempt in range(2):
+        torch.manual_seed(1000 + attempt)  # whatever happened before in the process
+        spec = RunSpec(
+            model="lenet_300_100",
+            data=str(small_npz),
+            out_dir=tmp_path / str(attempt),
+            train=TrainConfig(epochs=1, lam=1e-3, device="cpu"),
+            export_onnx=False,
+        )
+        results.append(run(spec))
+    first, second = results
+    assert first["history"][0]["train_loss"] == second["history"][0]["train_loss"]
+    assert first["nnz"] == second["nnz"] and first["test_accuracy"] == second["test_accuracy"]
+    assert (
+        load_file(str(tmp_path / "0" / "model.safetensors")).keys()
+        == load_file(str(tmp_path / "1" / "model.safetensors")).keys()
+    )
+    for name, tensor in load_file(str(tmp_path / "0" / "model.safetensors")).items():
+        assert torch.equal(tensor, load_file(str(tmp_path / "1" / "model.safetensors"))[name]), name
