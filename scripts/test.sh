@@ -2,7 +2,26 @@
 # Set up (if needed) and run the default test tier. CI calls exactly this (see .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# System packages of the integration tier (tests/integration: real Redis, PostgreSQL 15; tests/deploy:
+# docker-compose 1.29 `config`). Installed with apt-get only when missing, so a prepared machine skips apt.
+# Without root/apt the tests that need them skip locally and fail on CI (CI=true).
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x "${DWF_TEST_PG_BIN:-/usr/lib/postgresql/15/bin}/initdb" ] || missing+=(postgresql-15)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: apt-get install ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "test.sh: missing ${missing[*]} (not root or no apt-get): their tests skip here and fail on CI" >&2
+  fi
+fi
+
 bash scripts/setup.sh
-.venv/bin/ruff check dwf_core tests benchmarks
+.venv/bin/ruff check dwf_core dwf_service api worker tests benchmarks
 .venv/bin/mypy
 exec .venv/bin/python -m pytest -q "$@"

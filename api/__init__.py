@@ -1,0 +1,1 @@
+"""The REST API (FastAPI); it never imports torch or dwf_core."""

@@ -1,0 +1,64 @@
+"""FastAPI app factory: /v1 routes behind Bearer auth, one error envelope, a body cap, the reconciler loop."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from api import errors
+from api.deps import authenticate
+from api.errors import ErrorResponse
+from api.limits import BodyLimitMiddleware
+from api.routes import files, health, jobs
+from dwf_service.context import ServiceContext
+from dwf_service.queue import Publisher
+from dwf_service.runner_loop import start_reconciler
+from dwf_service.settings import Settings, get_settings
+
+# Multipart framing around the file part (boundaries, headers, the purpose field).
+MULTIPART_OVERHEAD = 1 << 20
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422)
+}
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    context: ServiceContext | None = None,
+    publisher: Publisher | None = None,
+    reconciler: bool = True,
+) -> FastAPI:
+    """The API for ``settings`` (default: from the environment); tests pass a context or a fake publisher."""
+    settings = settings or get_settings()
+    ctx = context or ServiceContext.create(settings, publisher, use_celery=publisher is None)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+        thread = start_reconciler(ctx, stop) if reconciler and settings.reconcile_seconds > 0 else None
+        try:
+            yield
+        finally:
+            stop.set()
+            if thread is not None:
+                thread.join(timeout=5)
+
+    app = FastAPI(
+        title="dwf",
+        version="0.1.0",
+        description="Sparsify neural networks by Deep Weight Factorization: upload, train, download.",
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    errors.install(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=ERROR_RESPONSES)
+    v1.include_router(files.router)
+    v1.include_router(jobs.router)
+    app.include_router(v1)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,72 @@
+"""Dependencies as Annotated aliases: the session (committed here, not in routes), auth, fetch-or-404."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.orm import Session
+
+from api.errors import ApiError
+from dwf_service.auth import find_key
+from dwf_service.context import ServiceContext
+from dwf_service.models import ApiKey, File, Job
+
+
+def get_context(request: Request) -> ServiceContext:
+    """The app's service context."""
+    ctx: ServiceContext = request.app.state.ctx
+    return ctx
+
+
+ContextDep = Annotated[ServiceContext, Depends(get_context)]
+
+
+def get_session(ctx: ContextDep) -> Iterator[Session]:
+    """One transaction per request: committed after the route returns (queued messages go out then)."""
+    with ctx.sessions() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+# scope="function": commit before the response is sent, so a client never sees an id it cannot read back.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def authenticate(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> ApiKey:
+    """The API key of ``Authorization: Bearer <key>``, or 401."""
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise ApiError(401, "missing_api_key", "send your API key as 'Authorization: Bearer <key>'")
+    row = find_key(session, key.strip())
+    if row is None:
+        raise ApiError(401, "invalid_api_key", "the API key is not valid")
+    return row
+
+
+CurrentKey = Annotated[ApiKey, Depends(authenticate)]
+
+
+def get_job(job_id: str, session: SessionDep) -> Job:
+    """The job named in the path, or 404."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise ApiError(404, "job_not_found", f"no job {job_id!r}", param="job_id")
+    return job
+
+
+def get_file(file_id: str, session: SessionDep) -> File:
+    """The file named in the path, or 404."""
+    file = session.get(File, file_id)
+    if file is None:
+        raise ApiError(404, "file_not_found", f"no file {file_id!r}", param="file_id")
+    return file
+
+
+CurrentJob = Annotated[Job, Depends(get_job)]
+CurrentFile = Annotated[File, Depends(get_file)]

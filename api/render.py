@@ -1,0 +1,83 @@
+"""ORM rows → response bodies (RFC 3339 timestamps, hypermedia urls)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from api.schemas import ArtifactOut, EventOut, FileOut, JobError, JobOut, Progress
+from dwf_service.models import Artifact, File, Job, JobEvent
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    """UTC timestamp like 2026-11-25T21:05:00.123Z."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def file_out(file: File) -> FileOut:
+    """The public view of a file."""
+    return FileOut(
+        id=file.id,
+        bytes=file.bytes,
+        sha256=file.sha256,
+        filename=file.filename,
+        purpose=file.purpose,
+        format=file.format,
+        created_at=rfc3339(file.created_at) or "",
+    )
+
+
+def job_out(job: Job) -> JobOut:
+    """The public view of a job."""
+    req = job.request
+    base = f"/v1/jobs/{job.id}"
+    error = None
+    if job.error_code is not None:
+        error = JobError(code=job.error_code, message=job.error_message, param=job.error_param)
+    return JobOut(
+        id=job.id,
+        status=job.status,
+        phase=job.phase,
+        model=req["model"],
+        weights_file_id=req.get("weights_file_id"),
+        dataset=req["dataset"],
+        method=req["method"],
+        seed=req.get("seed", 0),
+        metadata=req.get("metadata"),
+        progress=Progress(epoch=job.epoch, epochs=job.epochs, fraction=job.progress, eta_seconds=job.eta_seconds),
+        metrics=job.metrics,
+        error=error,
+        attempts=job.attempts,
+        created_at=rfc3339(job.created_at) or "",
+        started_at=rfc3339(job.started_at),
+        finished_at=rfc3339(job.finished_at),
+        urls={
+            "self": base,
+            "cancel": f"{base}/cancel",
+            "events": f"{base}/events",
+            "artifacts": f"{base}/artifacts",
+        },
+    )
+
+
+def event_out(event: JobEvent) -> EventOut:
+    """The public view of an event (ids are ``evt-<n>``, usable as the ``after`` cursor)."""
+    return EventOut(
+        id=f"evt-{event.id}",
+        created_at=rfc3339(event.created_at) or "",
+        level=event.level,
+        type=event.type,
+        message=event.message,
+        data=event.data,
+    )
+
+
+def artifact_out(artifact: Artifact) -> ArtifactOut:
+    """The public view of an artifact."""
+    return ArtifactOut(
+        name=artifact.name,
+        bytes=artifact.bytes,
+        sha256=artifact.sha256,
+        url=f"/v1/jobs/{artifact.job_id}/artifacts/{artifact.name}",
+    )

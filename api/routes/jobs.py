@@ -1,0 +1,204 @@
+"""/v1/jobs: create (idempotent), list, get, cancel, events (paged or server-sent), artifacts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from api.deps import ContextDep, CurrentJob, SessionDep
+from api.errors import ApiError
+from api.render import artifact_out, event_out, job_out
+from api.schemas import ArtifactList, EventList, JobCreate, JobList, JobOut
+from dwf_service import jobs
+from dwf_service.context import ServiceContext
+from dwf_service.models import Artifact, File, Job, JobEvent
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+Status = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+SSE_POLL_S = 0.5
+SSE_KEEPALIVE_S = 15.0
+
+
+def _check_file(session: SessionDep, file_id: str, purpose: str, param: str) -> None:
+    file = session.get(File, file_id)
+    if file is None:
+        raise ApiError(422, "file_not_found", f"no file {file_id!r}", param=param)
+    if file.purpose != purpose:
+        raise ApiError(422, "wrong_purpose", f"{file_id} was uploaded as {file.purpose}, not {purpose}", param=param)
+
+
+@router.post("", response_model=JobOut)
+def create_job(
+    session: SessionDep,
+    body: JobCreate,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JobOut:
+    """Create a DWF job; it is validated first (status validating_files), then queued for training."""
+    request = body.model_dump(mode="json", exclude_none=True)
+    request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+    if idempotency_key is not None:
+        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        if existing is not None:
+            if existing.request_hash != request_hash:
+                raise ApiError(
+                    409,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with a different request body",
+                    param="Idempotency-Key",
+                )
+            return job_out(existing)
+    if body.model.file_id is not None:
+        _check_file(session, body.model.file_id, "model", "model.file_id")
+        if body.weights_file_id is not None:
+            raise ApiError(
+                422,
+                "weights_with_onnx",
+                "an ONNX model carries its own weights; drop weights_file_id",
+                param="weights_file_id",
+            )
+    if body.weights_file_id is not None:
+        _check_file(session, body.weights_file_id, "weights", "weights_file_id")
+    _check_file(session, body.dataset.file_id, "dataset", "dataset.file_id")
+    file_ids = {"model": body.model.file_id, "weights": body.weights_file_id, "dataset": body.dataset.file_id}
+    try:
+        job = jobs.create_job(
+            session, request, file_ids=file_ids, idempotency_key=idempotency_key, request_hash=request_hash
+        )
+    except IntegrityError:  # the same key raced in from another request: answer with its job
+        session.rollback()
+        job = session.scalars(select(Job).where(Job.idempotency_key == idempotency_key)).one()
+    return job_out(job)
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    session: SessionDep,
+    status: Status | None = None,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> JobList:
+    """Jobs, newest first (ids sort by creation time); filtered before limiting."""
+    query = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if after is not None:
+        query = query.where(Job.id < after)
+    rows = list(session.scalars(query))
+    page = [job_out(j) for j in rows[:limit]]
+    return JobList(
+        data=page,
+        has_more=len(rows) > limit,
+        first_id=page[0].id if page else None,
+        last_id=page[-1].id if page else None,
+    )
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job: CurrentJob) -> JobOut:
+    """One job."""
+    return job_out(job)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel_job(session: SessionDep, job: CurrentJob) -> JobOut:
+    """Cancel: at once before training starts, else at the next training step. The job is kept."""
+    if job.status in (jobs.SUCCEEDED, jobs.FAILED):
+        raise ApiError(409, "job_finished", f"job {job.id} already {job.status}", param="job_id")
+    if job.status != jobs.CANCELLED:
+        jobs.request_cancel(session, job.id)
+        session.refresh(job)
+    return job_out(job)
+
+
+def _event_cursor(after: str | None) -> int:
+    if after is None:
+        return 0
+    try:
+        return int(after.removeprefix("evt-"))
+    except ValueError:
+        raise ApiError(422, "invalid_value", "after must be an event id like evt-12", param="after") from None
+
+
+def _sse(ctx: ServiceContext, job_id: str, cursor: int) -> Iterator[str]:
+    last_send = time.monotonic()
+    while True:
+        with ctx.sessions() as session:
+            status = session.scalar(select(Job.status).where(Job.id == job_id))
+            rows = session.scalars(
+                select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > cursor).order_by(JobEvent.id).limit(100)
+            ).all()
+        for row in rows:
+            cursor = row.id
+            yield f"id: evt-{row.id}\nevent: {row.type}\ndata: {event_out(row).model_dump_json()}\n\n"
+            last_send = time.monotonic()
+        if not rows and status in jobs.TERMINAL:
+            yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
+            return
+        if time.monotonic() - last_send > SSE_KEEPALIVE_S:
+            yield ": keep-alive\n\n"
+            last_send = time.monotonic()
+        if not rows:
+            time.sleep(SSE_POLL_S)
+
+
+@router.get("/{job_id}/events", response_model=EventList)
+def list_events(
+    ctx: ContextDep,
+    session: SessionDep,
+    job: CurrentJob,
+    request: Request,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    stream: bool = False,
+) -> EventList | StreamingResponse:
+    """The job's events, oldest first; ``stream=true`` answers server-sent events until the job ends."""
+    cursor = _event_cursor(after)
+    if stream:
+        cursor = _event_cursor(request.headers.get("last-event-id")) or cursor
+        return StreamingResponse(
+            _sse(ctx, job.id, cursor), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+    rows = session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.id > cursor).order_by(JobEvent.id).limit(limit + 1)
+    ).all()
+    return EventList(data=[event_out(e) for e in rows[:limit]], has_more=len(rows) > limit)
+
+
+@router.get("/{job_id}/artifacts", response_model=ArtifactList)
+def list_artifacts(session: SessionDep, job: CurrentJob) -> ArtifactList:
+    """The job's output files (empty until it succeeds)."""
+    rows = session.scalars(select(Artifact).where(Artifact.job_id == job.id).order_by(Artifact.name)).all()
+    return ArtifactList(data=[artifact_out(a) for a in rows])
+
+
+@router.get("/{job_id}/artifacts/{name}", response_model=None)
+def download_artifact(
+    ctx: ContextDep,
+    session: SessionDep,
+    job: CurrentJob,
+    name: str,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Stream one artifact with its Content-Length and sha256 ETag."""
+    artifact = session.scalar(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name))
+    if artifact is None:
+        raise ApiError(404, "artifact_not_found", f"job {job.id} has no artifact {name!r}", param="name")
+    etag = f'"{artifact.sha256}"'
+    if if_none_match == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    headers = {
+        "Content-Length": str(artifact.bytes),
+        "ETag": etag,
+        "Content-Disposition": f'attachment; filename="{artifact.name}"',
+    }
+    return StreamingResponse(
+        ctx.storage.open(artifact.storage_key), media_type="application/octet-stream", headers=headers
+    )

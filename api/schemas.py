@@ -1,0 +1,204 @@
+"""Request and response bodies (pydantic); requests refuse unknown fields so typos fail loudly with 422."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Mirrors of dwf_core's ranges (dwf_core.factorize.MAX_DEPTH, dwf_core.config), kept here so the API needs no torch;
+# the worker's validation step re-checks everything with dwf_core itself.
+MAX_DEPTH = 8
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+
+
+class Strict(BaseModel):
+    """Unknown fields are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRef(Strict):
+    """Either an uploaded ONNX file or a zoo/torchvision architecture name."""
+
+    file_id: str | None = Field(default=None, description="An uploaded file with purpose 'model' (ONNX)")
+    name: str | None = Field(
+        default=None, max_length=200, description="lenet_300_100, lenet5, vgg16, torchvision:NAME…"
+    )
+    num_classes: int | None = Field(default=None, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelRef:
+        if (self.file_id is None) == (self.name is None):
+            raise ValueError("give exactly one of model.file_id or model.name")
+        return self
+
+
+class DatasetRef(Strict):
+    """An uploaded dataset file and how to split/normalize it."""
+
+    file_id: str
+    val_fraction: float = Field(default=0.1, gt=0, le=0.5)
+    normalize: Literal["auto", "none", "standardize"] = "auto"
+
+
+class DwfMethod(Strict):
+    """The DWF settings; ``None`` means dwf_core's measured default."""
+
+    type: Literal["dwf"] = "dwf"
+    depth: int = Field(default=3, ge=1, le=MAX_DEPTH)
+    lam: float | None = Field(default=None, ge=0, le=1)
+    target_sparsity: float | None = Field(default=None, gt=0, lt=1)
+    epochs: int = Field(default=40, ge=1, le=MAX_EPOCHS)
+    lr: float | None = Field(default=None, gt=0, le=10)
+    batch_size: int = Field(default=128, ge=1, le=MAX_BATCH_SIZE)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    init: Literal["varmatch", "balanced"] | None = None
+    threshold: Literal["auto"] | float = "auto"
+    tolerance: float = Field(default=0.001, ge=0, le=1)
+    warmup_epochs: float = Field(default=0.0, ge=0)
+    include: list[str] | None = Field(default=None, max_length=100)
+    exclude: list[str] | None = Field(default=None, max_length=100)
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold(cls, value: Literal["auto"] | float) -> Literal["auto"] | float:
+        if value != "auto" and (not math.isfinite(float(value)) or float(value) < 0):
+            raise ValueError("must be 'auto' or a finite number ≥ 0")
+        return value
+
+    @field_validator("target_sparsity")
+    @classmethod
+    def _target(cls, value: float | None) -> float | None:
+        if value is not None:
+            raise ValueError("target_sparsity is not supported yet; give lam (or leave it out for the default)")
+        return value
+
+
+class JobCreate(Strict):
+    """POST /v1/jobs."""
+
+    model: ModelRef
+    weights_file_id: str | None = None
+    dataset: DatasetRef
+    method: DwfMethod
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+
+
+class FileOut(BaseModel):
+    """An uploaded file."""
+
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    sha256: str
+    filename: str
+    purpose: str
+    format: str
+    created_at: str
+
+
+class JobError(BaseModel):
+    """Why a job failed."""
+
+    code: str | None
+    message: str | None
+    param: str | None
+
+
+class Progress(BaseModel):
+    """Where training stands."""
+
+    epoch: int | None
+    epochs: int | None
+    fraction: float | None
+    eta_seconds: float | None
+
+
+class JobOut(BaseModel):
+    """A job, the same shape from POST, GET and cancel."""
+
+    id: str
+    object: Literal["job"] = "job"
+    status: str
+    phase: str | None
+    model: dict[str, Any]
+    weights_file_id: str | None
+    dataset: dict[str, Any]
+    method: dict[str, Any]
+    seed: int
+    metadata: dict[str, str] | None
+    progress: Progress
+    metrics: dict[str, Any] | None
+    error: JobError | None
+    attempts: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    urls: dict[str, str]
+
+
+class EventOut(BaseModel):
+    """One job event."""
+
+    id: str
+    object: Literal["job.event"] = "job.event"
+    created_at: str
+    level: str
+    type: str
+    message: str
+    data: dict[str, Any] | None
+
+
+class ArtifactOut(BaseModel):
+    """One downloadable output of a job."""
+
+    name: str
+    bytes: int
+    sha256: str
+    url: str
+
+
+class FileList(BaseModel):
+    """A page of files."""
+
+    object: Literal["list"] = "list"
+    data: list[FileOut]
+    has_more: bool
+
+
+class JobList(BaseModel):
+    """A page of jobs, newest first."""
+
+    object: Literal["list"] = "list"
+    data: list[JobOut]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class EventList(BaseModel):
+    """A page of events, oldest first."""
+
+    object: Literal["list"] = "list"
+    data: list[EventOut]
+    has_more: bool
+
+
+class ArtifactList(BaseModel):
+    """A job's artifacts."""
+
+    object: Literal["list"] = "list"
+    data: list[ArtifactOut]
+
+
+class Deleted(BaseModel):
+    """Answer of a DELETE."""
+
+    id: str
+    object: str
+    deleted: bool

@@ -1,0 +1,41 @@
+"""The ``dwf`` command: ``dwf train`` (dwf_core's local run) and ``dwf serve`` (the embedded job service)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dwf_core.cli import train
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Deep Weight Factorization: sparse models.")
+app.command()(train)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Database, blobs, broker and checkpoints (default $DWF_DATA_DIR or ~/.local/share/dwf)"),
+    ] = None,
+) -> None:
+    """Run the job service: REST API plus one Celery worker, on SQLite and a local blob folder."""
+    from dwf_service.serve import serve as run_serve
+    from dwf_service.settings import Settings
+
+    if data_dir is not None:
+        os.environ["DWF_DATA_DIR"] = str(data_dir.expanduser().resolve())
+    run_serve(Settings(), host, port, echo=typer.echo)
+
+
+def main() -> None:
+    """Entry point of the ``dwf`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

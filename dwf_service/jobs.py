@@ -1,0 +1,272 @@
+"""Job state machine: guarded transitions, the worker lease, events and the reconciler.
+
+validating_files → queued → running → succeeded | failed | cancelled. Every transition is one
+``UPDATE … WHERE status IN (…)`` so two processes racing on a job cannot both win.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy.orm import Session
+
+from dwf_service.models import Job, JobEvent, utcnow
+from dwf_service.queue import TASK_TRAIN, TASK_VALIDATE, enqueue
+from dwf_service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+VALIDATING = "validating_files"
+QUEUED = "queued"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+CANCELLED = "cancelled"
+STATUSES = (VALIDATING, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+ACTIVE = (VALIDATING, QUEUED, RUNNING)
+TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+PHASES = ("loading", "training", "collapsing", "evaluating", "exporting")
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with non-finite floats replaced by None (JSON, and PostgreSQL's json type, have no inf/NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def add_event(
+    session: Session,
+    job_id: str,
+    message: str,
+    *,
+    type: str = "message",
+    level: str = "info",
+    data: dict[str, Any] | None = None,
+) -> None:
+    """Append one event to the job's log (in the caller's transaction)."""
+    session.add(JobEvent(job_id=job_id, message=message, type=type, level=level, data=jsonable(data) if data else None))
+
+
+def _update(session: Session, job_id: str, where: Iterable[Any], values: dict[str, Any]) -> bool:
+    values.setdefault("updated_at", utcnow())
+    result = session.execute(update(Job).where(Job.id == job_id, *where).values(**values))
+    assert isinstance(result, CursorResult)
+    return result.rowcount == 1
+
+
+def create_job(
+    session: Session,
+    request: dict[str, Any],
+    *,
+    file_ids: dict[str, str | None],
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> Job:
+    """Insert a job in ``validating_files`` and enqueue its validation (sent after commit)."""
+    from dwf_service.models import new_id
+
+    now = utcnow()
+    job = Job(
+        id=new_id("job"),
+        status=VALIDATING,
+        request=request,
+        model_file_id=file_ids.get("model"),
+        weights_file_id=file_ids.get("weights"),
+        dataset_file_id=file_ids.get("dataset"),
+        epochs=int(request["method"]["epochs"]),
+        attempts=0,
+        cancel_requested=False,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        enqueued_at=now,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, "job created; validating the files")
+    enqueue(session, TASK_VALIDATE, job.id)
+    return job
+
+
+def acquire_lease(session: Session, job_id: str, owner: str, statuses: tuple[str, ...], lease_seconds: float) -> bool:
+    """Take the job's lease if it is in ``statuses`` and nobody holds a live lease; counts an attempt."""
+    now = utcnow()
+    return _update(
+        session,
+        job_id,
+        [Job.status.in_(statuses), or_(Job.lease_owner.is_(None), Job.lease_expires_at < now)],
+        {
+            "lease_owner": owner,
+            "lease_expires_at": now + timedelta(seconds=lease_seconds),
+            "heartbeat_at": now,
+            "attempts": Job.attempts + 1,
+        },
+    )
+
+
+def heartbeat(session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:
+    """Extend the lease; False when it was lost (expired and taken, or the job left the active states)."""
+    now = utcnow()
+    return _update(
+        session,
+        job_id,
+        [Job.lease_owner == owner, Job.status.in_(ACTIVE)],
+        {"lease_expires_at": now + timedelta(seconds=lease_seconds), "heartbeat_at": now},
+    )
+
+
+def update_owned(session: Session, job_id: str, owner: str, **values: Any) -> bool:
+    """Write fields (progress, phase, metrics…) of a job whose lease ``owner`` holds."""
+    return _update(session, job_id, [Job.lease_owner == owner, Job.status.in_(ACTIVE)], values)
+
+
+def start_running(session: Session, job_id: str, owner: str) -> bool:
+    """queued|running → running for the lease holder; sets started_at on the first attempt."""
+    job = session.get(Job, job_id)
+    started = job.started_at if job is not None and job.started_at is not None else utcnow()
+    return _update(
+        session,
+        job_id,
+        [Job.lease_owner == owner, Job.status.in_((QUEUED, RUNNING))],
+        {"status": RUNNING, "started_at": started, "phase": "loading"},
+    )
+
+
+def mark_validated(session: Session, job_id: str, owner: str, summary: str) -> bool:
+    """validating_files → queued: release the lease, reset the attempt count, enqueue training."""
+    ok = _update(
+        session,
+        job_id,
+        [Job.lease_owner == owner, Job.status == VALIDATING],
+        {
+            "status": QUEUED,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "attempts": 0,
+            "enqueued_at": utcnow(),
+        },
+    )
+    if ok:
+        add_event(session, job_id, f"files validated: {summary}; queued for training")
+        enqueue(session, TASK_TRAIN, job_id)
+    return ok
+
+
+def finish(
+    session: Session,
+    job_id: str,
+    status: str,
+    *,
+    owner: str | None = None,
+    error: dict[str, Any] | None = None,
+    **values: Any,
+) -> bool:
+    """Move an active job to a terminal status (only the lease holder may, when ``owner`` is given)."""
+    if status not in TERMINAL:
+        raise ValueError(f"{status!r} is not terminal")
+    where: list[Any] = [Job.status.in_(ACTIVE)]
+    if owner is not None:
+        where.append(Job.lease_owner == owner)
+    values.update(status=status, finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
+    if error is not None:
+        values.update(error_code=error.get("code"), error_message=error.get("message"), error_param=error.get("param"))
+    ok = _update(session, job_id, where, values)
+    if ok:
+        if status == FAILED and error is not None:
+            where_txt = f" ({error['param']})" if error.get("param") else ""
+            add_event(
+                session, job_id, f"failed [{error.get('code')}]{where_txt}: {error.get('message')}", level="error"
+            )
+        else:
+            add_event(session, job_id, f"job {status}")
+    return ok
+
+
+def requeue(session: Session, job_id: str, owner: str | None, reason: str, *, count_attempt: bool) -> bool:
+    """Give an active job back to the queue of its stage (validate or train) and enqueue it."""
+    job = session.get(Job, job_id)
+    if job is None or job.status not in ACTIVE:
+        return False
+    where: list[Any] = [Job.status == job.status]
+    if owner is not None:
+        where.append(Job.lease_owner == owner)
+    values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None, "enqueued_at": utcnow()}
+    if job.status == RUNNING:
+        values["status"] = QUEUED
+    if not count_attempt:
+        values["attempts"] = Job.attempts - 1
+    if not _update(session, job_id, where, values):
+        return False
+    add_event(session, job_id, f"re-queued: {reason}", level="warn")
+    enqueue(session, TASK_VALIDATE if job.status == VALIDATING else TASK_TRAIN, job_id)
+    return True
+
+
+def request_cancel(session: Session, job_id: str) -> None:
+    """Cancel now when the job has not started; a running job stops at its next step (the worker sees the flag)."""
+    if not _update(session, job_id, [Job.status.in_(ACTIVE)], {"cancel_requested": True}):
+        return
+    if not _cancel_unstarted(session, job_id):
+        add_event(session, job_id, "cancellation requested")
+
+
+def _cancel_unstarted(session: Session, job_id: str) -> bool:
+    now = utcnow()
+    ok = _update(
+        session,
+        job_id,
+        [Job.status.in_((VALIDATING, QUEUED))],
+        {"status": CANCELLED, "finished_at": now, "lease_owner": None, "lease_expires_at": None},
+    )
+    if ok:
+        add_event(session, job_id, "job cancelled")
+    return ok
+
+
+def reconcile(session: Session, settings: Settings) -> list[str]:
+    """Bring back jobs whose worker vanished (expired lease) or whose message was lost; returns the job ids touched.
+
+    The embedded brokers lose a message in flight when the whole worker dies (reliability-tests.md §7), and
+    Redis re-delivers only after its visibility timeout, so the lease is what recovers a job in every mode.
+    """
+    now = utcnow()
+    touched: list[str] = []
+    expired = session.scalars(
+        select(Job).where(Job.status.in_(ACTIVE), Job.lease_owner.is_not(None), Job.lease_expires_at < now)
+    ).all()
+    for job in expired:
+        if job.cancel_requested:
+            done = finish(session, job.id, CANCELLED)
+        elif job.attempts >= settings.max_attempts:
+            error = {
+                "code": "worker_lost",
+                "message": f"the worker stopped responding {job.attempts} times; giving up",
+                "param": None,
+            }
+            done = finish(session, job.id, FAILED, error=error)
+        else:
+            done = requeue(session, job.id, job.lease_owner, "the worker's lease expired", count_attempt=True)
+        if done:
+            touched.append(job.id)
+    stale = now - timedelta(seconds=settings.requeue_after_seconds)
+    lost = session.scalars(
+        select(Job).where(Job.status.in_((VALIDATING, QUEUED)), Job.lease_owner.is_(None), Job.enqueued_at < stale)
+    ).all()
+    for job in lost:
+        if _update(session, job.id, [Job.lease_owner.is_(None), Job.status == job.status], {"enqueued_at": now}):
+            enqueue(session, TASK_VALIDATE if job.status == VALIDATING else TASK_TRAIN, job.id)
+            touched.append(job.id)
+    if touched:
+        log.info("reconciler touched %s", touched)
+    return touched

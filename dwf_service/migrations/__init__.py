@@ -1,0 +1,1 @@
+"""Alembic migrations of the job service database (``upgrade_db`` runs them)."""

@@ -1,0 +1,339 @@
+"""What the worker's tasks do: validate a job's files, then train, collapse and store the results.
+
+Each function takes the job's lease first, so a re-delivered message for a job that is already running
+elsewhere (or finished) does nothing; dwf_core is imported here only, never by the API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, select
+
+from dwf_service import jobs
+from dwf_service.context import ServiceContext
+from dwf_service.db import session_scope
+from dwf_service.models import Artifact, File, Job, JobResult
+from dwf_service.storage import download_to, upload_file
+
+if TYPE_CHECKING:
+    from dwf_core.pipeline import RunSpec
+    from dwf_core.train import ProgressEvent
+
+log = logging.getLogger(__name__)
+
+# Set by the worker's shutdown signal: a running training stops at its next step and goes back to the queue.
+SHUTDOWN = threading.Event()
+STEP_WRITE_INTERVAL_S = 1.0
+CANCEL_POLL_INTERVAL_S = 1.0
+_SAFE_SUFFIX = re.compile(r"^(\.[A-Za-z0-9]{1,10}){1,2}$")
+_FORMAT_SUFFIX = {"onnx": ".onnx", "safetensors": ".safetensors", "npz": ".npz", "csv": ".csv", "zip": ".zip"}
+
+
+def worker_id() -> str:
+    """A lease owner name unique to this process and call."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _suffix(file: File) -> str:
+    suffix = "".join(Path(file.filename).suffixes[-2:]).lower()
+    return suffix if _SAFE_SUFFIX.match(suffix) else _FORMAT_SUFFIX.get(file.format, ".bin")
+
+
+def _materialize(ctx: ServiceContext, job: Job, dest: Path) -> dict[str, Path]:
+    """Copy the job's input files from the blob store to ``dest``; returns role → local path."""
+    paths: dict[str, Path] = {}
+    with ctx.sessions() as session:
+        for role, file_id in (
+            ("model", job.model_file_id),
+            ("weights", job.weights_file_id),
+            ("dataset", job.dataset_file_id),
+        ):
+            if file_id is None:
+                continue
+            file = session.get(File, file_id)
+            if file is None:
+                from dwf_core.errors import ConfigError
+
+                raise ConfigError(f"file {file_id} was deleted", code="file_not_found", param=f"{role}.file_id")
+            paths[role] = download_to(ctx.storage, file.storage_key, dest / f"{role}-{file.id}{_suffix(file)}")
+    return paths
+
+
+def _spec(ctx: ServiceContext, job: Job, paths: dict[str, Path], out_dir: Path, checkpoint_dir: Path | None) -> RunSpec:
+    """The dwf_core RunSpec for a job's stored request."""
+    from dwf_core.config import TrainConfig
+    from dwf_core.pipeline import RunSpec
+
+    req = job.request
+    method = req["method"]
+    threshold = method.get("threshold", "auto")
+    config = TrainConfig(
+        depth=method["depth"],
+        epochs=method["epochs"],
+        lam=method.get("lam"),
+        lr=method.get("lr"),
+        optimizer=method.get("optimizer", "sgd"),
+        momentum=method.get("momentum", 0.9),
+        batch_size=method.get("batch_size", 128),
+        init=method.get("init"),
+        threshold=threshold if threshold == "auto" else float(threshold),
+        tolerance=method.get("tolerance", 0.001),
+        warmup_epochs=method.get("warmup_epochs", 0.0),
+        include=method.get("include"),
+        exclude=method.get("exclude"),
+        seed=req.get("seed", 0),
+        device=ctx.settings.device,
+    )
+    dataset = req["dataset"]
+    return RunSpec(
+        model=str(paths["model"]) if "model" in paths else req["model"]["name"],
+        data=str(paths["dataset"]),
+        out_dir=out_dir,
+        weights=str(paths["weights"]) if "weights" in paths else None,
+        train=config,
+        val_fraction=dataset.get("val_fraction", 0.1),
+        normalize=dataset.get("normalize", "auto"),
+        checkpoint_dir=checkpoint_dir,
+    )
+
+
+class _Lease:
+    """Heartbeats the job's lease from a thread and answers ``should_stop`` (cancel, lost lease, shutdown)."""
+
+    def __init__(self, ctx: ServiceContext, job_id: str, owner: str) -> None:
+        self.ctx, self.job_id, self.owner = ctx, job_id, owner
+        self.stop_reason: str | None = None
+        self._done = threading.Event()
+        self._last_cancel_poll = 0.0
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{job_id}", daemon=True)
+
+    def __enter__(self) -> _Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.ctx.settings.heartbeat_seconds):
+            try:
+                with session_scope(self.ctx.sessions) as session:
+                    if not jobs.heartbeat(session, self.job_id, self.owner, self.ctx.settings.lease_seconds):
+                        self.stop_reason = self.stop_reason or "lease_lost"
+            except Exception:  # a missed beat is survivable (the lease outlives two intervals)
+                log.exception("heartbeat of %s failed", self.job_id)
+
+    def should_stop(self) -> bool:
+        """True once the job was cancelled, the lease was lost or the worker is shutting down."""
+        if self.stop_reason is None and SHUTDOWN.is_set():
+            self.stop_reason = "shutdown"
+        now = time.monotonic()
+        if self.stop_reason is None and now - self._last_cancel_poll >= CANCEL_POLL_INTERVAL_S:
+            self._last_cancel_poll = now
+            with self.ctx.sessions() as session:
+                if session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)):
+                    self.stop_reason = "cancelled"
+        return self.stop_reason is not None
+
+
+def _take(ctx: ServiceContext, job_id: str, owner: str, statuses: tuple[str, ...]) -> Job | None:
+    with session_scope(ctx.sessions) as session:
+        if not jobs.acquire_lease(session, job_id, owner, statuses, ctx.settings.lease_seconds):
+            log.info("job %s is not available for %s; message ignored", job_id, statuses)
+            return None
+        job = session.get(Job, job_id)
+        assert job is not None
+        session.refresh(job)
+        if job.cancel_requested:
+            jobs.finish(session, job_id, jobs.CANCELLED, owner=owner)
+            return None
+        if job.attempts > ctx.settings.max_attempts:
+            error = {
+                "code": "too_many_attempts",
+                "message": f"gave up after {job.attempts - 1} attempts",
+                "param": None,
+            }
+            jobs.finish(session, job_id, jobs.FAILED, owner=owner, error=error)
+            return None
+        return job
+
+
+def _fail(ctx: ServiceContext, job_id: str, owner: str, error: dict[str, Any]) -> None:
+    with session_scope(ctx.sessions) as session:
+        jobs.finish(session, job_id, jobs.FAILED, owner=owner, error=error)
+
+
+def _internal_error(exc: BaseException) -> dict[str, Any]:
+    return {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}", "param": None}
+
+
+def validate_job(ctx: ServiceContext, job_id: str) -> None:
+    """Load the model safely, parse the dataset, run one forward pass; then queue training or fail the job."""
+    from dwf_core.errors import DwfError
+    from dwf_core.pipeline import prepare
+
+    owner = worker_id()
+    job = _take(ctx, job_id, owner, (jobs.VALIDATING,))
+    if job is None:
+        return
+    scratch = ctx.settings.work_dir / job_id / "validate"
+    try:
+        with _Lease(ctx, job_id, owner):
+            paths = _materialize(ctx, job, scratch)
+            prepared = prepare(_spec(ctx, job, paths, scratch / "out", None))
+            wanted = job.request["model"].get("num_classes")
+            if wanted is not None and wanted != prepared.data.num_classes:
+                raise DwfError(
+                    f"model.num_classes is {wanted} but the dataset has {prepared.data.num_classes} classes",
+                    code="num_classes_mismatch",
+                    param="model.num_classes",
+                )
+            summary = (
+                f"{prepared.model_source} model, {prepared.data.num_classes} classes, "
+                f"{len(prepared.data.train.y)} train / {len(prepared.data.val.y)} val / "
+                f"{len(prepared.data.test.y)} test samples of shape {tuple(prepared.data.input_shape)}"
+            )
+    except DwfError as err:
+        _fail(ctx, job_id, owner, err.to_dict())
+        return
+    except Exception as exc:
+        log.exception("validation of %s crashed", job_id)
+        _fail(ctx, job_id, owner, _internal_error(exc))
+        return
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            scratch.parent.rmdir()  # the job's folder, unless training already keeps checkpoints there
+    with session_scope(ctx.sessions) as session:
+        jobs.mark_validated(session, job_id, owner, summary)
+
+
+class _ProgressWriter:
+    """on_progress/on_phase callbacks: progress fields (≤ 1 write/s within an epoch) and a metrics event per epoch."""
+
+    def __init__(self, ctx: ServiceContext, job_id: str, owner: str) -> None:
+        self.ctx, self.job_id, self.owner = ctx, job_id, owner
+        self._last_write = 0.0
+
+    def on_phase(self, name: str) -> None:
+        with session_scope(self.ctx.sessions) as session:
+            if jobs.update_owned(session, self.job_id, self.owner, phase=name):
+                jobs.add_event(session, self.job_id, f"phase: {name}")
+
+    def on_progress(self, event: ProgressEvent) -> None:
+        now = time.monotonic()
+        if event.kind != "epoch" and now - self._last_write < STEP_WRITE_INTERVAL_S:
+            return
+        self._last_write = now
+        fraction = event.fraction
+        eta = event.elapsed_s * (1 - fraction) / fraction if fraction > 0 else None
+        values: dict[str, Any] = {
+            "epoch": event.epoch,
+            "epochs": event.epochs,
+            "progress": fraction,
+            "eta_seconds": eta,
+        }
+        if event.metrics is not None:
+            values["metrics"] = jobs.jsonable(event.metrics)
+        with session_scope(self.ctx.sessions) as session:
+            jobs.update_owned(session, self.job_id, self.owner, **values)
+            if event.metrics is not None:
+                m = event.metrics
+                jobs.add_event(
+                    session,
+                    self.job_id,
+                    f"epoch {event.epoch}/{event.epochs}: loss {event.loss:.4f}, "
+                    f"val acc {100 * m.get('val_accuracy', 0.0):.2f}%, sparsity {100 * m.get('sparsity', 0.0):.2f}%",
+                    type="metrics",
+                    data={"step": event.global_step, "epoch": event.epoch, **m},
+                )
+
+
+def _store_results(ctx: ServiceContext, job_id: str, owner: str, out_dir: Path, metrics: dict[str, Any]) -> bool:
+    """Upload the artifacts, keep the sparse weights and metrics in the DB, mark the job succeeded."""
+    from dwf_core.pipeline import ARTIFACTS
+
+    stored: list[Artifact] = []
+    for name in ARTIFACTS:
+        path = out_dir / name
+        if path.is_file():
+            key = f"jobs/{job_id}/{name}"
+            size, sha = upload_file(ctx.storage, key, path)
+            stored.append(Artifact(job_id=job_id, name=name, bytes=size, sha256=sha, storage_key=key))
+    clean = jobs.jsonable(metrics)
+    with session_scope(ctx.sessions) as session:
+        session.execute(delete(Artifact).where(Artifact.job_id == job_id))
+        session.execute(delete(JobResult).where(JobResult.job_id == job_id))
+        session.add_all(stored)
+        session.add(
+            JobResult(job_id=job_id, sparse_weights=(out_dir / "model.sparse.safetensors").read_bytes(), metrics=clean)
+        )
+        ok = jobs.finish(
+            session, job_id, jobs.SUCCEEDED, owner=owner, metrics=clean, progress=1.0, eta_seconds=0.0, phase=None
+        )
+        if not ok:
+            session.rollback()
+    return ok
+
+
+def train_job(ctx: ServiceContext, job_id: str) -> None:
+    """Train (resuming from the job's checkpoints), collapse, export and store; honours cancel and shutdown."""
+    from dwf_core.errors import DwfError
+    from dwf_core.pipeline import run
+    from dwf_core.train import TrainingCancelled
+
+    owner = worker_id()
+    job = _take(ctx, job_id, owner, (jobs.QUEUED, jobs.RUNNING))
+    if job is None:
+        return
+    with session_scope(ctx.sessions) as session:
+        jobs.start_running(session, job_id, owner)
+        jobs.add_event(session, job_id, f"training started (attempt {job.attempts})")
+    workdir = ctx.settings.work_dir / job_id
+    keep_workdir = False
+    writer = _ProgressWriter(ctx, job_id, owner)
+    try:
+        with _Lease(ctx, job_id, owner) as lease:
+            paths = _materialize(ctx, job, workdir / "inputs")
+            spec = _spec(ctx, job, paths, workdir / "out", workdir / "checkpoints")
+            metrics = run(spec, on_progress=writer.on_progress, should_stop=lease.should_stop, on_phase=writer.on_phase)
+        if not _store_results(ctx, job_id, owner, workdir / "out", metrics):
+            log.warning("job %s finished but its lease was lost; results not recorded", job_id)
+    except TrainingCancelled:
+        keep_workdir = _stopped(ctx, job_id, owner, lease.stop_reason)
+    except DwfError as err:
+        _fail(ctx, job_id, owner, err.to_dict())
+    except Exception as exc:
+        log.exception("training of %s crashed", job_id)
+        _fail(ctx, job_id, owner, _internal_error(exc))
+    finally:
+        if not keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _stopped(ctx: ServiceContext, job_id: str, owner: str, reason: str | None) -> bool:
+    """Handle a training stopped between steps; returns whether to keep the checkpoints for a resume."""
+    with session_scope(ctx.sessions) as session:
+        if reason == "cancelled":
+            jobs.finish(session, job_id, jobs.CANCELLED, owner=owner)
+            return False
+        if reason == "shutdown":
+            jobs.requeue(
+                session, job_id, owner, "the worker is shutting down; resumes from its checkpoint", count_attempt=False
+            )
+    return True
+
+
+__all__ = ["SHUTDOWN", "train_job", "validate_job"]

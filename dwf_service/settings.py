@@ -1,0 +1,76 @@
+"""One pydantic-settings ``Settings`` for the API, the worker and ``dwf serve`` (environment prefix ``DWF_``)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "dwf"
+
+
+class Settings(BaseSettings):
+    """Every setting of the job service; empty URLs are derived from ``data_dir`` (the embedded mode)."""
+
+    model_config = SettingsConfigDict(env_prefix="DWF_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str = ""
+    broker_url: str = ""
+    storage: Literal["local", "s3"] = "local"
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "dwf"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_prefix: str = ""
+
+    api_key: str | None = None
+    max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
+    # A job's lease must outlive the longest pause between heartbeats (a slow epoch-end evaluation included).
+    lease_seconds: float = Field(default=60.0, gt=0)
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    reconcile_seconds: float = Field(default=10.0, ge=0)
+    # An unleased validating/queued job older than this is re-enqueued (its message may have been lost).
+    requeue_after_seconds: float = Field(default=300.0, gt=0)
+    redis_visibility_timeout: int = Field(default=43_200, gt=0)
+    device: str = "auto"
+    env: Literal["dev", "production"] = "dev"
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'dwf.db'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+        if self.heartbeat_seconds * 2 > self.lease_seconds:
+            raise ValueError("heartbeat_seconds must be at most half of lease_seconds so one missed beat is survivable")
+        if self.storage == "s3" and not self.s3_bucket:
+            raise ValueError("storage=s3 needs s3_bucket")
+        if self.env == "production" and self.s3_secret_access_key in ("minioadmin", "changeme"):
+            raise ValueError("refusing a default S3 secret outside dev")
+        return self
+
+    @property
+    def blob_dir(self) -> Path:
+        """Where LocalStorage keeps uploads and artifacts."""
+        return self.data_dir / "blobs"
+
+    @property
+    def work_dir(self) -> Path:
+        """Per-job scratch space of the worker (inputs, outputs) and the checkpoints a re-delivered job resumes."""
+        return self.data_dir / "work"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings singleton (read from the environment once)."""
+    return Settings()

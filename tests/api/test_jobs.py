@@ -1,0 +1,160 @@
+"""/v1/jobs: create (validation, idempotency, enqueue after commit), list, get, cancel, events, artifacts."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dwf_service import jobs
+from dwf_service.context import ServiceContext
+from dwf_service.db import session_scope
+from dwf_service.models import Artifact, Job
+from dwf_service.queue import TASK_VALIDATE, Message
+from tests.api.test_files import ONNX_HEAD, npz_bytes, upload
+
+
+@pytest.fixture
+def files(client: TestClient) -> dict[str, Any]:
+    """A model and a dataset file."""
+    return {
+        "model": upload(client, ONNX_HEAD, "m.onnx", "model")["id"],
+        "dataset": upload(client, npz_bytes(), "d.npz", "dataset")["id"],
+    }
+
+
+def body(files: dict[str, Any], **method: Any) -> dict[str, Any]:
+    """A valid job request."""
+    return {
+        "model": {"file_id": files["model"]},
+        "dataset": {"file_id": files["dataset"]},
+        "method": {"type": "dwf", "depth": 3, "epochs": 2, **method},
+    }
+
+
+def test_create_returns_the_job_and_enqueues_validation(
+    client: TestClient, files: dict[str, Any], published: list[Message]
+) -> None:
+    resp = client.post("/v1/jobs", json=body(files, lam=1e-4))
+    assert resp.status_code == 200, resp.text
+    job = resp.json()
+    assert job["id"].startswith("job-") and job["status"] == "validating_files"
+    assert job["method"]["lam"] == 1e-4 and job["progress"]["epochs"] == 2
+    assert job["created_at"].endswith("Z") and job["urls"]["cancel"] == f"/v1/jobs/{job['id']}/cancel"
+    assert published == [Message(TASK_VALIDATE, job["id"])]
+    assert client.get(f"/v1/jobs/{job['id']}").json() == job
+
+
+@pytest.mark.parametrize(
+    ("change", "param", "code"),
+    [
+        ({"method": {"depth": 3, "epochs": 2, "bogus": 1}}, "method.bogus", "unknown_field"),
+        ({"method": {"depth": 99, "epochs": 2}}, "method.depth", "invalid_value"),
+        ({"method": {"epochs": 0}}, "method.epochs", "invalid_value"),
+        ({"method": {"epochs": 1, "threshold": -1}}, "method.threshold", "invalid_value"),
+        ({"method": {"epochs": 1, "target_sparsity": 0.9}}, "method.target_sparsity", "invalid_value"),
+        ({"extra": True}, "extra", "unknown_field"),
+        ({"dataset": {"file_id": "file-nope"}}, "dataset.file_id", "file_not_found"),
+        ({"model": {"name": "lenet5", "file_id": "x"}}, "model", "invalid_value"),
+        ({"weights_file_id": "file-w"}, "weights_file_id", "weights_with_onnx"),
+    ],
+)
+def test_bad_requests_are_422_naming_the_field(
+    client: TestClient, files: dict[str, Any], change: dict[str, Any], param: str, code: str
+) -> None:
+    resp = client.post("/v1/jobs", json=body(files) | change)
+    assert resp.status_code == 422, resp.text
+    error = resp.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", code, param)
+
+
+def test_dataset_must_have_dataset_purpose(client: TestClient, files: dict[str, Any]) -> None:
+    req = body(files) | {"dataset": {"file_id": files["model"]}}
+    assert client.post("/v1/jobs", json=req).json()["error"]["code"] == "wrong_purpose"
+
+
+def test_idempotency_key(client: TestClient, files: dict[str, Any], published: list[Message]) -> None:
+    headers = {"Idempotency-Key": "abc"}
+    first = client.post("/v1/jobs", json=body(files), headers=headers).json()
+    again = client.post("/v1/jobs", json=body(files), headers=headers).json()
+    assert again == first and len(published) == 1
+    resp = client.post("/v1/jobs", json=body(files, epochs=3), headers=headers)
+    assert resp.status_code == 409 and resp.json()["error"]["code"] == "idempotency_key_reused"
+
+
+def test_list_filters_before_paginating(client: TestClient, files: dict[str, Any]) -> None:
+    ids = [client.post("/v1/jobs", json=body(files)).json()["id"] for _ in range(3)]
+    client.post(f"/v1/jobs/{ids[1]}/cancel")
+    page = client.get("/v1/jobs?limit=1&status=validating_files").json()
+    assert [j["id"] for j in page["data"]] == [ids[2]] and page["has_more"]
+    page = client.get(f"/v1/jobs?limit=1&status=validating_files&after={page['last_id']}").json()
+    assert [j["id"] for j in page["data"]] == [ids[0]] and not page["has_more"]
+    assert [j["id"] for j in client.get("/v1/jobs?status=cancelled").json()["data"]] == [ids[1]]
+    assert client.get("/v1/jobs?status=nope").status_code == 422
+
+
+def test_cancel(client: TestClient, files: dict[str, Any], ctx: ServiceContext) -> None:
+    job_id = client.post("/v1/jobs", json=body(files)).json()["id"]
+    assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    other = client.post("/v1/jobs", json=body(files)).json()["id"]
+    with session_scope(ctx.sessions) as session:
+        jobs.finish(session, other, jobs.SUCCEEDED)
+    resp = client.post(f"/v1/jobs/{other}/cancel")
+    assert resp.status_code == 409 and resp.json()["error"]["code"] == "job_finished"
+
+
+def test_events_paged_and_streamed(client: TestClient, files: dict[str, Any], ctx: ServiceContext) -> None:
+    job_id = client.post("/v1/jobs", json=body(files)).json()["id"]
+    with session_scope(ctx.sessions) as session:
+        for epoch in (1, 2):
+            jobs.add_event(session, job_id, f"epoch {epoch}", type="metrics", data={"epoch": epoch, "cr": float("inf")})
+        jobs.finish(session, job_id, jobs.FAILED, error={"code": "x", "message": "boom", "param": "dataset"})
+    page = client.get(f"/v1/jobs/{job_id}/events?limit=2").json()
+    assert [e["message"] for e in page["data"]] == ["job created; validating the files", "epoch 1"]
+    assert page["has_more"] and page["data"][1]["data"] == {"epoch": 1, "cr": None}
+    rest = client.get(f"/v1/jobs/{job_id}/events?after={page['data'][-1]['id']}").json()
+    assert [e["type"] for e in rest["data"]] == ["metrics", "message"] and not rest["has_more"]
+    with client.stream("GET", f"/v1/jobs/{job_id}/events?stream=true") as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        text = "".join(resp.iter_text())
+    assert text.count("event: metrics") == 2 and text.rstrip().endswith('data: {"status": "failed"}')
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["error"] == {"code": "x", "message": "boom", "param": "dataset"}
+
+
+def test_artifact_download_streams_with_etag(client: TestClient, files: dict[str, Any], ctx: ServiceContext) -> None:
+    import io
+
+    job_id = client.post("/v1/jobs", json=body(files)).json()["id"]
+    payload = b"weights" * 1000
+    size, sha = ctx.storage.put_stream(f"jobs/{job_id}/model.safetensors", io.BytesIO(payload))
+    with session_scope(ctx.sessions) as session:
+        session.add(
+            Artifact(
+                job_id=job_id,
+                name="model.safetensors",
+                bytes=size,
+                sha256=sha,
+                storage_key=f"jobs/{job_id}/model.safetensors",
+            )
+        )
+        jobs.finish(session, job_id, jobs.SUCCEEDED)
+    listing = client.get(f"/v1/jobs/{job_id}/artifacts").json()["data"]
+    assert listing == [
+        {
+            "name": "model.safetensors",
+            "bytes": len(payload),
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "url": f"/v1/jobs/{job_id}/artifacts/model.safetensors",
+        }
+    ]
+    resp = client.get(listing[0]["url"])
+    assert resp.content == payload
+    assert resp.headers["content-length"] == str(len(payload)) and resp.headers["etag"] == f'"{sha}"'
+    assert client.get(listing[0]["url"], headers={"If-None-Match": f'"{sha}"'}).status_code == 304
+    assert client.get(f"/v1/jobs/{job_id}/artifacts/nope").json()["error"]["code"] == "artifact_not_found"
+    with ctx.sessions() as session:
+        assert session.get(Job, job_id) is not None

@@ -1,0 +1,215 @@
+"""End to end in embedded mode: a real ``dwf serve`` process (uvicorn + one Celery worker on SQLite and a SQL broker).
+
+Upload an MNIST subset and an ONNX MLP, train a DWF job, download the artifacts and recompute the reported
+accuracy and sparsity; a bad model fails validation within seconds; a restart keeps jobs and files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.service_helpers import mlp_onnx, mnist_npz
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+class Server:
+    """A ``dwf serve`` subprocess on a free port with its own data dir."""
+
+    def __init__(self, data_dir: Path, **env: str) -> None:
+        self.data_dir, self.env = data_dir, env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir.parent / "serve.log"
+
+    def start(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        env = {**os.environ, "DWF_RECONCILE_SECONDS": "2", "PYTHONPATH": str(ROOT), **self.env}
+        env.pop("DWF_API_KEY", None)
+        cmd = [
+            sys.executable,
+            "-m",
+            "dwf_service.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+        ]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise AssertionError("dwf serve did not become ready:\n" + self.log.read_text()[-3000:])
+        key = json.loads((self.data_dir / "config.json").read_text())["api_key"]
+        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.client.close()
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+    def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job: dict[str, Any] = self.client.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            time.sleep(0.3)
+        raise AssertionError(f"job {job_id} not finished in {timeout} s:\n" + self.log.read_text()[-3000:])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One running service for the module."""
+    srv = Server(tmp_path_factory.mktemp("serve") / "data")
+    srv.start()
+    try:
+        yield srv
+    finally:
+        if srv.proc is not None and srv.proc.poll() is None:
+            srv.stop()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """2000/500 MNIST images as .npz, a LeNet-300-100-like ONNX MLP, and one with 5 outputs."""
+    d = tmp_path_factory.mktemp("inputs")
+    return {
+        "data": mnist_npz(d / "mnist.npz", 2000, 500),
+        "model": mlp_onnx(d / "lenet300.onnx"),
+        "narrow": mlp_onnx(d / "narrow.onnx", hidden=(16,), classes=5),
+    }
+
+
+def _upload(server: Server, path: Path, purpose: str) -> str:
+    with open(path, "rb") as fh:
+        resp = server.client.post("/v1/files", files={"file": (path.name, fh)}, data={"purpose": purpose})
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["id"])
+
+
+def test_dwf_job_end_to_end(server: Server, inputs: dict[str, Path], tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from dwf_core import load_sparse
+    from dwf_core.data import load_dataset
+    from dwf_core.evaluate import accuracy_of, predict_logits
+    from dwf_core.intake import load_onnx
+
+    started = time.monotonic()
+    model_id, data_id = _upload(server, inputs["model"], "model"), _upload(server, inputs["data"], "dataset")
+    request = {
+        "model": {"file_id": model_id},
+        "dataset": {"file_id": data_id},
+        "method": {"type": "dwf", "depth": 3, "epochs": 2},
+    }
+    job = server.client.post("/v1/jobs", json=request, headers={"Idempotency-Key": "e2e-1"}).json()
+    job = server.wait(job["id"], timeout=120)
+    assert job["status"] == "succeeded", job
+    artifacts = server.client.get(f"/v1/jobs/{job['id']}/artifacts").json()["data"]
+    names = {a["name"] for a in artifacts}
+    assert names == {"model.safetensors", "model.sparse.safetensors", "model.onnx", "metrics.json"}
+    for art in artifacts:
+        resp = server.client.get(art["url"])
+        assert resp.status_code == 200 and resp.headers["etag"] == f'"{art["sha256"]}"'
+        assert int(resp.headers["content-length"]) == art["bytes"] == len(resp.content)
+        (tmp_path / art["name"]).write_bytes(resp.content)
+    elapsed = time.monotonic() - started
+    assert elapsed < 60, f"upload → downloaded sparse model took {elapsed:.1f} s"
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == job["metrics"]["test_accuracy"]
+    model = load_onnx(inputs["model"])
+    dense = load_file(str(tmp_path / "model.safetensors"))
+    model.load_state_dict(dense, strict=True)
+    data = load_dataset(str(inputs["data"]), seed=0)
+    assert accuracy_of(predict_logits(model, data.test.x), data.test.y) == metrics["test_accuracy"]
+    layers = {layer["name"]: layer for layer in metrics["layers"]}
+    nnz = sum(int(torch.count_nonzero(dense[name])) for name in layers)
+    total = sum(dense[name].numel() for name in layers)
+    assert (nnz, total) == (metrics["nnz"], metrics["total"])
+    assert 1.0 - nnz / total == metrics["sparsity"]
+    sparse = load_sparse(str(tmp_path / "model.sparse.safetensors"))
+    assert sparse.keys() == dense.keys() and all(torch.equal(sparse[k], dense[k]) for k in dense)
+
+    events = server.client.get(f"/v1/jobs/{job['id']}/events?limit=100").json()["data"]
+    assert sum(e["type"] == "metrics" for e in events) == 2
+    assert server.client.post("/v1/jobs", json=request, headers={"Idempotency-Key": "e2e-1"}).json()["id"] == job["id"]
+
+
+def test_validation_failure_within_seconds(server: Server, inputs: dict[str, Path]) -> None:
+    model_id, data_id = _upload(server, inputs["narrow"], "model"), _upload(server, inputs["data"], "dataset")
+    request = {"model": {"file_id": model_id}, "dataset": {"file_id": data_id}, "method": {"depth": 3, "epochs": 2}}
+    started = time.monotonic()
+    job = server.client.post("/v1/jobs", json=request).json()
+    job = server.wait(job["id"], timeout=30)
+    assert time.monotonic() - started < 15
+    assert job["status"] == "failed" and job["started_at"] is None
+    assert job["error"]["param"] == "model" and job["error"]["code"] == "output_shape_mismatch"
+
+
+def test_restart_keeps_jobs_and_files(server: Server) -> None:
+    before = server.client.get("/v1/jobs").json()["data"]
+    files = server.client.get("/v1/files").json()["data"]
+    assert before and files
+    assert server.stop() == 0
+    server.start()
+    after = server.client.get("/v1/jobs").json()["data"]
+    assert [(j["id"], j["status"]) for j in after] == [(j["id"], j["status"]) for j in before]
+    assert server.client.get("/v1/files").json()["data"] == files
+
+
+def test_killed_worker_job_resumes_from_its_checkpoint(inputs: dict[str, Path], tmp_path: Path) -> None:
+    """kill -9 of the whole worker loses the SQL broker's message; the lease + reconciler bring the job back."""
+    srv = Server(tmp_path / "data", DWF_LEASE_SECONDS="4", DWF_HEARTBEAT_SECONDS="1", DWF_RECONCILE_SECONDS="1")
+    srv.start()
+    try:
+        model_id, data_id = _upload(srv, inputs["model"], "model"), _upload(srv, inputs["data"], "dataset")
+        request = {"model": {"file_id": model_id}, "dataset": {"file_id": data_id}, "method": {"epochs": 4}}
+        job_id = srv.client.post("/v1/jobs", json=request).json()["id"]
+        deadline = time.monotonic() + 60
+        while not any(
+            e["type"] == "metrics" for e in srv.client.get(f"/v1/jobs/{job_id}/events?limit=100").json()["data"]
+        ):
+            assert time.monotonic() < deadline, srv.log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert srv.proc is not None
+        children = Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
+        assert len(children) == 1
+        os.kill(int(children[0]), signal.SIGKILL)
+        job = srv.wait(job_id, timeout=150)
+        assert job["status"] == "succeeded", job
+        assert job["attempts"] == 2 and job["metrics"]["resumed_from_epoch"] >= 1
+        events = srv.client.get(f"/v1/jobs/{job_id}/events?limit=100").json()["data"]
+        assert any("lease expired" in e["message"] for e in events)
+    finally:
+        srv.stop()

@@ -1,0 +1,29 @@
+"""Celery tasks: ~10-line adapters that hand a job id to dwf_service.runner."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from dwf_service import runner
+from dwf_service.context import ServiceContext
+from dwf_service.queue import TASK_TRAIN, TASK_VALIDATE
+from dwf_service.settings import get_settings
+from worker.celery_app import app
+
+
+@lru_cache(maxsize=1)
+def context() -> ServiceContext:
+    """The worker process's settings, sessions and storage (built on first use, after the fork)."""
+    return ServiceContext.create(get_settings())
+
+
+@app.task(name=TASK_VALIDATE, ignore_result=True)  # type: ignore[untyped-decorator]
+def validate_job(*, job_id: str) -> None:
+    """Fast CPU validation of a job's files and settings."""
+    runner.validate_job(context(), job_id)
+
+
+@app.task(name=TASK_TRAIN, ignore_result=True)  # type: ignore[untyped-decorator]
+def train_job(*, job_id: str) -> None:
+    """Train, collapse, export and store a validated job."""
+    runner.train_job(context(), job_id)
