@@ -22,6 +22,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 bash scripts/setup.sh
-.venv/bin/ruff check dwf_core dwf_service api worker tests benchmarks
+.venv/bin/ruff check dwf_core dwf_service api worker tests benchmarks scripts
 .venv/bin/mypy
 exec .venv/bin/python -m pytest -q "$@"
