@@ -13,7 +13,9 @@ from api.deps import authenticate
 from api.errors import ErrorResponse
 from api.limits import BodyLimitMiddleware
 from api.routes import files, health, jobs
+from dwf_service.auth import add_key
 from dwf_service.context import ServiceContext
+from dwf_service.db import session_scope
 from dwf_service.queue import Publisher
 from dwf_service.runner_loop import start_reconciler
 from dwf_service.settings import Settings, get_settings
@@ -38,6 +40,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.api_key:  # `dwf serve` does this itself; a bare `uvicorn api.main:app` relies on it
+            with session_scope(ctx.sessions) as session:
+                add_key(session, settings.api_key, name="DWF_API_KEY")
         stop = threading.Event()
         thread = start_reconciler(ctx, stop) if reconciler and settings.reconcile_seconds > 0 else None
         try:

@@ -24,3 +24,14 @@ def alembic_config(database_url: str) -> Config:
 def upgrade_db(database_url: str) -> None:
     """Bring the database at ``database_url`` to the latest revision."""
     command.upgrade(alembic_config(database_url), "head")
+
+
+def main() -> None:
+    """``python -m dwf_service.migrate``: upgrade the database of ``DWF_DATABASE_URL`` (the API entrypoint runs it)."""
+    from dwf_service.settings import get_settings
+
+    upgrade_db(get_settings().database_url)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import struct
 import warnings
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from dwf_service.context import ServiceContext
@@ -80,3 +83,55 @@ def _export(model: Any, path: Path) -> None:
         output_names=["logits"],
         dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
     )
+
+
+# ------------------------------------------------------------------ end-to-end helpers (embedded and stack modes)
+
+ARTIFACT_NAMES = {"model.safetensors", "model.sparse.safetensors", "model.onnx", "metrics.json"}
+
+
+def upload(client: httpx.Client, path: Path, purpose: str) -> str:
+    """POST /v1/files; returns the file id."""
+    with open(path, "rb") as fh:
+        resp = client.post("/v1/files", files={"file": (path.name, fh)}, data={"purpose": purpose})
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["id"])
+
+
+def download_artifacts(client: httpx.Client, job_id: str, dest: Path) -> list[dict[str, Any]]:
+    """Download every artifact of a job into ``dest``, checking size, ETag and sha256 against the artifact list."""
+    artifacts: list[dict[str, Any]] = client.get(f"/v1/jobs/{job_id}/artifacts").json()["data"]
+    assert {a["name"] for a in artifacts} == ARTIFACT_NAMES
+    for art in artifacts:
+        resp = client.get(art["url"])
+        assert resp.status_code == 200 and resp.headers["etag"] == f'"{art["sha256"]}"'
+        assert int(resp.headers["content-length"]) == art["bytes"] == len(resp.content)
+        assert hashlib.sha256(resp.content).hexdigest() == art["sha256"]
+        (dest / art["name"]).write_bytes(resp.content)
+    return artifacts
+
+
+def check_reported_results(job: dict[str, Any], model_path: Path, data_path: Path, out: Path) -> None:
+    """Load model.safetensors into the uploaded ONNX model; recompute the reported accuracy and sparsity exactly."""
+    import torch
+    from safetensors.torch import load_file
+
+    from dwf_core import load_sparse
+    from dwf_core.data import load_dataset
+    from dwf_core.evaluate import accuracy_of, predict_logits
+    from dwf_core.intake import load_onnx
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == job["metrics"]["test_accuracy"]
+    model = load_onnx(model_path)
+    dense = load_file(str(out / "model.safetensors"))
+    model.load_state_dict(dense, strict=True)
+    data = load_dataset(str(data_path), seed=0)
+    assert accuracy_of(predict_logits(model, data.test.x), data.test.y) == metrics["test_accuracy"]
+    layers = {layer["name"]: layer for layer in metrics["layers"]}
+    nnz = sum(int(torch.count_nonzero(dense[name])) for name in layers)
+    total = sum(dense[name].numel() for name in layers)
+    assert (nnz, total) == (metrics["nnz"], metrics["total"])
+    assert 1.0 - nnz / total == metrics["sparsity"]
+    sparse = load_sparse(str(out / "model.sparse.safetensors"))
+    assert sparse.keys() == dense.keys() and all(torch.equal(sparse[k], dense[k]) for k in dense)

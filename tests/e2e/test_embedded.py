@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service_helpers import mlp_onnx, mnist_npz
+from tests.service_helpers import check_reported_results, download_artifacts, mlp_onnx, mnist_npz, upload
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -110,21 +110,10 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _upload(server: Server, path: Path, purpose: str) -> str:
-    with open(path, "rb") as fh:
-        resp = server.client.post("/v1/files", files={"file": (path.name, fh)}, data={"purpose": purpose})
-    assert resp.status_code == 200, resp.text
-    return str(resp.json()["id"])
+    return upload(server.client, path, purpose)
 
 
 def test_dwf_job_end_to_end(server: Server, inputs: dict[str, Path], tmp_path: Path) -> None:
-    import torch
-    from safetensors.torch import load_file
-
-    from dwf_core import load_sparse
-    from dwf_core.data import load_dataset
-    from dwf_core.evaluate import accuracy_of, predict_logits
-    from dwf_core.intake import load_onnx
-
     started = time.monotonic()
     model_id, data_id = _upload(server, inputs["model"], "model"), _upload(server, inputs["data"], "dataset")
     request = {
@@ -135,31 +124,10 @@ def test_dwf_job_end_to_end(server: Server, inputs: dict[str, Path], tmp_path: P
     job = server.client.post("/v1/jobs", json=request, headers={"Idempotency-Key": "e2e-1"}).json()
     job = server.wait(job["id"], timeout=120)
     assert job["status"] == "succeeded", job
-    artifacts = server.client.get(f"/v1/jobs/{job['id']}/artifacts").json()["data"]
-    names = {a["name"] for a in artifacts}
-    assert names == {"model.safetensors", "model.sparse.safetensors", "model.onnx", "metrics.json"}
-    for art in artifacts:
-        resp = server.client.get(art["url"])
-        assert resp.status_code == 200 and resp.headers["etag"] == f'"{art["sha256"]}"'
-        assert int(resp.headers["content-length"]) == art["bytes"] == len(resp.content)
-        (tmp_path / art["name"]).write_bytes(resp.content)
+    download_artifacts(server.client, job["id"], tmp_path)
     elapsed = time.monotonic() - started
     assert elapsed < 60, f"upload → downloaded sparse model took {elapsed:.1f} s"
-
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["test_accuracy"] == job["metrics"]["test_accuracy"]
-    model = load_onnx(inputs["model"])
-    dense = load_file(str(tmp_path / "model.safetensors"))
-    model.load_state_dict(dense, strict=True)
-    data = load_dataset(str(inputs["data"]), seed=0)
-    assert accuracy_of(predict_logits(model, data.test.x), data.test.y) == metrics["test_accuracy"]
-    layers = {layer["name"]: layer for layer in metrics["layers"]}
-    nnz = sum(int(torch.count_nonzero(dense[name])) for name in layers)
-    total = sum(dense[name].numel() for name in layers)
-    assert (nnz, total) == (metrics["nnz"], metrics["total"])
-    assert 1.0 - nnz / total == metrics["sparsity"]
-    sparse = load_sparse(str(tmp_path / "model.sparse.safetensors"))
-    assert sparse.keys() == dense.keys() and all(torch.equal(sparse[k], dense[k]) for k in dense)
+    check_reported_results(job, inputs["model"], inputs["data"], tmp_path)
 
     events = server.client.get(f"/v1/jobs/{job['id']}/events?limit=100").json()["data"]
     assert sum(e["type"] == "metrics" for e in events) == 2
