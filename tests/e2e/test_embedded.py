@@ -114,7 +114,7 @@ def _upload(server: Server, path: Path, purpose: str) -> str:
 
 
 def test_dwf_job_end_to_end(server: Server, inputs: dict[str, Path], tmp_path: Path) -> None:
-    started = time.monotonic()
+    # How long this takes is measured by benchmarks/service_small_job.py, not asserted here.
     model_id, data_id = _upload(server, inputs["model"], "model"), _upload(server, inputs["data"], "dataset")
     request = {
         "model": {"file_id": model_id},
@@ -125,8 +125,6 @@ def test_dwf_job_end_to_end(server: Server, inputs: dict[str, Path], tmp_path: P
     job = server.wait(job["id"], timeout=120)
     assert job["status"] == "succeeded", job
     download_artifacts(server.client, job["id"], tmp_path)
-    elapsed = time.monotonic() - started
-    assert elapsed < 60, f"upload → downloaded sparse model took {elapsed:.1f} s"
     check_reported_results(job, inputs["model"], inputs["data"], tmp_path)
 
     events = server.client.get(f"/v1/jobs/{job['id']}/events?limit=100").json()["data"]
@@ -137,10 +135,9 @@ def test_dwf_job_end_to_end(server: Server, inputs: dict[str, Path], tmp_path: P
 def test_validation_failure_within_seconds(server: Server, inputs: dict[str, Path]) -> None:
     model_id, data_id = _upload(server, inputs["narrow"], "model"), _upload(server, inputs["data"], "dataset")
     request = {"model": {"file_id": model_id}, "dataset": {"file_id": data_id}, "method": {"depth": 3, "epochs": 2}}
-    started = time.monotonic()
     job = server.client.post("/v1/jobs", json=request).json()
     job = server.wait(job["id"], timeout=30)
-    assert time.monotonic() - started < 15
+    # Failed by the validation task, before any training started.
     assert job["status"] == "failed" and job["started_at"] is None
     assert job["error"]["param"] == "model" and job["error"]["code"] == "output_shape_mismatch"
 
