@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError
 from dwf_service.auth import find_key
 from dwf_service.context import ServiceContext
+from dwf_service.db import session_scope
 from dwf_service.models import ApiKey, File, Job
 
 
@@ -25,13 +26,8 @@ ContextDep = Annotated[ServiceContext, Depends(get_context)]
 
 def get_session(ctx: ContextDep) -> Iterator[Session]:
     """One transaction per request: committed after the route returns (queued messages go out then)."""
-    with ctx.sessions() as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+    with session_scope(ctx.sessions) as session:
+        yield session
 
 
 # scope="function": commit before the response is sent, so a client never sees an id it cannot read back.

@@ -35,6 +35,10 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
         {"depth": 3, "lam": 2e-4, "varmatch_variant": "published"},
         {"depth": 3, "lam": 2e-4, "optimizer": "adam", "lr": 1e-3},
     ],
+    # VarMatch reading, over more seeds: a single seed did not separate the two.
+    "variant": [
+        {"depth": 3, "lam": 2e-4, "varmatch_variant": v, "seed": s} for s in (1, 2) for v in ("exact", "published")
+    ],
 }
 
 
@@ -102,7 +106,7 @@ def main() -> None:
     for settings in GRIDS[args.grid]:
         if settings in done:
             continue
-        cfg = TrainConfig(epochs=args.epochs, seed=args.seed, device="cpu", **settings)
+        cfg = TrainConfig(**{"epochs": args.epochs, "seed": args.seed, "device": "cpu", **settings})
         started = time.monotonic()
         with tempfile.TemporaryDirectory() as tmp:
             metrics = run(

@@ -40,29 +40,16 @@ def small_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _train_argv(data: Path, out: Path) -> list[str]:
+    """`dwf train` on the small dataset: 3 epochs, λ 1e-3, CPU."""
+    return ["train", "--model", "lenet_300_100", "--data", str(data), "--depth", "3", "--epochs", "3",
+            "--lam", "1e-3", "--out", str(out), "--device", "cpu"]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def trained(small_npz: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run")
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            "--model",
-            "lenet_300_100",
-            "--data",
-            str(small_npz),
-            "--depth",
-            "3",
-            "--epochs",
-            "3",
-            "--lam",
-            "1e-3",
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-        ],
-    )
+    result = runner.invoke(app, _train_argv(small_npz, out))
     assert result.exit_code == 0, result.output
     return out
 
@@ -109,26 +96,7 @@ def test_onnx_artifact_matches_pytorch(trained: Path) -> None:
 
 def test_rerun_resumes_from_checkpoint(trained: Path, small_npz: Path) -> None:
     before = json.loads((trained / "metrics.json").read_text())
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            "--model",
-            "lenet_300_100",
-            "--data",
-            str(small_npz),
-            "--depth",
-            "3",
-            "--epochs",
-            "3",
-            "--lam",
-            "1e-3",
-            "--out",
-            str(trained),
-            "--device",
-            "cpu",
-        ],
-    )
+    result = runner.invoke(app, _train_argv(small_npz, trained))
     assert result.exit_code == 0, result.output
     after = json.loads((trained / "metrics.json").read_text())
     assert after["resumed_from_epoch"] == 3
