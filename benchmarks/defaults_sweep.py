@@ -54,6 +54,7 @@ def _row(settings: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
         "settings": settings,
         "test_accuracy": metrics["test_accuracy"],
         "factorized_test_accuracy": metrics["factorized_test_accuracy"],
+        "val_accuracy": metrics["val_accuracy"],
         "compression_ratio": metrics["compression_ratio"],
         "sparsity": metrics["sparsity"],
         "threshold": metrics["threshold"],
