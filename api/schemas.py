@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 # Mirrors of dwf_core's ranges (dwf_core.factorize.MAX_DEPTH, dwf_core.config), kept here so the API needs no torch;
 # the worker's validation step re-checks everything with dwf_core itself.
@@ -50,6 +50,7 @@ class DwfMethod(Strict):
     type: Literal["dwf"] = "dwf"
     depth: int = Field(default=3, ge=1, le=MAX_DEPTH)
     lam: float | None = Field(default=None, ge=0, le=1)
+    # Instead of lam: the sparsity to reach (λ is adapted during training, the collapse cuts at this quantile).
     target_sparsity: float | None = Field(default=None, gt=0, lt=1)
     epochs: int = Field(default=40, ge=1, le=MAX_EPOCHS)
     lr: float | None = Field(default=None, gt=0, le=10)
@@ -72,9 +73,10 @@ class DwfMethod(Strict):
 
     @field_validator("target_sparsity")
     @classmethod
-    def _target(cls, value: float | None) -> float | None:
-        if value is not None:
-            raise ValueError("target_sparsity is not supported yet; give lam (or leave it out for the default)")
+    def _target(cls, value: float | None, info: ValidationInfo) -> float | None:
+        # lam is declared before target_sparsity, so it is already in info.data when it was valid.
+        if value is not None and info.data.get("lam") is not None:
+            raise ValueError("give lam or target_sparsity, not both (the target adapts λ itself)")
         return value
 
 

@@ -26,13 +26,15 @@ def _root() -> None:
     """Deep Weight Factorization: train a factorized model, collapse it into a sparse one."""
 
 
-def _parse_threshold(value: str) -> float | Literal["auto"]:
-    if value == "auto":
-        return "auto"
+def _parse_threshold(value: str) -> float | Literal["auto", "target"]:
+    if value in ("auto", "target"):
+        return cast(Literal["auto", "target"], value)
     try:
         number = float(value)
     except ValueError:
-        raise ConfigError(f"--threshold must be 'auto' or a number, got {value!r}", param="threshold") from None
+        raise ConfigError(
+            f"--threshold must be 'auto', 'target' or a number, got {value!r}", param="threshold"
+        ) from None
     if not math.isfinite(number) or number < 0:
         raise ConfigError(f"--threshold must be 'auto' or a number ≥ 0, got {value!r}", param="threshold")
     return number
@@ -59,6 +61,10 @@ def train(
     depth: Annotated[int, typer.Option(help="Number of factors D (≥ 2 for DWF; 1 = dense with L2)")] = 3,
     weights: Annotated[Path | None, typer.Option(help="Pretrained weights (.safetensors) for a zoo model")] = None,
     lam: Annotated[float | None, typer.Option(help="λ; default depends on D (see docs/defaults.md)")] = None,
+    target_sparsity: Annotated[
+        float | None,
+        typer.Option(help="Sparsity to reach, in (0, 1), instead of --lam: λ is adapted during training"),
+    ] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs")] = defaults.DEFAULT_EPOCHS,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 0.3 for SGD, 1e-3 for Adam)")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size")] = defaults.DEFAULT_BATCH_SIZE,
@@ -67,7 +73,9 @@ def train(
     init: Annotated[
         str | None, typer.Option(help="varmatch or balanced (default: balanced with pretrained weights, else varmatch)")
     ] = None,
-    threshold: Annotated[str, typer.Option(help="'auto' or a number: |w| below it becomes 0")] = "auto",
+    threshold: Annotated[
+        str, typer.Option(help="'auto' ('target' with --target-sparsity) or a number: |w| below it becomes 0")
+    ] = "auto",
     tolerance: Annotated[
         float, typer.Option(help="Max validation-accuracy drop for --threshold auto (fraction)")
     ] = defaults.DEFAULT_TOLERANCE,
@@ -103,12 +111,15 @@ def _train(**kw: Any) -> dict[str, Any]:
     optimizer = kw["optimizer"]
     if optimizer not in ("sgd", "adam"):
         raise ConfigError(f"--optimizer must be sgd or adam, got {optimizer!r}", param="optimizer")
+    if kw["lam"] is not None and kw["target_sparsity"] is not None:
+        raise ConfigError("give --lam or --target-sparsity, not both", param="target_sparsity")
     if kw["init"] not in (None, "varmatch", "balanced"):
         raise ConfigError(f"--init must be varmatch or balanced, got {kw['init']!r}", param="init")
     config = TrainConfig(
         depth=kw["depth"],
         epochs=kw["epochs"],
         lam=kw["lam"],
+        target_sparsity=kw["target_sparsity"],
         lr=kw["lr"],
         batch_size=kw["batch_size"],
         optimizer=cast(Literal["sgd", "adam"], optimizer),
@@ -171,6 +182,9 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     table.add_row("test accuracy (sparse model)", f"{100 * metrics['test_accuracy']:.2f}%")
     table.add_row("test accuracy (factorized)", f"{100 * metrics['factorized_test_accuracy']:.2f}%")
     table.add_row("compression ratio", _fmt_cr(metrics["compression_ratio"]))
+    if metrics.get("target_sparsity") is not None:
+        table.add_row("sparsity (requested)", f"{100 * metrics['target_sparsity']:.3f}%")
+        table.add_row("final λ", f"{metrics['lam']:.3g}")
     table.add_row("sparsity", f"{100 * metrics['sparsity']:.3f}%")
     table.add_row("non-zeros / weights", f"{metrics['nnz']:,} / {metrics['total']:,}")
     table.add_row("threshold", f"{metrics['threshold']:.3g} ({metrics['threshold_mode']})")

@@ -3,7 +3,9 @@
 Collapse multiplies the factors back (the same product the forward pass used, so nothing changes) and
 removes the parametrizations: the result has the original classes and state_dict keys. Weights with
 |w| < threshold become exact zeros. ``threshold="auto"`` picks the largest threshold whose zeroing costs at
-most ``tolerance`` validation accuracy; no fine-tuning follows (the paper's protocol).
+most ``tolerance`` validation accuracy; ``threshold="target"`` picks the smallest threshold whose zeroing
+reaches a requested sparsity over the factorized tensors (a global magnitude quantile). No fine-tuning
+follows (the paper's protocol).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dwf_core.evaluate import Labeled, accuracy_of, predict_logits
 from dwf_core.factorize import factorized_tensors, unfactorize
 from dwf_core.report import SparsityReport, sparsity_report
 
-Threshold = float | Literal["auto"]
+Threshold = float | Literal["auto", "target"]
 DEFAULT_TOLERANCE = 0.001  # 0.1 percentage point of validation accuracy
 GRID_PER_DECADE = 8
 GRID_FLOOR = 1e-10
@@ -55,11 +57,21 @@ class CollapseResult:
         }
 
 
-def _check_threshold(threshold: Threshold) -> None:
+def _check_threshold(threshold: Threshold, target_sparsity: float | None) -> None:
+    if target_sparsity is not None and not (
+        isinstance(target_sparsity, int | float) and math.isfinite(target_sparsity) and 0 < target_sparsity < 1
+    ):
+        raise ConfigError(f"target_sparsity must be in (0, 1), got {target_sparsity!r}", param="target_sparsity")
     if threshold == "auto":
         return
+    if threshold == "target":
+        if target_sparsity is None:
+            raise ConfigError("threshold='target' needs target_sparsity", param="target_sparsity")
+        return
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not math.isfinite(threshold):
-        raise ConfigError(f"threshold must be 'auto' or a finite number ≥ 0, got {threshold!r}", param="threshold")
+        raise ConfigError(
+            f"threshold must be 'auto', 'target' or a finite number ≥ 0, got {threshold!r}", param="threshold"
+        )
     if threshold < 0:
         raise ConfigError(f"threshold must be ≥ 0, got {threshold!r}", param="threshold")
 
@@ -88,6 +100,26 @@ def _apply_threshold(targets: Mapping[str, torch.Tensor], dense: Mapping[str, to
             param.copy_(value.masked_fill(value.abs() < threshold, 0.0) if threshold > 0 else value)
 
 
+def target_threshold(weights: list[torch.Tensor], target_sparsity: float) -> float:
+    """The smallest threshold t such that zeroing |w| < t makes at least ``target_sparsity`` of all weights zero.
+
+    A global magnitude quantile: with k = ⌈S·N⌉, t is the next float above the k-th smallest |w|, so exactly the
+    k smallest magnitudes fall below it (more only when magnitudes tie at the cut).
+    """
+    if not weights:
+        return 0.0
+    # The cut is computed in the weights' own dtype, so the returned float compares exactly against them.
+    dtype = weights[0].dtype
+    for w in weights[1:]:
+        dtype = torch.promote_types(dtype, w.dtype)
+    flat = torch.cat([w.detach().reshape(-1).abs().to("cpu", dtype) for w in weights])
+    k = math.ceil(target_sparsity * flat.numel() - 1e-9)
+    if k <= 0:
+        return 0.0
+    kth = torch.kthvalue(flat, min(k, flat.numel())).values
+    return float(torch.nextafter(kth, torch.tensor(float("inf"), dtype=dtype)))
+
+
 def threshold_grid(weights: list[torch.Tensor]) -> list[float]:
     """Log-spaced candidate thresholds from 1e-10 to just above the largest |w| (8 per decade)."""
     top = max((float(w.abs().max()) for w in weights if w.numel()), default=0.0)
@@ -105,23 +137,27 @@ def collapse_and_verify(
     *,
     tolerance: float = DEFAULT_TOLERANCE,
     batch_size: int = 1000,
+    target_sparsity: float | None = None,
 ) -> CollapseResult:
     """Collapse ``model`` and, given validation data, choose or check the threshold.
 
     Args:
         model: a factorized model (left unchanged; the result is a copy).
         data: validation split used to pick "auto" and to report accuracies and max |Δlogit|.
-        threshold: "auto" or a number (|w| below it becomes 0).
+        threshold: "auto", "target" or a number (|w| below it becomes 0).
         tolerance: largest allowed validation-accuracy drop for "auto" (fraction, 0.001 = 0.1 pp).
         batch_size: inference batch size.
+        target_sparsity: for "target": the fraction of the factorized weights to zero (global magnitude
+            quantile; the achieved sparsity is at least this, exceeding it only on ties).
 
     Returns:
         A ``CollapseResult`` whose ``model`` is a plain module with the original classes and keys.
 
     Raises:
-        ConfigError: bad threshold/tolerance, "auto" without data, or a model with nothing factorized.
+        ConfigError: bad threshold/tolerance/target, "auto" without data, "target" without a target, or a
+            model with nothing factorized.
     """
-    _check_threshold(threshold)
+    _check_threshold(threshold, target_sparsity)
     if not 0.0 <= tolerance < 1.0:
         raise ConfigError(f"tolerance must be in [0, 1), got {tolerance!r}", param="tolerance")
     if not factorized_tensors(model):
@@ -131,6 +167,9 @@ def collapse_and_verify(
     plain, names = _collapse_exact(model)
     targets = {name: plain.get_parameter(name) for name in names}
     dense = {name: p.detach().clone() for name, p in targets.items()}
+    if threshold == "target":
+        assert target_sparsity is not None
+        threshold = target_threshold(list(dense.values()), target_sparsity)
     if data is None:
         assert threshold != "auto"
         _apply_threshold(targets, dense, float(threshold))
@@ -181,14 +220,16 @@ def collapse(
     *,
     data: Labeled | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    target_sparsity: float | None = None,
 ) -> nn.Module:
     """Return a plain copy of a factorized ``model``: products of the factors, exact zeros below threshold.
 
     Args:
         model: a model after ``factorize`` (unchanged by this call).
-        threshold: "auto" (default; needs ``data``) or a number.
+        threshold: "auto" (default; needs ``data``), "target" (needs ``target_sparsity``) or a number.
         data: validation split for "auto".
         tolerance: largest validation-accuracy drop "auto" may cost (0.001 = 0.1 pp).
+        target_sparsity: fraction of the factorized weights that "target" zeroes (global magnitude quantile).
 
     Returns:
         A module of the original classes, without parametrizations, whose ``state_dict`` keys equal those
@@ -197,4 +238,4 @@ def collapse(
     Raises:
         ConfigError: see ``collapse_and_verify``.
     """
-    return collapse_and_verify(model, data, threshold, tolerance=tolerance).model
+    return collapse_and_verify(model, data, threshold, tolerance=tolerance, target_sparsity=target_sparsity).model

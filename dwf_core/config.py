@@ -21,6 +21,9 @@ class TrainConfig:
     depth: int = defaults.DEFAULT_DEPTH
     epochs: int = defaults.DEFAULT_EPOCHS
     lam: float | None = None
+    # Instead of λ: the sparsity to reach. A controller adapts λ during training and the collapse zeroes the
+    # smallest-magnitude weights up to this fraction (threshold "target"). Mutually exclusive with ``lam``.
+    target_sparsity: float | None = None
     lr: float | None = None
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = defaults.DEFAULT_MOMENTUM
@@ -33,7 +36,9 @@ class TrainConfig:
     init: Literal["varmatch", "balanced"] | None = None
     varmatch_variant: Literal["published", "exact"] = "exact"
     epsilon: float = 0.25
-    threshold: float | Literal["auto"] = "auto"
+    # "target" (the global magnitude quantile at target_sparsity) needs target_sparsity; "auto" becomes
+    # "target" when a target is given.
+    threshold: float | Literal["auto", "target"] = "auto"
     tolerance: float = defaults.DEFAULT_TOLERANCE
     monitor_threshold: float = defaults.MONITOR_THRESHOLD
     include: list[str] | None = None
@@ -52,11 +57,15 @@ class TrainConfig:
         Raises:
             ConfigError: naming the first invalid field.
         """
+        self.validate()
+        targeted = self.target_sparsity is not None
         cfg = replace(
             self,
-            lam=defaults.default_lam(self.depth) if self.lam is None else self.lam,
+            # With a target, λ is the controller's state (it starts from the default for the depth), not a setting.
+            lam=None if targeted else (defaults.default_lam(self.depth) if self.lam is None else self.lam),
             lr=defaults.DEFAULT_LR.get(self.optimizer, 0.1) if self.lr is None else self.lr,
             init=self.init or "varmatch",
+            threshold="target" if targeted and self.threshold == "auto" else self.threshold,
         )
         cfg.validate()
         return cfg
@@ -78,6 +87,16 @@ class TrainConfig:
         )
         need(isinstance(self.epochs, int) and 1 <= self.epochs <= MAX_EPOCHS, "epochs", f"in [1, {MAX_EPOCHS}]")
         need(self.lam is None or (finite(self.lam) and 0 <= self.lam <= 1), "lam", "in [0, 1]")
+        need(
+            self.target_sparsity is None or (finite(self.target_sparsity) and 0 < self.target_sparsity < 1),
+            "target_sparsity",
+            "in (0, 1)",
+        )
+        if self.target_sparsity is not None and self.lam is not None:
+            raise ConfigError(
+                "target_sparsity and lam are mutually exclusive: give one (the target adapts λ itself)",
+                param="target_sparsity",
+            )
         need(self.lr is None or (finite(self.lr) and 0 < self.lr <= 100), "lr", "in (0, 100]")
         need(self.optimizer in ("sgd", "adam"), "optimizer", "'sgd' or 'adam'")
         need(finite(self.momentum) and 0 <= self.momentum < 1, "momentum", "in [0, 1)")
@@ -97,9 +116,15 @@ class TrainConfig:
         need(self.varmatch_variant in ("published", "exact"), "varmatch_variant", "'published' or 'exact'")
         need(finite(self.epsilon) and 0 < self.epsilon < 2, "epsilon", "in (0, 2)")
         need(
-            self.threshold == "auto" or (finite(self.threshold) and self.threshold >= 0),
+            self.threshold in ("auto", "target")
+            or (finite(self.threshold) and not isinstance(self.threshold, str) and self.threshold >= 0),
             "threshold",
-            "'auto' or ≥ 0",
+            "'auto', 'target' or ≥ 0",
+        )
+        need(
+            self.threshold != "target" or self.target_sparsity is not None,
+            "threshold",
+            "'auto' or a number unless target_sparsity is given ('target')",
         )
         need(finite(self.tolerance) and 0 <= self.tolerance < 1, "tolerance", "in [0, 1)")
         need(finite(self.monitor_threshold) and self.monitor_threshold >= 0, "monitor_threshold", "≥ 0")

@@ -160,7 +160,8 @@ def run(
         on_phase: called with "loading", "training", "collapsing", "evaluating", "exporting".
 
     Returns:
-        The metrics dict (test_accuracy, sparsity, compression_ratio, nnz, total, threshold, layers, history…).
+        The metrics dict (test_accuracy, target_sparsity (requested, or None), sparsity (achieved),
+        compression_ratio, nnz, total, threshold, lam (final λ), layers, history…).
 
     Raises:
         DwfError subclasses for every anticipated failure (bad inputs, non-finite loss, cancellation).
@@ -187,7 +188,12 @@ def run(
 
     phase("collapsing")
     collapsed = collapse_and_verify(
-        result.model, data.val, cfg.threshold, tolerance=cfg.tolerance, batch_size=cfg.eval_batch_size
+        result.model,
+        data.val,
+        cfg.threshold,
+        tolerance=cfg.tolerance,
+        batch_size=cfg.eval_batch_size,
+        target_sparsity=cfg.target_sparsity,
     )
     plain = collapsed.model.to("cpu").eval()
 
@@ -220,6 +226,7 @@ def run(
         "factorized_val_accuracy": collapsed.factorized_accuracy,
         "max_abs_logit_diff_val": collapsed.max_abs_logit_diff,
         "max_abs_logit_diff_test": float((plain_logits - factorized_logits).abs().max()) if len(plain_logits) else 0.0,
+        "target_sparsity": cfg.target_sparsity,
         "sparsity": report.sparsity,
         "compression_ratio": report.compression_ratio,
         "nnz": report.nnz,
@@ -229,7 +236,8 @@ def run(
         "nnz_all": report.nnz_all,
         "total_all": report.total_all,
         "threshold": collapsed.threshold,
-        "threshold_mode": "auto" if cfg.threshold == "auto" else "fixed",
+        "threshold_mode": cfg.threshold if cfg.threshold in ("auto", "target") else "fixed",
+        "lam": result.extra.get("lam", cfg.lam),
         "tolerance": collapsed.tolerance,
         "threshold_search": collapsed.search,
         "layers": [

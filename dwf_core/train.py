@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dwf_core import defaults
 from dwf_core.checkpoint import (
     Checkpoint,
     load_checkpoint,
@@ -26,10 +27,11 @@ from dwf_core.checkpoint import (
     save_checkpoint,
 )
 from dwf_core.config import TrainConfig
+from dwf_core.controller import model_sparsity, next_lam, scheduled_sparsity
 from dwf_core.errors import DwfError, TrainingError
 from dwf_core.evaluate import Labeled, evaluate
 from dwf_core.factorize import factorize, init_stats, is_factorized
-from dwf_core.penalty import factor_penalty, misalignment, param_groups
+from dwf_core.penalty import factor_penalty, factor_weight_decay, misalignment, param_groups
 from dwf_core.report import sparsity_report
 from dwf_core.schedule import lr_at
 
@@ -92,10 +94,22 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD or Adam with the DWF parameter groups (coupled decay 2λ/D on factors)."""
-    assert cfg.lam is not None and cfg.lr is not None
-    groups = param_groups(model, cfg.lam, other_weight_decay=cfg.weight_decay)
+def initial_lam(cfg: TrainConfig) -> float:
+    """λ of the first epoch: the setting, or with a target sparsity the default for the depth."""
+    return cfg.lam if cfg.lam is not None else defaults.default_lam(cfg.depth)
+
+
+def set_lam(optimizer: torch.optim.Optimizer, lam: float) -> None:
+    """Give every factor group the coupled decay 2λ/D for its depth."""
+    for group in optimizer.param_groups:
+        if group.get("dwf") == "factors":
+            group["weight_decay"] = factor_weight_decay(lam, int(group["depth"]))
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, lam: float | None = None) -> torch.optim.Optimizer:
+    """SGD or Adam with the DWF parameter groups (coupled decay 2λ/D on factors; λ defaults to the config's)."""
+    assert cfg.lr is not None
+    groups = param_groups(model, initial_lam(cfg) if lam is None else lam, other_weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
@@ -153,7 +167,9 @@ class Trainer:
         self.init_stats = init_stats(self.model)
         self.device = resolve_device(cfg.device)
         self.model.to(self.device)
-        self.optimizer = build_optimizer(self.model, cfg)
+        # Current λ: fixed, or the controller's state when a target sparsity is given (saved in checkpoints).
+        self.lam = initial_lam(cfg)
+        self.optimizer = build_optimizer(self.model, cfg, self.lam)
         # A generator of its own keeps the shuffling order independent of anything else that draws numbers.
         self.shuffle_rng = torch.Generator().manual_seed(cfg.seed + 1)
         self.global_step = 0
@@ -200,6 +216,8 @@ class Trainer:
         self.model.load_state_dict(model_state, strict=True)
         self.model.to(self.device)
         self.optimizer.load_state_dict(optimizer_from_parts(ckpt.tensors, state["optimizer"]))
+        self.lam = float(state.get("lam", self.lam))
+        set_lam(self.optimizer, self.lam)
         torch.set_rng_state(ckpt.tensors["rng/torch"])
         self.shuffle_rng.set_state(ckpt.tensors["rng/shuffle"])
         if self.device.type == "cuda" and "rng/cuda" in ckpt.tensors:
@@ -224,6 +242,7 @@ class Trainer:
         state = {
             "epoch": epoch,
             "global_step": self.global_step,
+            "lam": self.lam,
             "config": self.config.to_dict(),
             "optimizer": opt_meta,
             "history": self.history,
@@ -244,7 +263,7 @@ class Trainer:
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"training loss became {float(loss.detach())} at step {self.global_step} "
-                f"(lr={lr:.4g}, λ={cfg.lam:.3g}); "
+                f"(lr={lr:.4g}, λ={self.lam:.3g}); "
                 "lower the learning rate or λ, or check the data for extreme values",
                 code="non_finite_loss",
                 param="lr",
@@ -267,7 +286,6 @@ class Trainer:
 
     def _epoch_metrics(self, epoch: int, sums: torch.Tensor, seen: int, lr: float, seconds: float) -> dict[str, Any]:
         cfg = self.config
-        assert cfg.lam is not None
         val_loss, val_acc = evaluate(self.model, self.val_data, batch_size=cfg.eval_batch_size, device=self.device)
         monitored = sparsity_report(self.model, threshold=cfg.monitor_threshold)
         exact = sparsity_report(self.model, threshold=0.0)
@@ -283,10 +301,21 @@ class Trainer:
             "compression_ratio": monitored.compression_ratio,
             "nnz": monitored.nnz,
             "exact_zero_sparsity": exact.sparsity,
-            "factor_penalty": float(factor_penalty(self.model, cfg.lam)),
+            "factor_penalty": float(factor_penalty(self.model, self.lam)),
             "misalignment": misalignment(self.model),
+            "lam": self.lam,
             "epoch_seconds": seconds,
         }
+
+    def _control(self, epoch: int, metrics: dict[str, Any]) -> None:
+        """Adapt λ for the next epoch toward the sparsity schedule; records what it saw in ``metrics``."""
+        cfg = self.config
+        assert cfg.target_sparsity is not None
+        current = model_sparsity(self.model)
+        goal = scheduled_sparsity(cfg.target_sparsity, epoch, cfg.epochs)
+        self.lam = next_lam(self.lam, current, goal)
+        set_lam(self.optimizer, self.lam)
+        metrics.update(controller_sparsity=current, scheduled_sparsity=goal, next_lam=self.lam)
 
     def _emit(
         self,
@@ -356,6 +385,8 @@ class Trainer:
                 if (step + 1) % cfg.progress_every == 0:
                     self._emit("step", epoch, step + 1, float(sums[0]) / seen, lr, t0)
             metrics = self._epoch_metrics(epoch, sums, seen, lr, time.monotonic() - epoch_start)
+            if cfg.target_sparsity is not None:
+                self._control(epoch, metrics)
             self.history.append(metrics)
             if self.checkpoint_dir is not None:
                 self._save(epoch)
@@ -368,6 +399,7 @@ class Trainer:
             str(self.device),
             time.monotonic() - t0,
             self.resumed_from,
+            extra={"lam": self.lam},
         )
 
 

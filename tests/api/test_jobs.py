@@ -54,7 +54,8 @@ def test_create_returns_the_job_and_enqueues_validation(
         ({"method": {"depth": 99, "epochs": 2}}, "method.depth", "invalid_value"),
         ({"method": {"epochs": 0}}, "method.epochs", "invalid_value"),
         ({"method": {"epochs": 1, "threshold": -1}}, "method.threshold", "invalid_value"),
-        ({"method": {"epochs": 1, "target_sparsity": 0.9}}, "method.target_sparsity", "invalid_value"),
+        ({"method": {"epochs": 1, "lam": 1e-4, "target_sparsity": 0.9}}, "method.target_sparsity", "invalid_value"),
+        ({"method": {"epochs": 1, "target_sparsity": 1.0}}, "method.target_sparsity", "invalid_value"),
         ({"extra": True}, "extra", "unknown_field"),
         ({"dataset": {"file_id": "file-nope"}}, "dataset.file_id", "file_not_found"),
         ({"model": {"name": "lenet5", "file_id": "x"}}, "model", "invalid_value"),
@@ -68,6 +69,19 @@ def test_bad_requests_are_422_naming_the_field(
     assert resp.status_code == 422, resp.text
     error = resp.json()["error"]
     assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", code, param)
+
+
+def test_target_sparsity_is_accepted_and_stored(
+    client: TestClient, files: dict[str, Any], ctx: ServiceContext, published: list[Message]
+) -> None:
+    resp = client.post("/v1/jobs", json=body(files, target_sparsity=0.95))
+    assert resp.status_code == 200, resp.text
+    job = resp.json()
+    assert job["method"]["target_sparsity"] == 0.95 and job["method"].get("lam") is None
+    assert published == [Message(TASK_VALIDATE, job["id"])]
+    with ctx.sessions() as session:
+        stored = session.get(Job, job["id"])
+        assert stored is not None and stored.request["method"]["target_sparsity"] == 0.95
 
 
 def test_dataset_must_have_dataset_purpose(client: TestClient, files: dict[str, Any]) -> None:

@@ -33,9 +33,19 @@ def test_same_seed_same_result() -> None:
     assert all(torch.equal(x, y) for x, y in zip(_params(a.model).values(), _params(b.model).values(), strict=True))
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_resume_equals_uninterrupted(tmp_path: Path, optimizer: str) -> None:
-    cfg = TrainConfig(**{**CFG.to_dict(), "optimizer": optimizer, "lr": 0.1 if optimizer == "sgd" else 1e-2})
+@pytest.mark.parametrize(
+    ("optimizer", "target"), [("sgd", None), ("adam", None), ("sgd", 0.9)], ids=["sgd", "adam", "sgd-target"]
+)
+def test_resume_equals_uninterrupted(tmp_path: Path, optimizer: str, target: float | None) -> None:
+    cfg = TrainConfig(
+        **{
+            **CFG.to_dict(),
+            "optimizer": optimizer,
+            "lr": 0.1 if optimizer == "sgd" else 1e-2,
+            "lam": None if target is not None else CFG.lam,
+            "target_sparsity": target,
+        }
+    )
     full = train(mlp(), DATA, VAL, cfg, checkpoint_dir=tmp_path / "full")
 
     calls = {"n": 0}
@@ -55,6 +65,10 @@ def test_resume_equals_uninterrupted(tmp_path: Path, optimizer: str) -> None:
     for (name, x), y in zip(_params(full.model).items(), _params(resumed.model).values(), strict=True):
         assert torch.equal(x, y), name
     assert _history_without_times(full.history) == _history_without_times(resumed.history)
+    if target is not None:
+        # The controller moved λ, and the resumed run continued from the saved λ, not from the default.
+        assert len({h["lam"] for h in full.history}) > 1
+        assert full.extra["lam"] == resumed.extra["lam"]
 
 
 def test_resume_with_other_settings_refused(tmp_path: Path) -> None:
@@ -138,6 +152,9 @@ def test_diverging_lr_stops_with_clear_error() -> None:
         ("threshold", -0.5),
         ("device", "tpu"),
         ("seed", -1),
+        ("target_sparsity", 1.0),
+        ("target_sparsity", 0.0),
+        ("threshold", "target"),
     ],
 )
 def test_bad_config_names_the_field(field: str, value: object) -> None:

@@ -104,6 +104,17 @@ def test_validate_then_train_stores_artifacts_and_result(
     assert _get(ctx, job_id).status == jobs.SUCCEEDED
 
 
+def test_target_sparsity_reaches_the_worker(ctx: ServiceContext, inputs: dict[str, Path]) -> None:
+    job_id = _job(ctx, inputs["model"], inputs["data"], target_sparsity=0.9)
+    runner.validate_job(ctx, job_id)
+    runner.train_job(ctx, job_id)
+    job = _get(ctx, job_id)
+    assert (job.status, job.error_code) == (jobs.SUCCEEDED, None)
+    assert job.metrics is not None and job.metrics["target_sparsity"] == 0.9
+    assert abs(job.metrics["sparsity"] - 0.9) <= 0.01 and job.metrics["threshold_mode"] == "target"
+    assert job.metrics["config"]["lam"] is None and job.metrics["lam"] > 0
+
+
 def test_cancel_requested_before_training_cancels(ctx: ServiceContext, inputs: dict[str, Path]) -> None:
     job_id = _job(ctx, inputs["model"], inputs["data"])
     runner.validate_job(ctx, job_id)

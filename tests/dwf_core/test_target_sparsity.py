@@ -1,0 +1,126 @@
+"""target_sparsity: the λ controller, the target-quantile collapse, and the config/CLI refusals."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dwf_core.cli import app
+from dwf_core.collapse import collapse_and_verify, target_threshold
+from dwf_core.config import TrainConfig
+from dwf_core.controller import effective_sparsity, next_lam, scheduled_sparsity
+from dwf_core.defaults import default_lam
+from dwf_core.errors import ConfigError
+from dwf_core.factorize import factorize, factorized_tensors
+from dwf_core.train import train
+
+from .helpers import mlp, separable_data
+
+DATA = separable_data(256)
+VAL = separable_data(64, seed=1)
+
+
+def _cfg(target: float, epochs: int = 6) -> TrainConfig:
+    return TrainConfig(depth=3, epochs=epochs, batch_size=32, lr=0.1, target_sparsity=target, seed=0, device="cpu")
+
+
+def test_next_lam_moves_toward_the_schedule_and_is_bounded() -> None:
+    assert next_lam(1e-3, current=0.5, scheduled=0.9) > 1e-3  # too dense: more decay
+    assert next_lam(1e-3, current=0.95, scheduled=0.5) < 1e-3  # too sparse: less decay
+    assert next_lam(1e-3, current=0.9, scheduled=0.9) == pytest.approx(1e-3)
+    assert next_lam(1e-3, current=0.0, scheduled=0.9999) == pytest.approx(2e-3)
+    assert next_lam(1e-3, current=0.9999, scheduled=0.0) == pytest.approx(5e-4)
+
+
+def test_schedule_reaches_the_target_at_three_quarters() -> None:
+    values = [scheduled_sparsity(0.99, e, 20) for e in range(21)]
+    assert values[0] == 0.0 and values == sorted(values)
+    assert values[15] == pytest.approx(0.99) and values[20] == pytest.approx(0.99)
+    # log-density falls linearly: half way through the ramp the CR is 10, not 50.
+    assert 1 / (1 - scheduled_sparsity(0.99, 15, 40)) == pytest.approx(10.0)
+
+
+def test_effective_sparsity_is_scale_free() -> None:
+    w = torch.cat([torch.full((90,), 1e-6), torch.ones(10)])
+    assert effective_sparsity([w]) == pytest.approx(0.9)
+    assert effective_sparsity([w * 1000.0]) == effective_sparsity([w])
+    assert effective_sparsity([torch.zeros(5)]) == 1.0
+
+
+def _mostly_tiny() -> torch.nn.Module:
+    """A factorized MLP whose weights are 95% negligible already (first factor scaled by 1e-4 there)."""
+    model = mlp()
+    factorize(model, 3, "varmatch", seed=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tensor in factorized_tensors(model):
+            first = tensor.factors()[0]
+            first.mul_(torch.where(torch.rand(first.shape, generator=g) < 0.95, 1e-4, 1.0))
+    return model
+
+
+@pytest.mark.parametrize(("target", "up"), [(0.99, True), (0.5, False)])
+def test_controller_moves_lam_in_the_right_direction(target: float, up: bool) -> None:
+    # Dense at the start with a high target: λ must grow; already sparser than a low target: λ must shrink.
+    model = mlp() if up else _mostly_tiny()
+    history = train(model, DATA, VAL, _cfg(target, epochs=2)).history
+    lam0 = default_lam(3)
+    assert history[0]["lam"] == lam0
+    assert (history[0]["next_lam"] > lam0) is up and (history[1]["lam"] > lam0) is up
+    assert {"controller_sparsity", "scheduled_sparsity"} <= set(history[0])
+
+
+@pytest.mark.parametrize("target", [0.5, 0.9, 0.99])
+def test_collapse_reaches_the_target(target: float) -> None:
+    result = train(mlp(), DATA, VAL, _cfg(target))
+    collapsed = collapse_and_verify(result.model, VAL, "target", target_sparsity=target)
+    report = collapsed.report
+    if target <= 0.95:
+        assert abs(report.sparsity - target) <= 0.01
+    else:
+        assert abs(report.compression_ratio / (1 / (1 - target)) - 1) <= 0.2
+    assert report.sparsity >= target
+    assert collapsed.collapsed_accuracy is not None
+
+
+def test_target_threshold_is_the_smallest_reaching_the_target() -> None:
+    weights = [torch.tensor([0.1, -0.2, 0.3, 0.4]), torch.tensor([[0.5, -0.6], [0.7, 0.8]])]
+    t = target_threshold(weights, 0.5)  # 4 of 8 must go: 0.1..0.4
+    assert 0.4 < t < 0.5 and t == float(torch.nextafter(torch.tensor(0.4), torch.tensor(1.0)))
+    assert target_threshold(weights, 0.01) > 0.1 and target_threshold([torch.tensor([1.0])], 0.5) > 1.0
+
+
+def test_resolved_config_with_a_target() -> None:
+    cfg = _cfg(0.9).resolved()
+    assert cfg.lam is None and cfg.threshold == "target" and cfg.resolved() == cfg
+    assert TrainConfig(target_sparsity=0.9, threshold=1e-3).resolved().threshold == 1e-3
+    assert TrainConfig().resolved().threshold == "auto"
+
+
+def test_lam_and_target_are_exclusive() -> None:
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(lam=1e-4, target_sparsity=0.9).resolved()
+    assert err.value.param == "target_sparsity" and "lam" in err.value.message
+
+
+def test_collapse_target_needs_a_target() -> None:
+    result = train(mlp(), DATA, VAL, TrainConfig(depth=3, epochs=1, lam=1e-3, device="cpu"))
+    with pytest.raises(ConfigError) as err:
+        collapse_and_verify(result.model, VAL, "target")
+    assert err.value.param == "target_sparsity"
+    with pytest.raises(ConfigError):
+        collapse_and_verify(result.model, VAL, "target", target_sparsity=math.nan)
+
+
+def test_cli_refuses_lam_with_target(tmp_path: Path) -> None:
+    argv = ["train", "--model", "lenet_300_100", "--data", "/nonexistent.npz", "--out", str(tmp_path),
+            "--lam", "1e-4", "--target-sparsity", "0.9"]  # fmt: skip
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    text = " ".join(result.output.split())  # rich wraps at the terminal width
+    assert "(target_sparsity)" in text and "--lam or --target-sparsity, not both" in text
+    assert not (tmp_path / "metrics.json").exists()
