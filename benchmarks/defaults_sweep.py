@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -19,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from dwf_core.config import TrainConfig
 from dwf_core.pipeline import RunSpec, run
@@ -40,6 +43,12 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
         {"depth": 3, "lam": 2e-4, "varmatch_variant": v, "seed": s} for s in (1, 2) for v in ("exact", "published")
     ],
 }
+
+
+def threads_prefix() -> str:
+    """The OMP_NUM_THREADS setting the sweep ran under, as it would be typed before the command."""
+    value = os.environ.get("OMP_NUM_THREADS")
+    return f"OMP_NUM_THREADS={value} " if value else ""
 
 
 def _commit() -> str:
@@ -67,7 +76,8 @@ def _row(settings: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _markdown(header: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = [
-        f"# Defaults sweep `{header['grid']}` (LeNet-300-100, MNIST, {header['epochs']} epochs, seed {header['seed']})",
+        f"# Defaults sweep `{header['grid']}` (LeNet-300-100, MNIST, {header['epochs']} epochs, seed {header['seed']} "
+        "unless a row sets it)",
         "",
         f"Command: `{header['command']}` · commit {header['commit']} · {header['machine']} · {header['date']}",
         "",
@@ -97,9 +107,9 @@ def main() -> None:
         "grid": args.grid,
         "epochs": args.epochs,
         "seed": args.seed,
-        "command": "python -m benchmarks.defaults_sweep " + " ".join(sys.argv[1:]),
+        "command": threads_prefix() + "python -m benchmarks.defaults_sweep " + " ".join(sys.argv[1:]),
         "commit": _commit(),
-        "machine": f"{platform.machine()} {platform.processor() or ''} CPU, torch threads default".strip(),
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)",
         "date": dt.date.today().isoformat(),
     }
     rows: list[dict[str, Any]] = json.loads(out_json.read_text())["rows"] if out_json.exists() else []
