@@ -46,6 +46,7 @@ _EXPORTS = {
     "RunSpec": "dwf_core.pipeline",
     "run": "dwf_core.pipeline",
     "prepare": "dwf_core.pipeline",
+    "run_baseline": "dwf_core.baselines.run",
     "DwfError": "dwf_core.errors",
 }
 

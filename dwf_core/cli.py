@@ -58,6 +58,13 @@ def train(
         str, typer.Option(help="Dataset: .npz/.safetensors/CSV/CIFAR tarball/image-folder zip, or mnist-idx:DIR")
     ],
     out: Annotated[Path, typer.Option(help="Output directory for the artifacts and metrics.json")],
+    method: Annotated[
+        str,
+        typer.Option(
+            help="dwf, or a baseline in the same trainer (depth 1; --lam is its L2 strength): dense, magnitude, "
+            "magnitude-ft, gmp, snip, synflow, random (all but dense need --target-sparsity)"
+        ),
+    ] = "dwf",
     depth: Annotated[int, typer.Option(help="Number of factors D (≥ 2 for DWF; 1 = dense with L2)")] = 3,
     weights: Annotated[Path | None, typer.Option(help="Pretrained weights (.safetensors) for a zoo model")] = None,
     lam: Annotated[float | None, typer.Option(help="λ; default depends on D (see docs/defaults.md)")] = None,
@@ -66,6 +73,9 @@ def train(
         typer.Option(help="Sparsity to reach, in (0, 1), instead of --lam: λ is adapted during training"),
     ] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs")] = defaults.DEFAULT_EPOCHS,
+    finetune_epochs: Annotated[
+        int | None, typer.Option(help="magnitude-ft: fine-tuning epochs with the mask fixed (default 10% of epochs)")
+    ] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 0.3 for SGD, 1e-3 for Adam)")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size")] = defaults.DEFAULT_BATCH_SIZE,
     optimizer: Annotated[str, typer.Option(help="sgd or adam")] = defaults.DEFAULT_OPTIMIZER,
@@ -105,17 +115,26 @@ def train(
 
 
 def _train(**kw: Any) -> dict[str, Any]:
+    from dwf_core.baselines import METHODS, PRUNING_METHODS
     from dwf_core.config import TrainConfig
     from dwf_core.pipeline import RunSpec, run
 
+    method = kw["method"]
+    if method not in METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(METHODS)}; got {method!r}", param="method")
+    if method in PRUNING_METHODS and kw["target_sparsity"] is None:
+        raise ConfigError(
+            f"--method {method} needs --target-sparsity S (the fraction to prune)", param="target_sparsity"
+        )
     optimizer = kw["optimizer"]
     if optimizer not in ("sgd", "adam"):
         raise ConfigError(f"--optimizer must be sgd or adam, got {optimizer!r}", param="optimizer")
-    if kw["lam"] is not None and kw["target_sparsity"] is not None:
+    if method == "dwf" and kw["lam"] is not None and kw["target_sparsity"] is not None:
         raise ConfigError("give --lam or --target-sparsity, not both", param="target_sparsity")
     if kw["init"] not in (None, "varmatch", "balanced"):
         raise ConfigError(f"--init must be varmatch or balanced, got {kw['init']!r}", param="init")
     config = TrainConfig(
+        method=method,
         depth=kw["depth"],
         epochs=kw["epochs"],
         lam=kw["lam"],
@@ -132,6 +151,7 @@ def _train(**kw: Any) -> dict[str, Any]:
         include=kw["include"] or None,
         exclude=kw["exclude"] or None,
         device=kw["device"],
+        finetune_epochs=kw["finetune_epochs"],
     )
     config.validate()
     out: Path = kw["out"]
@@ -178,13 +198,15 @@ def _train(**kw: Any) -> dict[str, Any]:
 
 
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:
-    table = Table(title="DWF result", show_header=False)
+    method = metrics.get("method", "dwf")
+    table = Table(title="DWF result" if method == "dwf" else f"{method} baseline result", show_header=False)
     table.add_row("test accuracy (sparse model)", f"{100 * metrics['test_accuracy']:.2f}%")
-    table.add_row("test accuracy (factorized)", f"{100 * metrics['factorized_test_accuracy']:.2f}%")
+    before = "factorized" if method == "dwf" else "before collapse"
+    table.add_row(f"test accuracy ({before})", f"{100 * metrics['factorized_test_accuracy']:.2f}%")
     table.add_row("compression ratio", _fmt_cr(metrics["compression_ratio"]))
     if metrics.get("target_sparsity") is not None:
         table.add_row("sparsity (requested)", f"{100 * metrics['target_sparsity']:.3f}%")
-        table.add_row("final λ", f"{metrics['lam']:.3g}")
+        table.add_row("final λ" if method == "dwf" else "L2 λ", f"{metrics['lam']:.3g}")
     table.add_row("sparsity", f"{100 * metrics['sparsity']:.3f}%")
     table.add_row("non-zeros / weights", f"{metrics['nnz']:,} / {metrics['total']:,}")
     table.add_row("threshold", f"{metrics['threshold']:.3g} ({metrics['threshold_mode']})")

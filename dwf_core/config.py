@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from dwf_core import defaults
+from dwf_core.baselines import METHODS, PRUNING_METHODS
 from dwf_core.errors import ConfigError
 from dwf_core.factorize import MAX_DEPTH
 
@@ -18,6 +19,10 @@ MAX_BATCH_SIZE = 65_536
 class TrainConfig:
     """Settings of one DWF training run; ``None`` means "use the measured default" (see defaults.py)."""
 
+    # "dwf", or a baseline trained by the same Trainer at depth 1 (dwf_core.baselines): "dense", "magnitude",
+    # "magnitude-ft", "gmp", "snip", "synflow", "random". Pruning baselines need target_sparsity and take λ
+    # as their L2 strength (default: the D = 1 value); their depth is always 1.
+    method: str = "dwf"
     depth: int = defaults.DEFAULT_DEPTH
     epochs: int = defaults.DEFAULT_EPOCHS
     lam: float | None = None
@@ -49,6 +54,8 @@ class TrainConfig:
     max_grad_norm: float | None = None
     eval_batch_size: int = 1000
     progress_every: int = 20
+    # magnitude-ft only: epochs of fine-tuning with the mask fixed (None: 10% of epochs, at least 1).
+    finetune_epochs: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self) -> TrainConfig:
@@ -58,11 +65,15 @@ class TrainConfig:
             ConfigError: naming the first invalid field.
         """
         self.validate()
+        dwf = self.method == "dwf"
         targeted = self.target_sparsity is not None
+        depth = self.depth if dwf else 1
         cfg = replace(
             self,
-            # With a target, λ is the controller's state (it starts from the default for the depth), not a setting.
-            lam=None if targeted else (defaults.default_lam(self.depth) if self.lam is None else self.lam),
+            depth=depth,
+            # With a target, λ is the controller's state (it starts from the default for the depth), not a setting;
+            # a baseline keeps λ as its L2 strength whatever its target.
+            lam=None if targeted and dwf else (defaults.default_lam(depth) if self.lam is None else self.lam),
             lr=defaults.DEFAULT_LR.get(self.optimizer, 0.1) if self.lr is None else self.lr,
             init=self.init or "varmatch",
             threshold="target" if targeted and self.threshold == "auto" else self.threshold,
@@ -80,6 +91,18 @@ class TrainConfig:
         def finite(v: Any) -> bool:
             return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
+        need(self.method in METHODS, "method", "one of " + ", ".join(METHODS))
+        if self.method in PRUNING_METHODS and self.target_sparsity is None:
+            raise ConfigError(
+                f"method {self.method!r} needs target_sparsity (the fraction of weights to prune)",
+                param="target_sparsity",
+            )
+        need(
+            self.finetune_epochs is None
+            or (isinstance(self.finetune_epochs, int) and 1 <= self.finetune_epochs <= MAX_EPOCHS),
+            "finetune_epochs",
+            f"None or in [1, {MAX_EPOCHS}]",
+        )
         need(
             isinstance(self.depth, int) and 1 <= self.depth <= MAX_DEPTH,
             "depth",
@@ -92,7 +115,7 @@ class TrainConfig:
             "target_sparsity",
             "in (0, 1)",
         )
-        if self.target_sparsity is not None and self.lam is not None:
+        if self.method == "dwf" and self.target_sparsity is not None and self.lam is not None:
             raise ConfigError(
                 "target_sparsity and lam are mutually exclusive: give one (the target adapts λ itself)",
                 param="target_sparsity",

@@ -159,8 +159,12 @@ def run(
         should_stop: polled every step; True cancels the run (``TrainingCancelled``).
         on_phase: called with "loading", "training", "collapsing", "evaluating", "exporting".
 
+    ``spec.train.method`` picks DWF (default) or a baseline (dwf_core.baselines), with the same data,
+    artifacts and metrics; for a pruning baseline "factorized" means the depth-1 model before collapse (for
+    ``magnitude``: the dense model before pruning).
+
     Returns:
-        The metrics dict (test_accuracy, target_sparsity (requested, or None), sparsity (achieved),
+        The metrics dict (method, test_accuracy, target_sparsity (requested, or None), sparsity (achieved),
         compression_ratio, nnz, total, threshold, lam (final λ), layers, history…).
 
     Raises:
@@ -175,26 +179,42 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
 
     phase("training")
-    trainer = Trainer(
-        prepared.model,
-        data.train,
-        data.val,
-        cfg,
-        checkpoint_dir=spec.checkpoint_dir or out / "checkpoints",
-        on_progress=on_progress,
-        should_stop=should_stop,
-    )
-    result = trainer.fit()
+    baseline_info: dict[str, Any] | None = None
+    if cfg.method != "dwf":
+        from dwf_core.baselines.run import run_baseline
 
-    phase("collapsing")
-    collapsed = collapse_and_verify(
-        result.model,
-        data.val,
-        cfg.threshold,
-        tolerance=cfg.tolerance,
-        batch_size=cfg.eval_batch_size,
-        target_sparsity=cfg.target_sparsity,
-    )
+        baseline = run_baseline(
+            prepared.model,
+            data.train,
+            data.val,
+            cfg,
+            checkpoint_dir=spec.checkpoint_dir or out / "checkpoints",
+            on_progress=on_progress,
+            should_stop=should_stop,
+        )
+        phase("collapsing")
+        result, collapsed, baseline_info = baseline.train, baseline.collapsed, baseline.info
+    else:
+        trainer = Trainer(
+            prepared.model,
+            data.train,
+            data.val,
+            cfg,
+            checkpoint_dir=spec.checkpoint_dir or out / "checkpoints",
+            on_progress=on_progress,
+            should_stop=should_stop,
+        )
+        result = trainer.fit()
+
+        phase("collapsing")
+        collapsed = collapse_and_verify(
+            result.model,
+            data.val,
+            cfg.threshold,
+            tolerance=cfg.tolerance,
+            batch_size=cfg.eval_batch_size,
+            target_sparsity=cfg.target_sparsity,
+        )
     plain = collapsed.model.to("cpu").eval()
 
     phase("evaluating")
@@ -219,7 +239,9 @@ def run(
             artifacts["model.onnx"] = out / "model.onnx"
 
     report = collapsed.report
+    threshold_mode = cfg.threshold if cfg.threshold in ("auto", "target") else "fixed"
     metrics: dict[str, Any] = {
+        "method": cfg.method,
         "test_accuracy": test_acc,
         "factorized_test_accuracy": factorized_test_acc,
         "val_accuracy": collapsed.collapsed_accuracy,
@@ -236,7 +258,7 @@ def run(
         "nnz_all": report.nnz_all,
         "total_all": report.total_all,
         "threshold": collapsed.threshold,
-        "threshold_mode": cfg.threshold if cfg.threshold in ("auto", "target") else "fixed",
+        "threshold_mode": baseline_info["threshold_mode"] if baseline_info else threshold_mode,
         "lam": result.extra.get("lam", cfg.lam),
         "tolerance": collapsed.tolerance,
         "threshold_search": collapsed.search,
@@ -245,6 +267,8 @@ def run(
             for t in report.layers
         ],
         "history": result.history,
+        # Baselines: their details (depth 1, L2 λ, mask sparsity, fine-tuning, GMP window…); None for DWF.
+        "baseline": baseline_info,
         "init_stats": result.init_stats,
         "config": cfg.to_dict(),
         "model": {"spec": spec.model, "source": prepared.model_source, "weights": spec.weights},

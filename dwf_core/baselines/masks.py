@@ -1,0 +1,125 @@
+"""Pruning masks over the tensors DWF factorizes, and a Trainer that keeps them applied.
+
+Baselines train through the DWF ``Trainer`` at depth 1 (w = ω1, plain L2 decay), so a mask acts on the single
+factor ``parametrizations.<attr>.original0``; collapse then yields the original classes and keys. Masks are
+dicts from state_dict name ("fc1.weight") to a bool tensor (True = kept) of the weight's shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from dwf_core.errors import ConfigError
+from dwf_core.factorize import FactorizedTensor, factorized_tensors
+from dwf_core.train import Trainer
+
+Masks = dict[str, torch.Tensor]
+Scores = dict[str, torch.Tensor]
+
+
+def depth_one_tensors(model: nn.Module) -> list[FactorizedTensor]:
+    """The factorized tensors of a baseline model, which must all be depth 1 (w = ω1)."""
+    tensors = factorized_tensors(model)
+    if not tensors:
+        raise ConfigError("model has no factorized tensors to prune", param="model")
+    for t in tensors:
+        if t.depth != 1:
+            raise ConfigError(f"baselines prune depth-1 models; {t.name!r} has depth {t.depth}", param="depth")
+    return tensors
+
+
+def weights_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The (single) factor of every factorized tensor, i.e. the weight itself at depth 1, by name."""
+    return {t.name: t.factors()[0] for t in depth_one_tensors(model)}
+
+
+def pruned_count(total: int, sparsity: float) -> int:
+    """How many of ``total`` weights a sparsity S removes: round(S·total), so the achieved S is within 1/total."""
+    return min(total, max(0, round(sparsity * total)))
+
+
+def global_topk_mask(scores: Scores, sparsity: float) -> Masks:
+    """Keep the largest scores over all tensors together, pruning exactly round(S·N) of N entries."""
+    names = list(scores)
+    flat = torch.cat([scores[n].detach().reshape(-1).double() for n in names]) if names else torch.zeros(0)
+    keep = flat.numel() - pruned_count(flat.numel(), sparsity)
+    kept = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    if keep > 0:
+        kept[torch.topk(flat, keep, sorted=False).indices] = True
+    masks: Masks = {}
+    offset = 0
+    for n in names:
+        size = scores[n].numel()
+        masks[n] = kept[offset : offset + size].reshape(scores[n].shape).to(scores[n].device)
+        offset += size
+    return masks
+
+
+def apply_masks(model: nn.Module, masks: Masks) -> None:
+    """Zero every masked weight (writing +0.0, so the sparse encoders see true zeros)."""
+    with torch.no_grad():
+        for t in factorized_tensors(model):
+            mask = masks.get(t.name)
+            if mask is None:
+                continue
+            for factor in t.factors():
+                factor.masked_fill_(~mask.to(factor.device), 0.0)
+
+
+def mask_sparsity(masks: Masks) -> float:
+    """Fraction of masked (pruned) entries over all masks."""
+    total = sum(m.numel() for m in masks.values())
+    kept = sum(int(m.sum()) for m in masks.values())
+    return 1.0 - kept / total if total else 0.0
+
+
+def layer_density(masks: Masks) -> dict[str, float]:
+    """Kept fraction per tensor."""
+    return {n: float(m.float().mean()) for n, m in masks.items()}
+
+
+class MaskedTrainer(Trainer):
+    """The DWF Trainer with masks re-applied after every optimizer step (so masked weights stay exactly 0).
+
+    ``masks`` may be given up front (fine-tuning a pruned model), or built by ``make_masks(trainer)`` once the
+    trainer has factorized the model and moved it to its device (pruning at init). Subclasses may change the
+    masks during training in ``after_step``. Runs without checkpoints: masks are not part of them.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        masks: Masks | None = None,
+        make_masks: Callable[[Trainer], Masks] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs["checkpoint_dir"] = None
+        super().__init__(*args, **kwargs)
+        self.masks: Masks = dict(masks or {})
+        self.make_masks = make_masks
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        depth_one_tensors(self.model)
+        if self.make_masks is not None:
+            self.masks = self.make_masks(self)
+        self.masks = {n: m.to(self.device) for n, m in self.masks.items()}
+        apply_masks(self.model, self.masks)
+
+    def after_step(self, steps_done: int) -> None:
+        """Called after each optimizer step with the number of steps done; default: re-apply the masks."""
+        apply_masks(self.model, self.masks)
+
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor, lr: float) -> torch.Tensor:
+        out = super()._step(xb, yb, lr)
+        self.after_step(self.global_step + 1)
+        return out
+
+
+def finetune_epochs_for(epochs: int, finetune_epochs: int | None) -> int:
+    """Fine-tuning epochs: the setting, else 10% of the training epochs, at least 1."""
+    return finetune_epochs if finetune_epochs is not None else max(1, round(0.1 * epochs))

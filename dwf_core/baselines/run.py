@@ -1,0 +1,135 @@
+"""Run one baseline method: train (and prune) through the DWF Trainer at depth 1, then collapse.
+
+The collapsed model of a pruning method is simply the trained masked model without its parametrization
+(threshold 0: exact zeros stay, nothing else is cut), except ``magnitude``, whose collapse *is* the pruning
+(the global magnitude quantile at the target, as DWF's ``threshold="target"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from dwf_core.baselines import PRUNING_METHODS
+from dwf_core.baselines.at_init import random_masks, snip_masks, synflow_masks
+from dwf_core.baselines.gmp import GMPTrainer
+from dwf_core.baselines.masks import (
+    MaskedTrainer,
+    Masks,
+    finetune_epochs_for,
+    global_topk_mask,
+    layer_density,
+    mask_sparsity,
+    weights_of,
+)
+from dwf_core.collapse import CollapseResult, collapse_and_verify
+from dwf_core.config import TrainConfig
+from dwf_core.errors import ConfigError
+from dwf_core.evaluate import Labeled
+from dwf_core.train import ProgressEvent, Trainer, TrainResult
+
+# Fine-tuning restarts the cosine schedule from this fraction of the training LR.
+FINETUNE_LR_FACTOR = 0.1
+
+
+@dataclass
+class BaselineResult:
+    """The trained (depth-1, possibly masked) model with its history, its collapse, and method details."""
+
+    train: TrainResult
+    collapsed: CollapseResult
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def dense_config(cfg: TrainConfig) -> TrainConfig:
+    """The dense training settings of a baseline: depth 1, λ = the L2 strength, no target controller."""
+    return replace(
+        cfg, method="dense", depth=1, target_sparsity=None, threshold="auto", finetune_epochs=None
+    ).resolved()
+
+
+def run_baseline(
+    model: nn.Module,
+    train: Labeled,
+    val: Labeled,
+    cfg: TrainConfig,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    on_progress: Callable[[ProgressEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> BaselineResult:
+    """Train ``model`` (plain, unfactorized) with baseline ``cfg.method`` and collapse it.
+
+    Only the dense phases (``dense``, and the training before ``magnitude``/``magnitude-ft`` prune) checkpoint
+    and resume; masked training does not (masks are not saved in checkpoints).
+
+    Raises:
+        ConfigError: ``dwf`` or an unknown method, or a pruning method without ``target_sparsity``.
+    """
+    method = cfg.method
+    if method == "dwf" or method not in ("dense", *PRUNING_METHODS):
+        raise ConfigError(f"not a baseline method: {method!r}", param="method")
+    target = cfg.target_sparsity
+    if method in PRUNING_METHODS and target is None:
+        raise ConfigError(f"method {method!r} needs target_sparsity (the fraction to prune)", param="target_sparsity")
+    dense_cfg = dense_config(cfg)
+    common: dict[str, Any] = {"on_progress": on_progress, "should_stop": should_stop}
+    info: dict[str, Any] = {"depth": 1, "l2_lam": dense_cfg.lam}
+
+    if method in ("dense", "magnitude", "magnitude-ft"):
+        result = Trainer(model, train, val, dense_cfg, checkpoint_dir=checkpoint_dir, **common).fit()
+        if method == "dense":
+            collapsed = collapse_and_verify(result.model, val, 0.0, batch_size=cfg.eval_batch_size)
+            return BaselineResult(result, collapsed, {**info, "threshold_mode": "fixed"})
+        assert target is not None
+        if method == "magnitude":
+            collapsed = collapse_and_verify(
+                result.model, val, "target", batch_size=cfg.eval_batch_size, target_sparsity=target
+            )
+            return BaselineResult(result, collapsed, {**info, "threshold_mode": "target"})
+        masks = global_topk_mask({n: w.detach().abs() for n, w in weights_of(result.model).items()}, target)
+        ft_epochs = finetune_epochs_for(cfg.epochs, cfg.finetune_epochs)
+        assert dense_cfg.lr is not None
+        ft_cfg = replace(dense_cfg, epochs=ft_epochs, lr=dense_cfg.lr * FINETUNE_LR_FACTOR, warmup_epochs=0.0)
+        ft = MaskedTrainer(result.model, train, val, ft_cfg, masks=masks, **common).fit()
+        history = [{**h, "phase": "train"} for h in result.history] + [{**h, "phase": "finetune"} for h in ft.history]
+        merged = replace(ft, history=history, train_seconds=result.train_seconds + ft.train_seconds)
+        merged.resumed_from_epoch = result.resumed_from_epoch
+        collapsed = collapse_and_verify(ft.model, val, 0.0, batch_size=cfg.eval_batch_size)
+        extra: dict[str, Any] = {
+            "finetune_epochs": ft_epochs,
+            "finetune_lr": ft_cfg.lr,
+            "mask_sparsity": mask_sparsity(masks),
+        }
+        return BaselineResult(merged, collapsed, {**info, **extra, "threshold_mode": "fixed"})
+
+    assert target is not None
+    trainer: MaskedTrainer
+    if method == "gmp":
+        trainer = GMPTrainer(model, train, val, dense_cfg, final_sparsity=target, **common)
+    else:
+
+        def make_masks(t: Trainer) -> Masks:
+            if method == "snip":
+                return snip_masks(
+                    t.model, t.x_train, t.y_train, target, batch_size=t.config.batch_size, seed=t.config.seed
+                )
+            if method == "synflow":
+                return synflow_masks(t.model, t.x_train[:1], target)
+            return random_masks(t.model, target, seed=t.config.seed + 2)
+
+        trainer = MaskedTrainer(model, train, val, dense_cfg, make_masks=make_masks, **common)
+    result = trainer.fit()
+    collapsed = collapse_and_verify(result.model, val, 0.0, batch_size=cfg.eval_batch_size)
+    details: dict[str, Any] = {
+        "mask_sparsity": mask_sparsity(trainer.masks),
+        "layer_density": layer_density(trainer.masks),
+    }
+    if isinstance(trainer, GMPTrainer):
+        start, end, interval = trainer.window
+        details["gmp"] = {"start_step": start, "end_step": end, "interval": interval, "events": len(trainer.schedule)}
+    return BaselineResult(result, collapsed, {**info, **details, "threshold_mode": "fixed"})
