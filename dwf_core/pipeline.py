@@ -180,31 +180,19 @@ def run(
 
     phase("training")
     baseline_info: dict[str, Any] | None = None
+    hooks: dict[str, Any] = {
+        "checkpoint_dir": spec.checkpoint_dir or out / "checkpoints",
+        "on_progress": on_progress,
+        "should_stop": should_stop,
+    }
     if cfg.method != "dwf":
         from dwf_core.baselines.run import run_baseline
 
-        baseline = run_baseline(
-            prepared.model,
-            data.train,
-            data.val,
-            cfg,
-            checkpoint_dir=spec.checkpoint_dir or out / "checkpoints",
-            on_progress=on_progress,
-            should_stop=should_stop,
-        )
+        baseline = run_baseline(prepared.model, data.train, data.val, cfg, **hooks)
         phase("collapsing")
         result, collapsed, baseline_info = baseline.train, baseline.collapsed, baseline.info
     else:
-        trainer = Trainer(
-            prepared.model,
-            data.train,
-            data.val,
-            cfg,
-            checkpoint_dir=spec.checkpoint_dir or out / "checkpoints",
-            on_progress=on_progress,
-            should_stop=should_stop,
-        )
-        result = trainer.fit()
+        result = Trainer(prepared.model, data.train, data.val, cfg, **hooks).fit()
 
         phase("collapsing")
         collapsed = collapse_and_verify(

@@ -6,7 +6,6 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -25,7 +24,7 @@ from dwf_core.factorize import factorize
 from dwf_core.intake import build_model
 from dwf_core.report import sparsity_report
 
-from .helpers import ResidualNorm, TinySplit, mlp, separable_data
+from .helpers import ResidualNorm, TinySplit, mlp, separable_data, write_band_npz
 
 DATA = separable_data(256)
 VAL = separable_data(64, seed=1)
@@ -185,20 +184,7 @@ def test_config_method_checks() -> None:
 
 @pytest.fixture(scope="module")
 def small_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rng = np.random.default_rng(0)
-
-    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
-        y = rng.integers(0, 10, n)
-        x = rng.integers(0, 60, (n, 1, 28, 28)).astype(np.uint8)
-        for i, label in enumerate(y):
-            x[i, 0, 2 * label + 4 : 2 * label + 7, :] = 250
-        return x, y.astype(np.int64)
-
-    path = tmp_path_factory.mktemp("data") / "small.npz"
-    x_train, y_train = make(400)
-    x_test, y_test = make(100)
-    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    return path
+    return write_band_npz(tmp_path_factory.mktemp("data") / "small.npz", 400, 100)
 
 
 def test_cli_magnitude_writes_metrics_and_plain_artifacts(small_npz: Path, tmp_path: Path) -> None:

@@ -18,26 +18,15 @@ from dwf_core.evaluate import accuracy_of, predict_logits
 from dwf_core.export import load_sparse
 from dwf_core.intake import build_model
 
+from .helpers import write_band_npz
+
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def small_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A learnable 10-class 28×28 uint8 dataset: each class lights up its own band of rows."""
-    rng = np.random.default_rng(0)
-
-    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
-        y = rng.integers(0, 10, n)
-        x = rng.integers(0, 60, (n, 1, 28, 28)).astype(np.uint8)
-        for i, label in enumerate(y):
-            x[i, 0, 2 * label + 4 : 2 * label + 7, :] = 250
-        return x, y.astype(np.int64)
-
-    path = tmp_path_factory.mktemp("data") / "small.npz"
-    x_train, y_train = make(600)
-    x_test, y_test = make(200)
-    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    return path
+    return write_band_npz(tmp_path_factory.mktemp("data") / "small.npz", 600, 200)
 
 
 def _train_argv(data: Path, out: Path) -> list[str]:
