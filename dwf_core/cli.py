@@ -76,7 +76,7 @@ def train(
     finetune_epochs: Annotated[
         int | None, typer.Option(help="magnitude-ft: fine-tuning epochs with the mask fixed (default 10% of epochs)")
     ] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 0.3 for SGD, 1e-3 for Adam)")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak LR (SGD: 0.3 DWF, 0.1 baselines; Adam 1e-3)")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size")] = defaults.DEFAULT_BATCH_SIZE,
     optimizer: Annotated[str, typer.Option(help="sgd or adam")] = defaults.DEFAULT_OPTIMIZER,
     momentum: Annotated[float, typer.Option(help="SGD momentum")] = defaults.DEFAULT_MOMENTUM,

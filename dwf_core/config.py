@@ -74,7 +74,9 @@ class TrainConfig:
             # With a target, λ is the controller's state (it starts from the default for the depth), not a setting;
             # a baseline keeps λ as its L2 strength whatever its target.
             lam=None if targeted and dwf else (defaults.default_lam(depth) if self.lam is None else self.lam),
-            lr=defaults.DEFAULT_LR.get(self.optimizer, 0.1) if self.lr is None else self.lr,
+            lr=(defaults.DEFAULT_LR if dwf else defaults.DEFAULT_BASELINE_LR)[self.optimizer]
+            if self.lr is None
+            else self.lr,
             init=self.init or "varmatch",
             threshold="target" if targeted and self.threshold == "auto" else self.threshold,
         )

@@ -217,3 +217,11 @@ def test_cli_method_errors(tmp_path: Path, extra: list[str], expected: str) -> N
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert expected in " ".join(result.output.split())
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_baselines_default_to_a_dense_friendly_lr() -> None:
+    """DWF's LR 0.3 made dense LeNet-300-100 diverge to chance; baselines default to 0.1 (docs/defaults.md)."""
+    assert TrainConfig(method="magnitude", target_sparsity=0.9).resolved().lr == 0.1
+    assert TrainConfig(method="dense").resolved().lr == 0.1
+    assert TrainConfig().resolved().lr == 0.3
+    assert TrainConfig(method="gmp", target_sparsity=0.9, lr=0.2).resolved().lr == 0.2
