@@ -1,0 +1,101 @@
+"""Smoke tests of the benchmark scripts' core functions in tiny configurations.
+
+Only the output structure is checked (keys present, sizes and ratios positive and consistent): speed targets
+belong to the benchmarks themselves, never to tests.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from benchmarks import artifact_size, overhead
+from dwf_core.data.common import Split
+
+
+def test_overhead_time_steps_alternates_all_variants() -> None:
+    result = overhead.time_steps("lenet5", batch=4, steps=3, warmup=1)
+    assert set(result) == {*overhead.VARIANTS, "quiet_rounds"}
+    assert 0 <= result["quiet_rounds"] <= 3
+    for variant in overhead.VARIANTS:
+        stats = result[variant]
+        assert len(stats["times_ms"]) == 3
+        assert 0 < stats["q1_ms"] <= stats["median_ms"] <= stats["q3_ms"]
+        assert stats["iqr_ms"] >= 0
+        if variant in overhead.BASELINE:
+            assert stats["baseline"] == overhead.BASELINE[variant]
+            assert stats["ratio_vs_dense"] > 0 and stats["paired_ratio_median"] > 0
+        else:
+            assert "ratio_vs_dense" not in stats
+
+
+def test_overhead_tensor_bytes_counts_the_factors() -> None:
+    dense = overhead.tensor_bytes("lenet5", "dense", batch=2)
+    dwf = overhead.tensor_bytes("lenet5", "dwf", batch=2)
+    for counts in (dense, dwf):
+        assert counts["total"] == sum(v for k, v in counts.items() if k not in ("total", "input"))
+        assert all(counts[k] > 0 for k in ("parameters", "gradients", "optimizer_state", "saved_for_backward"))
+    # Depth 3 triples every conv/linear weight (biases stay single): more than 2x, less than 3x the parameters.
+    assert 2 * dense["parameters"] < dwf["parameters"] < 3 * dense["parameters"]
+    assert dwf["gradients"] == dwf["parameters"] == dwf["optimizer_state"]
+
+
+def test_overhead_measure_structure_without_rss() -> None:
+    row = overhead.measure("lenet5", batch=2, steps=2, warmup=1, rss=False, variants=("dense", "dwf", "dwf-cached"))
+    assert row["variants"] == ["dense", "dwf", "dwf-cached"]
+    assert set(row["tensor_bytes"]) == {"dense", "dwf", "dwf-cached"}
+    assert all(r > 1 for r in row["tensor_bytes_ratio"].values())
+    assert row["cached_max_abs_grad_diff"] == 0.0
+    assert "peak_rss" not in row
+    md = overhead._markdown({"command": "x", "commit": "c", "machine": "m", "date": "d"}, [row])
+    assert "| lenet5 | cpu | dwf |" in md
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_overhead_rss_child_in_process() -> None:
+    peak = overhead._rss_child("lenet5", "dwf", batch=2, steps=1, device="cpu")
+    assert peak["peak_rss_mb"] >= peak["rss_before_mb"] > 0
+    assert peak["peak_delta_mb"] >= 0
+
+
+def _check_rows(rows: list[dict], sparsities: tuple[float, ...]) -> None:
+    assert [r["target_sparsity"] for r in rows] == list(sparsities)
+    for r in rows:
+        assert r["weight_sparsity"] >= r["target_sparsity"] - 1e-9
+        assert 0 < r["nnz"] < r["numel"]
+        assert r["bound_bytes"] > 0
+        assert r["dense_bytes"] > 0 and r["sparse_bytes"] > 0
+        assert math.isclose(r["sparse_over_bound"], r["sparse_bytes"] / r["bound_bytes"])
+        assert math.isclose(r["dense_over_sparse"], r["dense_bytes"] / r["sparse_bytes"])
+        assert r["sparse_over_bound"] > 0 and r["dense_over_sparse"] > 0
+        # Dense stores 4 bytes per element plus a header; the bound counts nnz·4 + numel/8.
+        assert r["dense_bytes"] > 4 * r["numel"]
+        assert r["bound_bytes"] >= 4 * r["nnz"]
+    # More sparsity never makes the sparse file larger.
+    sizes = [r["sparse_bytes"] for r in rows]
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_artifact_size_random_init() -> None:
+    sparsities = (0.9, 0.99)
+    res = artifact_size.measure("lenet_300_100", sparsities=sparsities)
+    assert res["model"] == "lenet_300_100" and res["parameters"] > 0
+    assert "untrained" in res["weights"]
+    _check_rows(res["rows"], sparsities)
+    md = artifact_size._markdown({"command": "x", "commit": "c", "machine": "m", "date": "d"}, [res])
+    assert "| lenet_300_100 | random init | 0.99 |" in md
+
+
+def test_artifact_size_trained_path_on_tiny_data() -> None:
+    gen = torch.Generator().manual_seed(0)
+    split = Split(torch.randn(64, 1, 28, 28, generator=gen), torch.randint(0, 10, (64,), generator=gen))
+    data = SimpleNamespace(train=split, test=split)
+    res = artifact_size.measure("lenet5", sparsities=(0.98,), data=data, train_samples=32, epochs=1)
+    assert "32 MNIST" in res["weights"]
+    assert 0.0 <= res["dense_test_accuracy"] <= 1.0
+    _check_rows(res["rows"], (0.98,))
+    assert 0.0 <= res["rows"][0]["test_accuracy"] <= 1.0
