@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import zipfile
 import zlib
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,29 @@ from dwf_core.errors import DatasetError
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 OPTIONAL = ("x_val", "y_val")
+
+
+def check_split_names(found: Collection[str], filename: str, noun: str) -> None:
+    """Require x_train, y_train, x_test, y_test, and x_val/y_val both or neither (npz and safetensors alike).
+
+    Raises:
+        DatasetError: ``missing_array`` naming the first missing array.
+    """
+    for key in REQUIRED:
+        if key not in found:
+            raise DatasetError(
+                f"{filename}: no {noun} named {key!r}; found {sorted(found) or f'no {noun}s'}, expected "
+                f"{', '.join(REQUIRED)} (and optionally {', '.join(OPTIONAL)})",
+                code="missing_array",
+                param=key,
+            )
+    if ("x_val" in found) != ("y_val" in found):
+        missing = "y_val" if "x_val" in found else "x_val"
+        raise DatasetError(
+            f"{filename}: has {'x_val' if missing == 'y_val' else 'y_val'} but no {missing}; expected both or neither",
+            code="missing_array",
+            param=missing,
+        )
 
 
 def is_npz(names: list[str]) -> bool:
@@ -86,22 +110,7 @@ def read_npz(path: Path, limits: DataLimits, budget: ByteBudget) -> RawDataset:
     with open_zip(path, limits) as zf:
         infos = check_zip(zf, limits, path.name)
         members = {i.filename.removesuffix(".npy"): i for i in infos if i.filename.endswith(".npy")}
-        for key in REQUIRED:
-            if key not in members:
-                raise DatasetError(
-                    f"{path.name}: no array named {key!r}; found {sorted(members) or 'no arrays'}, expected "
-                    f"{', '.join(REQUIRED)} (and optionally {', '.join(OPTIONAL)})",
-                    code="missing_array",
-                    param=key,
-                )
-        if ("x_val" in members) != ("y_val" in members):
-            missing = "y_val" if "x_val" in members else "x_val"
-            raise DatasetError(
-                f"{path.name}: has {'x_val' if missing == 'y_val' else 'y_val'} but no {missing}; expected "
-                "both or neither",
-                code="missing_array",
-                param=missing,
-            )
+        check_split_names(members, path.name, "array")
         # Check every header first so a bad last array fails before gigabytes are loaded.
         keys = [k for k in (*REQUIRED, *OPTIONAL) if k in members]
         sizes = {key: _check(zf, members[key], key, limits) for key in keys}

@@ -10,7 +10,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from dwf_core.data.common import ByteBudget, DataLimits, RawDataset, check_counts
-from dwf_core.data.npz import OPTIONAL, REQUIRED
+from dwf_core.data.npz import OPTIONAL, REQUIRED, check_split_names
 from dwf_core.data.safety import check_file_size
 from dwf_core.errors import DatasetError
 from dwf_core.safetensors_header import DTYPE_NOT_ALLOWED, HeaderErrorFactory, TensorEntry, parse_safetensors_header
@@ -57,21 +57,7 @@ def parse_header(path: Path, limits: DataLimits) -> dict[str, TensorEntry]:
 def read_safetensors(path: Path, limits: DataLimits, budget: ByteBudget) -> RawDataset:
     """Read the split arrays of a .safetensors file after validating its header."""
     entries = parse_header(path, limits)
-    for key in REQUIRED:
-        if key not in entries:
-            raise DatasetError(
-                f"{path.name}: no tensor named {key!r}; found {sorted(entries) or 'no tensors'}, expected "
-                f"{', '.join(REQUIRED)} (and optionally {', '.join(OPTIONAL)})",
-                code="missing_array",
-                param=key,
-            )
-    if ("x_val" in entries) != ("y_val" in entries):
-        missing = "y_val" if "x_val" in entries else "x_val"
-        raise DatasetError(
-            f"{path.name}: has only one of x_val/y_val, missing {missing}; expected both or neither",
-            code="missing_array",
-            param=missing,
-        )
+    check_split_names(entries, path.name, "tensor")
     keys = [k for k in (*REQUIRED, *OPTIONAL) if k in entries]
     for key in keys:
         shape = entries[key].shape
