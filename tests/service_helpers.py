@@ -6,7 +6,9 @@ import gzip
 import hashlib
 import json
 import struct
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +137,19 @@ def check_reported_results(job: dict[str, Any], model_path: Path, data_path: Pat
     assert 1.0 - nnz / total == metrics["sparsity"]
     sparse = load_sparse(str(out / "model.sparse.safetensors"))
     assert sparse.keys() == dense.keys() and all(torch.equal(sparse[k], dense[k]) for k in dense)
+
+
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+def wait_for_job(
+    client: httpx.Client, job_id: str, timeout: float, logs: Callable[[], str], poll: float = 0.3
+) -> dict[str, Any]:
+    """Poll GET /v1/jobs/{id} until the job ends; on timeout fail with the server logs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in TERMINAL_STATUSES:
+            return job
+        time.sleep(poll)
+    raise AssertionError(f"job {job_id} not finished in {timeout} s:\n{logs()}")

@@ -20,7 +20,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service_helpers import check_reported_results, download_artifacts, mlp_onnx, mnist_npz, upload
+from tests.service_helpers import (
+    check_reported_results,
+    download_artifacts,
+    mlp_onnx,
+    mnist_npz,
+    upload,
+    wait_for_job,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -77,13 +84,7 @@ class Server:
         return self.proc.wait(timeout=60)
 
     def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job: dict[str, Any] = self.client.get(f"/v1/jobs/{job_id}").json()
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                return job
-            time.sleep(0.3)
-        raise AssertionError(f"job {job_id} not finished in {timeout} s:\n" + self.log.read_text()[-3000:])
+        return wait_for_job(self.client, job_id, timeout, lambda: self.log.read_text()[-3000:])
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,7 @@ from tests.service_helpers import (
     mlp_onnx,
     mnist_npz,
     upload,
+    wait_for_job,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,13 +149,7 @@ class Stack:
                 proc.wait(timeout=10)
 
     def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job: dict[str, Any] = self.client.get(f"/v1/jobs/{job_id}").json()
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                return job
-            time.sleep(0.5)
-        raise AssertionError(f"job {job_id} not finished in {timeout} s:\n{self.logs()}")
+        return wait_for_job(self.client, job_id, timeout, self.logs, poll=0.5)
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         data: list[dict[str, Any]] = self.client.get(f"/v1/jobs/{job_id}/events?limit=100").json()["data"]
