@@ -9,9 +9,11 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI
 
 from api import errors
+from api.dashboard import install_dashboard
 from api.deps import authenticate
 from api.errors import ErrorResponse
 from api.limits import BodyLimitMiddleware
+from api.metrics import install_metrics
 from api.routes import files, health, jobs
 from dwf_service.auth import add_key
 from dwf_service.context import ServiceContext
@@ -66,4 +68,6 @@ def create_app(
     v1.include_router(jobs.router)
     app.include_router(v1)
     app.include_router(health.router)
+    install_metrics(app, ctx)  # GET /metrics (Prometheus) and the HTTP latency middleware
+    install_dashboard(app)  # GET / and /static/*
     return app

@@ -1,4 +1,4 @@
-"""Dependencies as Annotated aliases: the session (committed here, not in routes), auth, fetch-or-404."""
+"""Dependencies as Annotated aliases: the session (committed here, not in routes), auth, tenant-scoped fetch-or-404."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from api.errors import ApiError
 from dwf_service.auth import find_key
 from dwf_service.context import ServiceContext
 from dwf_service.db import session_scope
-from dwf_service.models import ApiKey, File, Job
+from dwf_service.models import ApiKey, File, Job, Tenant
 
 
 def get_context(request: Request) -> ServiceContext:
@@ -48,17 +48,34 @@ def authenticate(session: SessionDep, authorization: Annotated[str | None, Heade
 CurrentKey = Annotated[ApiKey, Depends(authenticate)]
 
 
-def get_job(job_id: str, session: SessionDep) -> Job:
-    """The job named in the path, or 404."""
+def get_tenant(key: CurrentKey, session: SessionDep) -> Tenant:
+    """The tenant the request's API key belongs to."""
+    tenant = session.get(Tenant, key.tenant_id)
+    if tenant is None:  # unreachable while the foreign key holds
+        raise ApiError(401, "invalid_api_key", "the API key is not valid")
+    return tenant
+
+
+CurrentTenant = Annotated[Tenant, Depends(get_tenant)]
+
+
+def get_job(job_id: str, session: SessionDep, key: CurrentKey) -> Job:
+    """The caller's job named in the path, or 404 (also for another tenant's job: its existence is not revealed)."""
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or job.tenant_id != key.tenant_id:
         raise ApiError(404, "job_not_found", f"no job {job_id!r}", param="job_id")
     return job
 
 
-def get_file(file_id: str, session: SessionDep) -> File:
-    """The file named in the path, or 404."""
+def owned_file(session: Session, tenant_id: str, file_id: str) -> File | None:
+    """The file ``file_id`` if ``tenant_id`` owns it."""
     file = session.get(File, file_id)
+    return file if file is not None and file.tenant_id == tenant_id else None
+
+
+def get_file(file_id: str, session: SessionDep, key: CurrentKey) -> File:
+    """The caller's file named in the path, or 404 (also for another tenant's file)."""
+    file = owned_file(session, key.tenant_id, file_id)
     if file is None:
         raise ApiError(404, "file_not_found", f"no file {file_id!r}", param="file_id")
     return file

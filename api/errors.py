@@ -11,10 +11,25 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dwf_service.quotas import QuotaExceeded
+
 log = logging.getLogger(__name__)
 
-_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 409: "conflict_error"}
-_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict", 413: "too_large"}
+_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    429: "rate_limit_error",
+}
+_CODES = {
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    429: "too_many_requests",
+}
 
 
 class ErrorBody(BaseModel):
@@ -35,9 +50,12 @@ class ErrorResponse(BaseModel):
 class ApiError(Exception):
     """An error the API answers with on purpose."""
 
-    def __init__(self, status: int, code: str, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, param: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.param = status, code, message, param
+        self.headers = dict(headers or {})
 
 
 def error_response(status: int, code: str, message: str, param: str | None = None, **headers: str) -> JSONResponse:
@@ -60,7 +78,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        headers.update(exc.headers)
         return error_response(exc.status, exc.code, exc.message, exc.param, **headers)
+
+    @app.exception_handler(QuotaExceeded)
+    async def _quota_exceeded(_request: Request, exc: QuotaExceeded) -> JSONResponse:
+        return error_response(429, exc.code, exc.message, exc.param, **{"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -44,10 +44,17 @@ class DatasetRef(Strict):
     normalize: Literal["auto", "none", "standardize"] = "auto"
 
 
-class DwfMethod(Strict):
-    """The DWF settings; ``None`` means dwf_core's measured default."""
+# "dwf", or a baseline trained by the same trainer at depth 1 (dwf_core.baselines); all but "dense" prune to
+# target_sparsity. api/ never imports dwf_core (it would pull torch in), so the names are repeated here and
+# tests/api check them against dwf_core.baselines.METHODS.
+MethodName = Literal["dwf", "dense", "magnitude", "magnitude-ft", "gmp", "snip", "synflow", "random"]
+PRUNING_BASELINES = ("magnitude", "magnitude-ft", "gmp", "snip", "synflow", "random")
 
-    type: Literal["dwf"] = "dwf"
+
+class DwfMethod(Strict):
+    """The DWF settings (or a baseline's); ``None`` means dwf_core's measured default."""
+
+    type: MethodName = "dwf"
     depth: int = Field(default=3, ge=1, le=MAX_DEPTH)
     lam: float | None = Field(default=None, ge=0, le=1)
     # Instead of lam: the sparsity to reach (λ is adapted during training, the collapse cuts at this quantile).
@@ -63,6 +70,12 @@ class DwfMethod(Strict):
     warmup_epochs: float = Field(default=0.0, ge=0)
     include: list[str] | None = Field(default=None, max_length=100)
     exclude: list[str] | None = Field(default=None, max_length=100)
+    # Compression ratios (> 1) at which the trained model is also cut and saved: several sparse models from
+    # one job along the accuracy–CR curve, as frontier-crN.sparse.safetensors artifacts and metrics["frontier"].
+    frontier: list[Annotated[float, Field(gt=1, allow_inf_nan=False)]] | None = Field(default=None, max_length=32)
+    # Masked fine-tuning epochs after the cut: DWF None = only when a target cut cost > 0.5 pp, 0 = never;
+    # magnitude-ft None = 10% of epochs.
+    finetune_epochs: int | None = Field(default=None, ge=0, le=MAX_EPOCHS)
 
     @field_validator("threshold")
     @classmethod
@@ -78,6 +91,12 @@ class DwfMethod(Strict):
         if value is not None and info.data.get("lam") is not None:
             raise ValueError("give lam or target_sparsity, not both (the target adapts λ itself)")
         return value
+
+    @model_validator(mode="after")
+    def _baseline_needs_target(self) -> DwfMethod:
+        if self.type in PRUNING_BASELINES and self.target_sparsity is None:
+            raise ValueError(f"method type {self.type!r} needs target_sparsity (the fraction to prune)")
+        return self
 
 
 class JobCreate(Strict):

@@ -74,7 +74,11 @@ def train(
     ] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs")] = defaults.DEFAULT_EPOCHS,
     finetune_epochs: Annotated[
-        int | None, typer.Option(help="magnitude-ft: fine-tuning epochs with the mask fixed (default 10% of epochs)")
+        int | None,
+        typer.Option(
+            help="Fine-tuning epochs with the zeros fixed: after DWF's collapse (default none) or magnitude-ft's "
+            "prune (default 10% of epochs)"
+        ),
     ] = None,
     lr: Annotated[float | None, typer.Option(help="Peak LR (SGD: 0.3 DWF, 0.1 baselines; Adam 1e-3)")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size")] = defaults.DEFAULT_BATCH_SIZE,

@@ -92,7 +92,8 @@ def _collapse_exact(model: nn.Module) -> tuple[nn.Module, list[str]]:
     return plain, names
 
 
-def _apply_threshold(targets: Mapping[str, torch.Tensor], dense: Mapping[str, torch.Tensor], threshold: float) -> None:
+def apply_threshold(targets: Mapping[str, torch.Tensor], dense: Mapping[str, torch.Tensor], threshold: float) -> None:
+    """Set each target parameter to its ``dense`` value with |w| < ``threshold`` replaced by +0.0."""
     with torch.no_grad():
         for name, param in targets.items():
             value = dense[name]
@@ -172,7 +173,7 @@ def collapse_and_verify(
         threshold = target_threshold(list(dense.values()), target_sparsity)
     if data is None:
         assert threshold != "auto"
-        _apply_threshold(targets, dense, float(threshold))
+        apply_threshold(targets, dense, float(threshold))
         return CollapseResult(plain, float(threshold), names, sparsity_report(plain, names=names))
 
     reference = predict_logits(model, data.x, batch_size=batch_size)
@@ -180,7 +181,7 @@ def collapse_and_verify(
     search: list[dict[str, float]] = []
 
     def acc_at(t: float) -> float:
-        _apply_threshold(targets, dense, t)
+        apply_threshold(targets, dense, t)
         acc = accuracy_of(predict_logits(plain, data.x, batch_size=batch_size), data.y)
         search.append({"threshold": t, "val_accuracy": acc})
         return acc
@@ -199,7 +200,7 @@ def collapse_and_verify(
         chosen = grid[lo]
     else:
         chosen = float(threshold)
-    _apply_threshold(targets, dense, chosen)
+    apply_threshold(targets, dense, chosen)
     logits = predict_logits(plain, data.x, batch_size=batch_size)
     return CollapseResult(
         model=plain,

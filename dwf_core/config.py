@@ -54,8 +54,13 @@ class TrainConfig:
     max_grad_norm: float | None = None
     eval_batch_size: int = 1000
     progress_every: int = 20
-    # magnitude-ft only: epochs of fine-tuning with the mask fixed (None: 10% of epochs, at least 1).
+    # Epochs of fine-tuning with the zeros fixed, after the prune (magnitude-ft; None: 10% of epochs, at least 1)
+    # or after DWF's collapse. DWF with None ("auto"): only when a target-sparsity cut cost more than
+    # defaults.AUTO_FINETUNE_DROP validation accuracy, for 10% of the epochs (at least 1); 0: never.
     finetune_epochs: int | None = None
+    # Compression ratios at which the trained model is also cut and saved (dwf_core.frontier): several
+    # collapsed models along the accuracy–sparsity curve from this one run. None or []: no frontier.
+    frontier: list[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self) -> TrainConfig:
@@ -101,9 +106,9 @@ class TrainConfig:
             )
         need(
             self.finetune_epochs is None
-            or (isinstance(self.finetune_epochs, int) and 1 <= self.finetune_epochs <= MAX_EPOCHS),
+            or (isinstance(self.finetune_epochs, int) and 0 <= self.finetune_epochs <= MAX_EPOCHS),
             "finetune_epochs",
-            f"None or in [1, {MAX_EPOCHS}]",
+            f"None or in [0, {MAX_EPOCHS}]",
         )
         need(
             isinstance(self.depth, int) and 1 <= self.depth <= MAX_DEPTH,
@@ -170,6 +175,15 @@ class TrainConfig:
             f"in [1, {MAX_BATCH_SIZE}]",
         )
         need(isinstance(self.progress_every, int) and self.progress_every >= 1, "progress_every", "≥ 1")
+        if self.frontier is not None:
+            need(
+                isinstance(self.frontier, list) and all(finite(v) for v in self.frontier),
+                "frontier",
+                "a list of compression ratios",
+            )
+            from dwf_core.frontier import check_frontier
+
+            check_frontier(self.frontier)
         for name in ("include", "exclude"):
             value = getattr(self, name)
             need(

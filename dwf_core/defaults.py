@@ -39,3 +39,47 @@ MONITOR_THRESHOLD = 1e-3
 def default_lam(depth: int) -> float:
     """λ for a depth without a measured value falls back to the D = 3 value."""
     return DEFAULT_LAM.get(depth, FALLBACK_LAM)
+
+
+# Fixed-λ compression ratios measured at the default LR/momentum, 40 epochs, LeNet-300-100 on MNIST
+# (benchmarks/results/defaults-main.md): (λ, CR) per depth. A target sparsity starts from the λ this map
+# interpolates for it (log–log), since DWF's pruning is decided early and is nearly irreversible: a λ that
+# is wrong during the first high-LR epochs cannot be corrected later (docs/defaults.md, "Target sparsity").
+LAM_CR_MAP: dict[int, tuple[tuple[float, float], ...]] = {
+    2: ((1e-4, 18.0), (2e-4, 45.0), (3e-4, 59.8), (5e-4, 86.7)),
+    3: ((1e-4, 15.1), (2e-4, 96.9), (3e-4, 173.2), (5e-4, 239.0)),
+    4: ((1e-4, 16.1), (2e-4, 149.4), (3e-4, 222.8), (5e-4, 365.7)),
+}
+
+
+# The map's runs took 40 epochs × 422 steps. The shrinkage of a factor over a run grows with λ·ΣLR, i.e. with
+# λ × steps at a fixed schedule, so a run with fewer steps starts from a proportionally larger λ (bounded).
+LAM_CR_MAP_STEPS = 40 * 422
+MAX_LAM_STEP_SCALE = 16.0
+
+
+def lam_for_target(depth: int, target_sparsity: float, total_steps: int | None = None) -> float:
+    """The starting λ for a target sparsity: log–log interpolation of ``LAM_CR_MAP`` (end slopes beyond it),
+    times LAM_CR_MAP_STEPS / total_steps clipped to [1/MAX_LAM_STEP_SCALE, MAX_LAM_STEP_SCALE] when given."""
+    import math
+
+    points = LAM_CR_MAP.get(depth) or LAM_CR_MAP[3 if depth < 3 else 4]
+    log_cr = math.log(1.0 / max(1.0 - target_sparsity, 1e-12))
+    xs = [math.log(cr) for _, cr in points]
+    ys = [math.log(lam) for lam, _ in points]
+    i = 0 if log_cr <= xs[1] else len(xs) - 2
+    for j in range(len(xs) - 1):
+        if xs[j] <= log_cr <= xs[j + 1]:
+            i = j
+            break
+    slope = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
+    lam = math.exp(ys[i] + slope * (log_cr - xs[i]))
+    if total_steps:
+        lam *= min(max(LAM_CR_MAP_STEPS / total_steps, 1.0 / MAX_LAM_STEP_SCALE), MAX_LAM_STEP_SCALE)
+    return min(lam, 1.0)
+
+
+# DWF with a target sparsity and finetune_epochs=None: when the cut at the target costs more validation accuracy
+# than this (a λ that under-pruned, e.g. too few epochs), the surviving weights are fine-tuned with the zeros
+# fixed for 10% of the epochs (at least 1). Within it, the method's no-fine-tuning result is kept.
+AUTO_FINETUNE_DROP = 0.005

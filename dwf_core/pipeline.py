@@ -17,13 +17,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from dwf_core.collapse import collapse_and_verify
+from dwf_core.collapse import CollapseResult, collapse_and_verify
 from dwf_core.config import TrainConfig
 from dwf_core.data import DataLimits, DatasetBundle, load_dataset
+from dwf_core.defaults import AUTO_FINETUNE_DROP
 from dwf_core.errors import ConfigError, ModelError
 from dwf_core.evaluate import accuracy_of, predict_logits
 from dwf_core.export import export_onnx, save_dense, save_sparse, write_json_atomic
 from dwf_core.files import sha256_file
+from dwf_core.frontier import compute_frontier
 from dwf_core.intake import build_model, detect_model_format, load_onnx, load_weights, refuse_unsafe
 from dwf_core.train import ProgressEvent, Trainer
 
@@ -117,6 +119,18 @@ def check_forward(model: nn.Module, data: DatasetBundle, batch: int = 8) -> None
         raise ModelError("the model's output is not finite on the first batch", code="non_finite_output", param="model")
 
 
+def dwf_finetune_epochs(cfg: TrainConfig, collapsed: CollapseResult) -> int:
+    """Epochs of masked fine-tuning after DWF's collapse: the setting, or with None ("auto") 10% of the epochs
+    (at least 1) when a target-sparsity cut cost more than ``AUTO_FINETUNE_DROP`` validation accuracy."""
+    if cfg.finetune_epochs is not None:
+        return cfg.finetune_epochs
+    if cfg.target_sparsity is None or collapsed.factorized_accuracy is None or collapsed.collapsed_accuracy is None:
+        return 0
+    if collapsed.factorized_accuracy - collapsed.collapsed_accuracy <= AUTO_FINETUNE_DROP:
+        return 0
+    return max(1, round(0.1 * cfg.epochs))
+
+
 def prepare(spec: RunSpec) -> Prepared:
     """Load and check everything that can fail before training (seconds, CPU only).
 
@@ -157,7 +171,8 @@ def run(
         spec: what to run.
         on_progress: training progress callback (steps and epochs).
         should_stop: polled every step; True cancels the run (``TrainingCancelled``).
-        on_phase: called with "loading", "training", "collapsing", "evaluating", "exporting".
+        on_phase: called with "loading", "training", "collapsing", "evaluating", "exporting"; with
+            finetune_epochs (DWF) also "finetuning", with a frontier also "frontier".
 
     ``spec.train.method`` picks DWF (default) or a baseline (dwf_core.baselines), with the same data,
     artifacts and metrics; for a pruning baseline "factorized" means the depth-1 model before collapse (for
@@ -180,6 +195,7 @@ def run(
 
     phase("training")
     baseline_info: dict[str, Any] | None = None
+    finetune_info: dict[str, Any] | None = None
     hooks: dict[str, Any] = {
         "checkpoint_dir": spec.checkpoint_dir or out / "checkpoints",
         "on_progress": on_progress,
@@ -203,6 +219,24 @@ def run(
             batch_size=cfg.eval_batch_size,
             target_sparsity=cfg.target_sparsity,
         )
+        ft_epochs = dwf_finetune_epochs(cfg, collapsed)
+        if ft_epochs:
+            from dwf_core.baselines.run import finetune_collapsed
+
+            phase("finetuning")
+            ft, collapsed, finetune_info = finetune_collapsed(
+                collapsed,
+                data.train,
+                data.val,
+                replace(cfg, finetune_epochs=ft_epochs),
+                on_progress=on_progress,
+                should_stop=should_stop,
+            )
+            finetune_info["reason"] = "requested" if cfg.finetune_epochs else "auto: the target cut cost accuracy"
+            history = [{**h, "phase": "train"} for h in result.history] + [
+                {**h, "phase": "finetune"} for h in ft.history
+            ]
+            result = replace(result, history=history, train_seconds=result.train_seconds + ft.train_seconds)
     plain = collapsed.model.to("cpu").eval()
 
     phase("evaluating")
@@ -225,6 +259,21 @@ def run(
         onnx_info = {k: v for k, v in onnx_result.to_dict().items() if k != "path"}
         if onnx_result.exported:
             artifacts["model.onnx"] = out / "model.onnx"
+
+    frontier: list[dict[str, Any]] | None = None
+    if cfg.frontier:
+        phase("frontier")
+        frontier = compute_frontier(
+            result.model,
+            cfg.frontier,
+            data.val,
+            data.test,
+            out_dir=out,
+            batch_size=cfg.eval_batch_size,
+            metadata={"model": spec.model},
+        )
+        for point in frontier:
+            artifacts[point["file"]] = out / point["file"]
 
     report = collapsed.report
     threshold_mode = cfg.threshold if cfg.threshold in ("auto", "target") else "fixed"
@@ -255,8 +304,12 @@ def run(
             for t in report.layers
         ],
         "history": result.history,
+        # Several collapsed models from this run along the accuracy–CR curve (config.frontier), or None.
+        "frontier": frontier,
         # Baselines: their details (depth 1, L2 λ, mask sparsity, fine-tuning, GMP window…); None for DWF.
         "baseline": baseline_info,
+        # DWF with finetune_epochs: the masked fine-tuning after the collapse (epochs, lr, val before/after).
+        "finetune": finetune_info,
         "init_stats": result.init_stats,
         "config": cfg.to_dict(),
         "model": {"spec": spec.model, "source": prepared.model_source, "weights": spec.weights},
@@ -278,4 +331,7 @@ def run(
         {"name": name, "bytes": path.stat().st_size, "sha256": sha256_file(path)} for name, path in artifacts.items()
     ]
     write_json_atomic(metrics, out / "metrics.json")
+    from dwf_core.report_html import try_write_report  # matplotlib is loaded only here
+
+    try_write_report(out, metrics)  # report.html + plots/*.png; a failed drawing is logged, never fails the run
     return metrics

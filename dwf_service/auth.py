@@ -1,17 +1,19 @@
-"""API keys: random, shown once, stored as a salted SHA-256 (a key has 256 bits of entropy; no slow hash needed)."""
+"""Tenants and API keys: random keys, shown once, stored as a salted SHA-256 (256 bits of entropy; no slow hash)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dwf_service.models import ApiKey, new_id
+from dwf_service.models import DEFAULT_TENANT_ID, DEFAULT_TENANT_NAME, ApiKey, Tenant, new_id
 
 KEY_PREFIX = "dwf_"
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
 
 def _hash(salt: str, key: str) -> str:
@@ -27,13 +29,38 @@ def generate_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def add_key(session: Session, key: str, name: str = "default") -> ApiKey:
-    """Store ``key`` (hashed) unless an identical key is already stored."""
+def get_tenant(session: Session, name: str) -> Tenant | None:
+    """The tenant called ``name``."""
+    return session.scalar(select(Tenant).where(Tenant.name == name))
+
+
+def ensure_tenant(session: Session, name: str = DEFAULT_TENANT_NAME) -> Tenant:
+    """The tenant called ``name``, created when missing (the default one keeps the id the migration gave it)."""
+    if not TENANT_NAME.fullmatch(name):
+        raise ValueError(f"tenant name {name!r}: use 1-64 lowercase letters, digits, '_', '.' or '-'")
+    tenant = get_tenant(session, name)
+    if tenant is None:
+        tenant = Tenant(id=DEFAULT_TENANT_ID if name == DEFAULT_TENANT_NAME else new_id("ten"), name=name)
+        session.add(tenant)
+        session.flush()
+    return tenant
+
+
+def add_key(session: Session, key: str, name: str = "default", tenant: str = DEFAULT_TENANT_NAME) -> ApiKey:
+    """Store ``key`` (hashed) for the tenant called ``tenant`` (created if missing), unless it is already stored."""
     existing = find_key(session, key)
     if existing is not None:
         return existing
+    owner = ensure_tenant(session, tenant)
     salt = secrets.token_hex(16)
-    row = ApiKey(id=new_id("key"), prefix=_lookup_prefix(key), salt=salt, key_hash=_hash(salt, key), name=name)
+    row = ApiKey(
+        id=new_id("key"),
+        tenant_id=owner.id,
+        prefix=_lookup_prefix(key),
+        salt=salt,
+        key_hash=_hash(salt, key),
+        name=name,
+    )
     session.add(row)
     session.flush()
     return row

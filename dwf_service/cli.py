@@ -9,9 +9,13 @@ from typing import Annotated
 import typer
 
 from dwf_core.cli import train
+from dwf_service.client_cli import register as register_client_commands
+from dwf_service.keys_cli import keys_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Deep Weight Factorization: sparse models.")
 app.command()(train)
+register_client_commands(app)
+app.add_typer(keys_app, name="keys")
 
 
 @app.command()

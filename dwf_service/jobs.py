@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session
 
-from dwf_service.models import Job, JobEvent, utcnow
+from dwf_service.models import DEFAULT_TENANT_ID, Job, JobEvent, utcnow
 from dwf_service.queue import TASK_TRAIN, TASK_VALIDATE, enqueue
 from dwf_service.settings import Settings
 
@@ -30,7 +30,7 @@ CANCELLED = "cancelled"
 STATUSES = (VALIDATING, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 ACTIVE = (VALIDATING, QUEUED, RUNNING)
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
-PHASES = ("loading", "training", "collapsing", "evaluating", "exporting")
+PHASES = ("loading", "training", "collapsing", "finetuning", "evaluating", "exporting", "frontier")
 
 
 def jsonable(value: Any) -> Any:
@@ -71,13 +71,15 @@ def create_job(
     file_ids: dict[str, str | None],
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    tenant_id: str = DEFAULT_TENANT_ID,
 ) -> Job:
-    """Insert a job in ``validating_files`` and enqueue its validation (sent after commit)."""
+    """Insert a job of ``tenant_id`` in ``validating_files`` and enqueue its validation (sent after commit)."""
     from dwf_service.models import new_id
 
     now = utcnow()
     job = Job(
         id=new_id("job"),
+        tenant_id=tenant_id,
         status=VALIDATING,
         request=request,
         model_file_id=file_ids.get("model"),

@@ -1,4 +1,7 @@
-"""ORM models (SQLAlchemy 2.0): files, jobs, job events, artifacts, results and API keys."""
+"""ORM models (SQLAlchemy 2.0): tenants, files, jobs, job events, artifacts, results and API keys.
+
+Files, jobs and API keys carry a ``tenant_id``; events, artifacts and results belong to their job's tenant.
+"""
 
 from __future__ import annotations
 
@@ -78,6 +81,27 @@ class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, datetime: UtcTimestamp()}
 
 
+# The tenant that ``dwf serve``'s key, DWF_API_KEY and every row older than tenancy belong to (migration 0002).
+DEFAULT_TENANT_ID = "ten-default"
+DEFAULT_TENANT_NAME = "default"
+
+
+class Tenant(Base):
+    """An owner of files, jobs and API keys; the quota columns override the Settings defaults (None: default)."""
+
+    __tablename__ = "tenants"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    max_active_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_stored_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    max_epoch_examples: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def _tenant_fk() -> Mapped[str]:
+    return mapped_column(String(40), ForeignKey("tenants.id"), index=True)
+
+
 class TimestampedModel(Base):
     """created_at / updated_at columns."""
 
@@ -91,19 +115,26 @@ class File(TimestampedModel):
 
     __tablename__ = "files"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = _tenant_fk()
     bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     filename: Mapped[str] = mapped_column(String(255))
     purpose: Mapped[str] = mapped_column(String(16), index=True)
     format: Mapped[str] = mapped_column(String(32))
     storage_key: Mapped[str] = mapped_column(String(512))
+    # Training examples counted from the upload's headers (npz/safetensors y_train, CSV rows, image-folder
+    # files); None where that is not cheap (tarballs, gzip), in which case the epoch-examples quota is not applied.
+    examples: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Job(TimestampedModel):
     """A sparsification job; ``status`` drives everything, the broker message only says "look at me"."""
 
     __tablename__ = "jobs"
+    # Idempotency keys are per tenant: two tenants may send the same key.
+    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),)
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = _tenant_fk()
     status: Mapped[str] = mapped_column(String(24), index=True)
     phase: Mapped[str | None] = mapped_column(String(24))
     request: Mapped[dict[str, Any]]
@@ -124,7 +155,7 @@ class Job(TimestampedModel):
     heartbeat_at: Mapped[datetime | None]
     enqueued_at: Mapped[datetime | None]
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -173,6 +204,7 @@ class ApiKey(Base):
 
     __tablename__ = "api_keys"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = _tenant_fk()
     prefix: Mapped[str] = mapped_column(String(16), index=True)
     salt: Mapped[str] = mapped_column(String(32))
     key_hash: Mapped[str] = mapped_column(String(64))

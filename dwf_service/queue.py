@@ -94,18 +94,51 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": "validate",
         "task_routes": {name: {"queue": queue} for name, queue in QUEUE_OF.items()},
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "worker_soft_shutdown_timeout": 10.0,
+        "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_timeout,
+        # A new pool child imports torch before it reports ready (worker.celery_app preloads it): allow for that.
+        "worker_proc_alive_timeout": 120.0,
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
         "enable_utc": True,
     }
-    if settings.broker_url.startswith(("redis://", "rediss://")):
+    if settings.task_soft_time_limit:
+        conf["task_soft_time_limit"] = settings.task_soft_time_limit
+    if settings.task_time_limit:
+        conf["task_time_limit"] = settings.task_time_limit
+    if settings.worker_max_memory_per_child_kib:
+        conf["worker_max_memory_per_child"] = settings.worker_max_memory_per_child_kib
+    if _is_redis(settings):
         # The DB lease, not the broker, brings crashed jobs back; the timeout only has to exceed the longest job.
         options = {"visibility_timeout": settings.redis_visibility_timeout}
         conf["broker_transport_options"] = options
         conf["result_backend_transport_options"] = options
         conf["visibility_timeout"] = settings.redis_visibility_timeout
     return conf
+
+
+def _is_redis(settings: Settings) -> bool:
+    return settings.broker_url.startswith(("redis://", "rediss://"))
+
+
+def check_worker_limits(settings: Settings) -> None:
+    """Refuse a worker whose task could outlive Redis's visibility timeout (it would be delivered twice).
+
+    Order required: ``task_soft_time_limit < task_time_limit < redis_visibility_timeout`` (reliability-tests.md
+    §1); with Redis the hard limit must be set. Raises ValueError naming the offending settings.
+    """
+    soft, hard = settings.task_soft_time_limit, settings.task_time_limit
+    if soft and hard and soft >= hard:
+        raise ValueError(f"DWF_TASK_SOFT_TIME_LIMIT ({soft:g}) must be below DWF_TASK_TIME_LIMIT ({hard:g})")
+    if not _is_redis(settings):
+        return
+    timeout = settings.redis_visibility_timeout
+    if not hard:
+        raise ValueError(
+            f"with a Redis broker DWF_TASK_TIME_LIMIT must be set below DWF_REDIS_VISIBILITY_TIMEOUT ({timeout}): "
+            "an unlimited task outlives the visibility timeout and is delivered again"
+        )
+    if hard >= timeout:
+        raise ValueError(f"DWF_TASK_TIME_LIMIT ({hard:g}) must be below DWF_REDIS_VISIBILITY_TIMEOUT ({timeout})")
 
 
 def make_celery(settings: Settings, *, include: list[str] | None = None) -> Celery:

@@ -7,10 +7,12 @@ elsewhere (or finished) does nothing; dwf_core is imported here only, never by t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -18,7 +20,9 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from billiard.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import delete, select
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from dwf_service import jobs
 from dwf_service.context import ServiceContext
@@ -37,6 +41,10 @@ SHUTDOWN = threading.Event()
 STEP_WRITE_INTERVAL_S = 1.0
 CANCEL_POLL_INTERVAL_S = 1.0
 _SAFE_SUFFIX = re.compile(r"^(\.[A-Za-z0-9]{1,10}){1,2}$")
+# A lost database connection: the job is retried (re-queued), not failed.
+DB_ERRORS = (OperationalError, InterfaceError)
+# Test-only fault injection (tests/fault), read from the worker's environment only; see _test_fault.
+TEST_FAULTS_ENV = "DWF_TEST_FAULTS"
 _FORMAT_SUFFIX = {"onnx": ".onnx", "safetensors": ".safetensors", "npz": ".npz", "csv": ".csv", "zip": ".zip"}
 
 
@@ -67,7 +75,23 @@ def _materialize(ctx: ServiceContext, job: Job, dest: Path) -> dict[str, Path]:
 
                 raise ConfigError(f"file {file_id} was deleted", code="file_not_found", param=f"{role}.file_id")
             paths[role] = download_to(ctx.storage, file.storage_key, dest / f"{role}-{file.id}{_suffix(file)}")
+            if _sha256(paths[role]) != file.sha256:
+                from dwf_core.errors import DwfError
+
+                raise DwfError(
+                    f"file {file_id} does not match its recorded sha256 (corrupt in the blob store)",
+                    code="file_checksum_mismatch",
+                    param=f"{role}.file_id",
+                )
     return paths
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _spec(ctx: ServiceContext, job: Job, paths: dict[str, Path], out_dir: Path, checkpoint_dir: Path | None) -> RunSpec:
@@ -79,6 +103,7 @@ def _spec(ctx: ServiceContext, job: Job, paths: dict[str, Path], out_dir: Path, 
     method = req["method"]
     threshold = method.get("threshold", "auto")
     config = TrainConfig(
+        method=method.get("type", "dwf"),
         depth=method["depth"],
         epochs=method["epochs"],
         lam=method.get("lam"),
@@ -93,6 +118,8 @@ def _spec(ctx: ServiceContext, job: Job, paths: dict[str, Path], out_dir: Path, 
         warmup_epochs=method.get("warmup_epochs", 0.0),
         include=method.get("include"),
         exclude=method.get("exclude"),
+        frontier=method.get("frontier"),
+        finetune_epochs=method.get("finetune_epochs"),
         seed=req.get("seed", 0),
         device=ctx.settings.device,
     )
@@ -143,16 +170,22 @@ class _Lease:
         now = time.monotonic()
         if self.stop_reason is None and now - self._last_cancel_poll >= CANCEL_POLL_INTERVAL_S:
             self._last_cancel_poll = now
-            with self.ctx.sessions() as session:
-                if session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)):
-                    self.stop_reason = "cancelled"
+            try:
+                with self.ctx.sessions() as session:
+                    if session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)):
+                        self.stop_reason = "cancelled"
+            except DB_ERRORS:  # the database is away for a moment: keep training, ask again later
+                log.warning("cancel check of %s failed; the database is unreachable", self.job_id)
         return self.stop_reason is not None
 
 
 def _take(ctx: ServiceContext, job_id: str, owner: str, statuses: tuple[str, ...]) -> Job | None:
     with session_scope(ctx.sessions) as session:
         if not jobs.acquire_lease(session, job_id, owner, statuses, ctx.settings.lease_seconds):
-            log.info("job %s is not available for %s; message ignored", job_id, statuses)
+            if session.get(Job, job_id) is None:  # the fault tier's T9 counts these: a publish-before-commit race
+                log.error("job row not found: %s; message ignored", job_id)
+            else:
+                log.info("job %s is not available for %s; message ignored", job_id, statuses)
             return None
         job = session.get(Job, job_id)
         assert job is not None
@@ -174,6 +207,52 @@ def _take(ctx: ServiceContext, job_id: str, owner: str, statuses: tuple[str, ...
 def _fail(ctx: ServiceContext, job_id: str, owner: str, error: dict[str, Any]) -> None:
     with session_scope(ctx.sessions) as session:
         jobs.finish(session, job_id, jobs.FAILED, owner=owner, error=error)
+
+
+def _time_limit(ctx: ServiceContext) -> dict[str, Any]:
+    limit = ctx.settings.task_soft_time_limit
+    return {"code": "time_limit", "message": f"the job ran past its time limit of {limit:g} s", "param": None}
+
+
+def _retry_after_db_error(ctx: ServiceContext, job_id: str, owner: str, exc: BaseException) -> None:
+    """Give the job back to the queue (an attempt counted); while the database is away, re-raise for Celery's
+    retry with backoff; the lease expiring and the reconciler re-enqueue it in any case."""
+    log.warning("job %s hit a database error (%s); re-queueing it", job_id, type(exc).__name__)
+    try:
+        with session_scope(ctx.sessions) as session:
+            jobs.requeue(session, job_id, owner, f"database error: {type(exc).__name__}", count_attempt=True)
+    except DB_ERRORS:
+        raise exc from None
+
+
+def _test_fault(ctx: ServiceContext, job: Job, lease: _Lease) -> None:
+    """Fault injection for the fault tier (tests/fault/), off unless the *worker's* environment asks for it.
+
+    ``DWF_TEST_FAULTS="SEED=ACTION,…"`` maps a job's ``seed`` to an action run when its training starts:
+    ``exit`` (the process SIGKILLs itself: a poison job), ``sleep:S`` (S seconds, then train; stops early on
+    cancel/shutdown) or ``busy:S`` (spin S seconds ignoring the soft time limit, like a hung native call).
+    The API cannot set it (it is not part of a job), and ``env=production`` ignores it.
+    """
+    spec = os.environ.get(TEST_FAULTS_ENV, "")
+    if not spec or ctx.settings.env == "production":
+        return
+    faults = dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
+    action = faults.get(str(job.request.get("seed", 0)))
+    if action is None:
+        return
+    kind, _, arg = action.partition(":")
+    log.warning("test fault %r for job %s", action, job.id)
+    if kind == "exit":
+        os.kill(os.getpid(), signal.SIGKILL)
+    deadline = time.monotonic() + float(arg or 0)
+    if kind == "sleep":
+        while time.monotonic() < deadline and not lease.should_stop():
+            time.sleep(0.1)
+    elif kind == "busy":
+        while time.monotonic() < deadline:
+            with contextlib.suppress(SoftTimeLimitExceeded):
+                while time.monotonic() < deadline:
+                    pass
 
 
 def _internal_error(exc: BaseException) -> dict[str, Any]:
@@ -206,6 +285,12 @@ def validate_job(ctx: ServiceContext, job_id: str) -> None:
                 f"{len(prepared.data.train.y)} train / {len(prepared.data.val.y)} val / "
                 f"{len(prepared.data.test.y)} test samples of shape {tuple(prepared.data.input_shape)}"
             )
+    except SoftTimeLimitExceeded:
+        _fail(ctx, job_id, owner, _time_limit(ctx))
+        return
+    except DB_ERRORS as exc:
+        _retry_after_db_error(ctx, job_id, owner, exc)
+        return
     except DwfError as err:
         _fail(ctx, job_id, owner, err.to_dict())
         return
@@ -229,9 +314,12 @@ class _ProgressWriter:
         self._last_write = 0.0
 
     def on_phase(self, name: str) -> None:
-        with session_scope(self.ctx.sessions) as session:
-            if jobs.update_owned(session, self.job_id, self.owner, phase=name):
-                jobs.add_event(session, self.job_id, f"phase: {name}")
+        try:
+            with session_scope(self.ctx.sessions) as session:
+                if jobs.update_owned(session, self.job_id, self.owner, phase=name):
+                    jobs.add_event(session, self.job_id, f"phase: {name}")
+        except DB_ERRORS:  # progress is best effort: a database restart must not abort the training
+            log.warning("phase of %s not recorded; the database is unreachable", self.job_id)
 
     def on_progress(self, event: ProgressEvent) -> None:
         now = time.monotonic()
@@ -248,6 +336,12 @@ class _ProgressWriter:
         }
         if event.metrics is not None:
             values["metrics"] = jobs.jsonable(event.metrics)
+        try:
+            self._write(event, values)
+        except DB_ERRORS:  # progress is best effort: a database restart must not abort the training
+            log.warning("progress of %s not recorded; the database is unreachable", self.job_id)
+
+    def _write(self, event: ProgressEvent, values: dict[str, Any]) -> None:
         with session_scope(self.ctx.sessions) as session:
             jobs.update_owned(session, self.job_id, self.owner, **values)
             if event.metrics is not None:
@@ -265,12 +359,17 @@ class _ProgressWriter:
 def _store_results(ctx: ServiceContext, job_id: str, owner: str, out_dir: Path, metrics: dict[str, Any]) -> bool:
     """Upload the artifacts, keep the sparse weights and metrics in the DB, mark the job succeeded."""
     from dwf_core.pipeline import ARTIFACTS
+    from dwf_core.report_html import report_artifacts
 
     stored: list[Artifact] = []
-    for name in ARTIFACTS:
-        path = out_dir / name
+    # Keys unique to this run: a worker that lost its lease can never overwrite the objects of the one that won.
+    run_id = owner.rsplit(":", 1)[-1]
+    frontier_files = [point["file"] for point in metrics.get("frontier") or []]
+    files = {name: out_dir / name for name in (*ARTIFACTS, *frontier_files)}
+    files.update(report_artifacts(out_dir))  # report.html, plot-<name>.png (from plots/<name>.png)
+    for name, path in files.items():
         if path.is_file():
-            key = f"jobs/{job_id}/{name}"
+            key = f"jobs/{job_id}/{run_id}/{name}"
             size, sha = upload_file(ctx.storage, key, path)
             stored.append(Artifact(job_id=job_id, name=name, bytes=size, sha256=sha, storage_key=key))
     clean = jobs.jsonable(metrics)
@@ -286,6 +385,10 @@ def _store_results(ctx: ServiceContext, job_id: str, owner: str, out_dir: Path, 
         )
         if not ok:
             session.rollback()
+    if not ok:
+        for art in stored:
+            with contextlib.suppress(Exception):
+                ctx.storage.delete(art.storage_key)
     return ok
 
 
@@ -307,6 +410,7 @@ def train_job(ctx: ServiceContext, job_id: str) -> None:
     writer = _ProgressWriter(ctx, job_id, owner)
     try:
         with _Lease(ctx, job_id, owner) as lease:
+            _test_fault(ctx, job, lease)
             paths = _materialize(ctx, job, workdir / "inputs")
             spec = _spec(ctx, job, paths, workdir / "out", workdir / "checkpoints")
             metrics = run(spec, on_progress=writer.on_progress, should_stop=lease.should_stop, on_phase=writer.on_phase)
@@ -314,6 +418,11 @@ def train_job(ctx: ServiceContext, job_id: str) -> None:
             log.warning("job %s finished but its lease was lost; results not recorded", job_id)
     except TrainingCancelled:
         keep_workdir = _stopped(ctx, job_id, owner, lease.stop_reason)
+    except SoftTimeLimitExceeded:
+        _fail(ctx, job_id, owner, _time_limit(ctx))
+    except DB_ERRORS as exc:
+        keep_workdir = True  # resume from the checkpoint
+        _retry_after_db_error(ctx, job_id, owner, exc)
     except DwfError as err:
         _fail(ctx, job_id, owner, err.to_dict())
     except Exception as exc:

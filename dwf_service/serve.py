@@ -18,6 +18,7 @@ from dwf_service.auth import add_key, find_key, generate_key
 from dwf_service.context import ServiceContext
 from dwf_service.db import session_scope
 from dwf_service.migrate import upgrade_db
+from dwf_service.models import DEFAULT_TENANT_NAME
 from dwf_service.settings import Settings
 
 log = logging.getLogger("dwf.serve")
@@ -31,19 +32,22 @@ def config_path(settings: Settings) -> Path:
 
 
 def ensure_api_key(ctx: ServiceContext, url: str) -> str | None:
-    """Register DWF_API_KEY, or reuse the key in config.json, or create one; returns a new key to show once."""
+    """Register DWF_API_KEY, or reuse the key in config.json, or create one; returns a new key to show once.
+
+    The key belongs to the tenant named "default" (created if missing); ``dwf keys create`` makes keys of others.
+    """
     settings = ctx.settings
     path = config_path(settings)
     stored = json.loads(path.read_text()) if path.is_file() else {}
     with session_scope(ctx.sessions) as session:
         if settings.api_key:
-            add_key(session, settings.api_key, name="DWF_API_KEY")
+            add_key(session, settings.api_key, name="DWF_API_KEY", tenant=DEFAULT_TENANT_NAME)
             new_key = None
         elif stored.get("api_key") and find_key(session, stored["api_key"]) is not None:
             new_key = None
         else:
             new_key = generate_key()
-            add_key(session, new_key, name="dwf serve")
+            add_key(session, new_key, name="dwf serve", tenant=DEFAULT_TENANT_NAME)
             stored["api_key"] = new_key
     stored["url"] = url
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -41,6 +41,22 @@ class Settings(BaseSettings):
     # An unleased validating/queued job older than this is re-enqueued (its message may have been lost).
     requeue_after_seconds: float = Field(default=300.0, gt=0)
     redis_visibility_timeout: int = Field(default=43_200, gt=0)
+    # Celery time limits in seconds (0 = none): soft < hard < redis_visibility_timeout, checked at worker start.
+    task_soft_time_limit: float = Field(default=36_000.0, ge=0)
+    task_time_limit: float = Field(default=39_600.0, ge=0)
+    # A worker child whose RSS passed this many KiB is replaced after its task (0 = never).
+    worker_max_memory_per_child_kib: int = Field(default=0, ge=0)
+    # Cold shutdown first gives the running task this long (Celery's soft shutdown).
+    worker_soft_shutdown_timeout: float = Field(default=30.0, ge=0)
+    # Per-tenant quotas (0 = unlimited); a tenant row's own max_* columns override them (`dwf keys quota`).
+    # Jobs not yet finished (validating_files, queued, running) at once:
+    quota_max_active_jobs: int = Field(default=10, ge=0)
+    # Bytes of uploads plus job artifacts kept:
+    quota_max_stored_bytes: int = Field(default=50 * 1024**3, ge=0)
+    # epochs × training examples of one job, examples counted from the dataset upload's headers (not for tarballs):
+    quota_max_epoch_examples: int = Field(default=100_000_000, ge=0)
+    # The Retry-After of a 429 (seconds): when a running job may have ended or space been freed.
+    quota_retry_after_seconds: int = Field(default=60, ge=1)
     device: str = "auto"
     env: Literal["dev", "production"] = "dev"
 

@@ -4,12 +4,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages of the integration tier (tests/integration: real Redis, PostgreSQL 15; tests/deploy:
-# docker-compose 1.29 `config`). Installed with apt-get only when missing, so a prepared machine skips apt.
+# docker-compose 1.29 `config`; tests/e2e/test_dashboard.py: chromium). Installed with apt-get only when missing,
+# so a prepared machine skips apt.
 # Without root/apt the tests that need them skip locally and fail on CI (CI=true).
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x "${DWF_TEST_PG_BIN:-/usr/lib/postgresql/15/bin}/initdb" ] || missing+=(postgresql-15)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+# tests/e2e/test_dashboard.py: Playwright drives this chromium (never `playwright install`)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "test.sh: apt-get install ${missing[*]}" >&2
@@ -24,4 +27,5 @@ fi
 bash scripts/setup.sh
 .venv/bin/ruff check dwf_core dwf_service api worker tests benchmarks scripts
 .venv/bin/mypy
-exec .venv/bin/python -m pytest -q "$@"
+# The fault tier (tests/fault: kills and restarts real processes, minutes long) runs via scripts/fault.sh only.
+exec .venv/bin/python -m pytest -q -m "not fault" "$@"

@@ -90,6 +90,8 @@ def _export(model: Any, path: Path) -> None:
 # ------------------------------------------------------------------ end-to-end helpers (embedded and stack modes)
 
 ARTIFACT_NAMES = {"model.safetensors", "model.sparse.safetensors", "model.onnx", "metrics.json"}
+# dwf_core.report_html.REPORT_ARTIFACTS: the self-contained report and its plots (always all five).
+ARTIFACT_NAMES |= {"report.html", *(f"plot-{p}.png" for p in ("loss", "accuracy", "compression", "layers", "frontier"))}
 
 
 def upload(client: httpx.Client, path: Path, purpose: str) -> str:

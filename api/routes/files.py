@@ -7,43 +7,49 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Form, Query, UploadFile
 from sqlalchemy import or_, select
 
-from api.deps import ContextDep, CurrentFile, SessionDep
-from api.errors import ApiError
+from api.deps import ContextDep, CurrentFile, CurrentTenant, SessionDep
+from api.errors import ApiError, ErrorResponse
 from api.render import file_out
 from api.schemas import Deleted, FileList, FileOut
-from dwf_service import jobs
+from dwf_service import jobs, quotas
 from dwf_service.models import File, Job, new_id
-from dwf_service.sniff import ACCEPTED, HINTS, UNSAFE, sniff
+from dwf_service.sniff import UploadRefused, inspect_upload
 from dwf_service.storage import TooLarge
 
 router = APIRouter(prefix="/files", tags=["files"])
 Purpose = Literal["model", "weights", "dataset"]
 
 
-@router.post("", response_model=FileOut)
+# 400: the multipart parser's own limits (1000 files, 1 MiB per non-file field); 415: refused formats.
+@router.post("", response_model=FileOut, responses={code: {"model": ErrorResponse} for code in (400, 415, 429)})
 def upload_file(
     ctx: ContextDep,
     session: SessionDep,
+    tenant: CurrentTenant,
     file: UploadFile,
     purpose: Annotated[Purpose, Form()],
 ) -> FileOut:
     """Upload a model (ONNX), weights (safetensors) or dataset; streamed to the blob store with a size cap."""
-    size_hint = file.size if file.size is not None else ctx.settings.max_upload_bytes
     filename = (file.filename or "upload").replace("/", "_").replace("\\", "_")[:255]
-    fmt = sniff(file.file, filename, size_hint)
-    if fmt in UNSAFE:
-        raise ApiError(
-            422, "unsafe_format", f"{filename}: {fmt} files can run code when loaded and are refused", param="file"
-        )
-    if fmt not in ACCEPTED[purpose]:
-        raise ApiError(422, "unsupported_format", f"{filename}: detected {fmt}; {HINTS[purpose]}", param="file")
+    try:  # format, code formats (415), archive and safetensors-header checks, all before storing anything
+        fmt = inspect_upload(file.file, filename, purpose)
+    except UploadRefused as exc:
+        raise ApiError(exc.status, exc.code, exc.message, param=exc.param) from None
+    quotas.check_storage(session, ctx.settings, tenant, file.size or 0, lock=False)  # 429 before storing anything
     file_id = new_id("file")
     key = f"files/{file_id}"
     try:
         size, sha256 = ctx.storage.put_stream(key, file.file, max_bytes=ctx.settings.max_upload_bytes)
     except TooLarge as exc:
         raise ApiError(413, "too_large", f"{filename} is {exc}", param="file") from None
+    try:  # again with the stored size, under the tenant's lock
+        quotas.check_storage(session, ctx.settings, tenant, size)
+    except quotas.QuotaExceeded:
+        ctx.storage.delete(key)
+        raise
+    examples = quotas.count_examples(file.file, fmt) if purpose == "dataset" else None
     row = File(id=file_id, bytes=size, sha256=sha256, filename=filename, purpose=purpose, format=fmt, storage_key=key)
+    row.tenant_id, row.examples = tenant.id, examples
     session.add(row)
     session.flush()
     return file_out(row)
@@ -52,12 +58,13 @@ def upload_file(
 @router.get("", response_model=FileList)
 def list_files(
     session: SessionDep,
+    tenant: CurrentTenant,
     purpose: Purpose | None = None,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> FileList:
-    """Files, newest first; ``after`` is the last id of the previous page."""
-    query = select(File).order_by(File.id.desc()).limit(limit + 1)
+    """The caller's files, newest first; ``after`` is the last id of the previous page."""
+    query = select(File).where(File.tenant_id == tenant.id).order_by(File.id.desc()).limit(limit + 1)
     if purpose is not None:
         query = query.where(File.purpose == purpose)
     if after is not None:

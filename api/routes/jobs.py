@@ -1,4 +1,7 @@
-"""/v1/jobs: create (idempotent), list, get, cancel, events (paged or server-sent), artifacts."""
+"""/v1/jobs: create (idempotent, within quota), list, get, cancel, events (paged or server-sent), artifacts.
+
+Every route sees only the calling tenant's jobs: another tenant's job (or file) answers 404 like a missing one.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +16,13 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from api.deps import ContextDep, CurrentJob, SessionDep
-from api.errors import ApiError
+from api.deps import ContextDep, CurrentJob, CurrentTenant, SessionDep, owned_file
+from api.errors import ApiError, ErrorResponse
 from api.render import artifact_out, event_out, job_out
 from api.schemas import ArtifactList, EventList, JobCreate, JobList, JobOut
-from dwf_service import jobs
+from dwf_service import jobs, quotas
 from dwf_service.context import ServiceContext
-from dwf_service.models import Artifact, File, Job, JobEvent
+from dwf_service.models import Artifact, File, Job, JobEvent, Tenant
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 Status = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
@@ -27,25 +30,31 @@ SSE_POLL_S = 0.5
 SSE_KEEPALIVE_S = 15.0
 
 
-def _check_file(session: SessionDep, file_id: str, purpose: str, param: str) -> None:
-    file = session.get(File, file_id)
+def _check_file(session: SessionDep, tenant: Tenant, file_id: str, purpose: str, param: str) -> File:
+    file = owned_file(session, tenant.id, file_id)
     if file is None:
-        raise ApiError(422, "file_not_found", f"no file {file_id!r}", param=param)
+        raise ApiError(404, "file_not_found", f"no file {file_id!r}", param=param)
     if file.purpose != purpose:
         raise ApiError(422, "wrong_purpose", f"{file_id} was uploaded as {file.purpose}, not {purpose}", param=param)
+    return file
 
 
-@router.post("", response_model=JobOut)
+@router.post("", response_model=JobOut, responses={429: {"model": ErrorResponse}})
 def create_job(
+    ctx: ContextDep,
     session: SessionDep,
+    tenant: CurrentTenant,
     body: JobCreate,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobOut:
-    """Create a DWF job; it is validated first (status validating_files), then queued for training."""
+    """Create a DWF job; it is validated first (status validating_files), then queued for training.
+
+    Answers 404 for a file id the caller does not own and 429 (with Retry-After) over one of the tenant's quotas.
+    """
     request = body.model_dump(mode="json", exclude_none=True)
     request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
     if idempotency_key is not None:
-        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        existing = session.scalar(select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == idempotency_key))
         if existing is not None:
             if existing.request_hash != request_hash:
                 raise ApiError(
@@ -56,7 +65,7 @@ def create_job(
                 )
             return job_out(existing)
     if body.model.file_id is not None:
-        _check_file(session, body.model.file_id, "model", "model.file_id")
+        _check_file(session, tenant, body.model.file_id, "model", "model.file_id")
         if body.weights_file_id is not None:
             raise ApiError(
                 422,
@@ -65,28 +74,37 @@ def create_job(
                 param="weights_file_id",
             )
     if body.weights_file_id is not None:
-        _check_file(session, body.weights_file_id, "weights", "weights_file_id")
-    _check_file(session, body.dataset.file_id, "dataset", "dataset.file_id")
+        _check_file(session, tenant, body.weights_file_id, "weights", "weights_file_id")
+    dataset = _check_file(session, tenant, body.dataset.file_id, "dataset", "dataset.file_id")
+    quotas.check_new_job(session, ctx.settings, tenant, epochs=body.method.epochs, examples=dataset.examples)
     file_ids = {"model": body.model.file_id, "weights": body.weights_file_id, "dataset": body.dataset.file_id}
     try:
         job = jobs.create_job(
-            session, request, file_ids=file_ids, idempotency_key=idempotency_key, request_hash=request_hash
+            session,
+            request,
+            file_ids=file_ids,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            tenant_id=tenant.id,
         )
     except IntegrityError:  # the same key raced in from another request: answer with its job
         session.rollback()
-        job = session.scalars(select(Job).where(Job.idempotency_key == idempotency_key)).one()
+        job = session.scalars(
+            select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == idempotency_key)
+        ).one()
     return job_out(job)
 
 
 @router.get("", response_model=JobList)
 def list_jobs(
     session: SessionDep,
+    tenant: CurrentTenant,
     status: Status | None = None,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobList:
-    """Jobs, newest first (ids sort by creation time); filtered before limiting."""
-    query = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    """The caller's jobs, newest first (ids sort by creation time); filtered before limiting."""
+    query = select(Job).where(Job.tenant_id == tenant.id).order_by(Job.id.desc()).limit(limit + 1)
     if status is not None:
         query = query.where(Job.status == status)
     if after is not None:

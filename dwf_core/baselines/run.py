@@ -7,6 +7,7 @@ The collapsed model of a pruning method is simply the trained masked model witho
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -133,3 +134,42 @@ def run_baseline(
         start, end, interval = trainer.window
         details["gmp"] = {"start_step": start, "end_step": end, "interval": interval, "events": len(trainer.schedule)}
     return BaselineResult(result, collapsed, {**info, **details, "threshold_mode": "fixed"})
+
+
+def finetune_collapsed(
+    collapsed: CollapseResult,
+    train: Labeled,
+    val: Labeled,
+    cfg: TrainConfig,
+    *,
+    on_progress: Callable[[ProgressEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[TrainResult, CollapseResult, dict[str, Any]]:
+    """Fine-tune a collapsed DWF model with its zeros fixed (``cfg.finetune_epochs`` epochs), then collapse it.
+
+    The same masked training as ``magnitude-ft``: depth 1 with balanced init (the function is kept), L2 at the
+    depth-1 default, LR = the baseline LR × ``FINETUNE_LR_FACTOR`` on a fresh cosine. The sparsity pattern of the
+    DWF cut is kept exactly; only the surviving weights move.
+
+    Returns:
+        The fine-tuning run, the collapse of the fine-tuned model, and what was done (epochs, lr, val before/after).
+    """
+    assert cfg.finetune_epochs is not None
+    plain = copy.deepcopy(collapsed.model)  # the trainer factorizes in place; the collapse result stays plain
+    masks: Masks = {name: plain.get_parameter(name).detach() != 0 for name in collapsed.names}
+    base = dense_config(replace(cfg, lr=None))
+    assert base.lr is not None
+    ft_cfg = replace(
+        base, epochs=cfg.finetune_epochs, lr=base.lr * FINETUNE_LR_FACTOR, warmup_epochs=0.0, init="balanced",
+        include=collapsed.names, exclude=None,
+    )  # fmt: skip
+    ft = MaskedTrainer(plain, train, val, ft_cfg, masks=masks, on_progress=on_progress, should_stop=should_stop).fit()
+    after = collapse_and_verify(ft.model, val, 0.0, batch_size=cfg.eval_batch_size)
+    info = {
+        "epochs": cfg.finetune_epochs,
+        "lr": ft_cfg.lr,
+        "l2_lam": ft_cfg.lam,
+        "val_accuracy_before": collapsed.collapsed_accuracy,
+        "val_accuracy_after": after.collapsed_accuracy,
+    }
+    return ft, after, info

@@ -12,9 +12,13 @@ from typing import IO, cast
 
 import numpy as np
 
+from dwf_core.archives import check_tar_stream
 from dwf_core.data.common import Array, ByteBudget, DataLimits, RawDataset
 from dwf_core.data.safety import (
+    GZIP_MAGIC,
     LimitedStream,
+    archive_limits,
+    check_file_size,
     check_member_count,
     check_member_name,
     open_stream,
@@ -127,8 +131,25 @@ def _records(data: bytes, label_bytes: int, name: str) -> tuple[Array, Array]:
     return rec[:, label_bytes:].reshape(-1, 3, 32, 32), rec[:, label_bytes - 1]
 
 
+def check_tar(path: Path, limits: DataLimits) -> None:
+    """Check every member header (count, paths, links, sizes) before any member's data is used.
+
+    A plain tar is checked from its headers alone (data is seeked over); a gzipped one is streamed once
+    through the size- and ratio-limited decoder without keeping any member.
+    """
+    with path.open("rb") as raw:
+        gzipped = raw.read(2) == GZIP_MAGIC
+        if not gzipped:
+            check_file_size(path, limits)
+            check_tar_stream(raw, path.name, archive_limits(limits))
+            return
+    for _member, _tar in iter_members(path, limits, ByteBudget(limits.max_uncompressed_bytes)):
+        pass
+
+
 def read_cifar(path: Path, limits: DataLimits, budget: ByteBudget, fmt: str | None = None) -> RawDataset:
     """Read a CIFAR-10 or CIFAR-100 binary tarball; `fmt` forces the variant when given."""
+    check_tar(path, limits)
     blobs: dict[str, tuple[str, bytes]] = {}
     for member, tar in iter_members(path, limits, budget):
         base = posixpath.basename(member.name)

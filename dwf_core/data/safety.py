@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import re
 import stat
 import zipfile
 import zlib
@@ -12,14 +11,35 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
+from dwf_core.archives import RATIO_FLOOR_BYTES, ArchiveLimits, check_member_name, check_zip_stream
 from dwf_core.data.common import ByteBudget, DataLimits
 from dwf_core.errors import DatasetError
 
-# Streams and members that decode to less than this are never called bombs: a few KiB of repeated
-# bytes compress far beyond any sane ratio, yet cost nothing to decode.
-RATIO_FLOOR_BYTES = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
-_DRIVE = re.compile(r"^[A-Za-z]:")
+
+__all__ = [
+    "GZIP_MAGIC",
+    "RATIO_FLOOR_BYTES",
+    "LimitedStream",
+    "archive_limits",
+    "check_file_size",
+    "check_member_count",
+    "check_member_name",
+    "check_zip",
+    "open_stream",
+    "open_zip",
+    "ratio_cap",
+    "read_text_member",
+]
+
+
+def archive_limits(limits: DataLimits) -> ArchiveLimits:
+    """The archive bounds of a dataset's limits."""
+    return ArchiveLimits(
+        max_members=limits.max_archive_members,
+        max_uncompressed_bytes=limits.max_uncompressed_bytes,
+        max_compression_ratio=limits.max_compression_ratio,
+    )
 
 
 class _Readable(Protocol):
@@ -123,18 +143,6 @@ def open_stream(path: Path, limits: DataLimits, budget: ByteBudget) -> Iterator[
             yield LimitedStream(raw, budget, path.name, None)
 
 
-def check_member_name(name: str, archive: str) -> None:
-    """Refuse archive member names that could escape a folder (absolute, drive letter, `..`)."""
-    norm = name.replace("\\", "/")
-    if not norm or norm.startswith("/") or _DRIVE.match(norm) or "\x00" in norm or ".." in norm.split("/"):
-        raise DatasetError(
-            f"{archive}: member {name!r} has an unsafe path (absolute, drive letter or '..'); "
-            "expected relative paths inside the archive",
-            code="archive_unsafe",
-            param=name,
-        )
-
-
 def check_member_count(count: int, limits: DataLimits, archive: str) -> None:
     """Fail once an archive holds more members than DataLimits.max_archive_members."""
     if count > limits.max_archive_members:
@@ -146,9 +154,15 @@ def check_member_count(count: int, limits: DataLimits, archive: str) -> None:
 
 
 def open_zip(path: Path, limits: DataLimits) -> zipfile.ZipFile:
-    """Open a zip file, turning a malformed one into a DatasetError."""
-    check_file_size(path, limits)
+    """Open a zip file after checking its central directory entry by entry (count, paths, types, ratio, total).
+
+    The directory is walked straight from the file first, so a forged one (millions of entries, links,
+    `..` paths, bombs) is refused before zipfile builds a ZipInfo per entry or any member is read.
+    """
+    size = check_file_size(path, limits)
     try:
+        with path.open("rb") as fh:
+            check_zip_stream(fh, size, path.name, archive_limits(limits))
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise DatasetError(

@@ -39,9 +39,9 @@ def test_upload_detects_format_and_hashes(client: TestClient) -> None:
 
 def test_unsafe_and_wrong_formats_are_refused(client: TestClient) -> None:
     resp = client.post("/v1/files", files={"file": ("m.pkl", pickle.dumps([1]))}, data={"purpose": "model"})
-    assert resp.status_code == 422 and resp.json()["error"]["code"] == "unsafe_format"
+    assert resp.status_code == 415 and resp.json()["error"]["code"] == "unsafe_format"
     resp = client.post("/v1/files", files={"file": ("d.npz", npz_bytes())}, data={"purpose": "model"})
-    assert resp.status_code == 422
+    assert resp.status_code == 415
     assert resp.json()["error"] | {"message": ""} == {
         "type": "invalid_request_error",
         "code": "unsupported_format",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args
 
 import pytest
 from fastapi.testclient import TestClient
 
+from api.schemas import MethodName
 from dwf_service import jobs
 from dwf_service.context import ServiceContext
 from dwf_service.db import session_scope
@@ -57,9 +59,12 @@ def test_create_returns_the_job_and_enqueues_validation(
         ({"method": {"epochs": 1, "lam": 1e-4, "target_sparsity": 0.9}}, "method.target_sparsity", "invalid_value"),
         ({"method": {"epochs": 1, "target_sparsity": 1.0}}, "method.target_sparsity", "invalid_value"),
         ({"extra": True}, "extra", "unknown_field"),
-        ({"dataset": {"file_id": "file-nope"}}, "dataset.file_id", "file_not_found"),
         ({"model": {"name": "lenet5", "file_id": "x"}}, "model", "invalid_value"),
         ({"weights_file_id": "file-w"}, "weights_file_id", "weights_with_onnx"),
+        ({"method": {"type": "gmp", "epochs": 2}}, "method", "invalid_value"),
+        ({"method": {"type": "obd", "epochs": 2, "target_sparsity": 0.9}}, "method.type", "invalid_value"),
+        ({"method": {"epochs": 2, "frontier": [10, 1]}}, "method.frontier.1", "invalid_value"),
+        ({"method": {"epochs": 2, "finetune_epochs": -1}}, "method.finetune_epochs", "invalid_value"),
     ],
 )
 def test_bad_requests_are_422_naming_the_field(
@@ -82,6 +87,32 @@ def test_target_sparsity_is_accepted_and_stored(
     with ctx.sessions() as session:
         stored = session.get(Job, job["id"])
         assert stored is not None and stored.request["method"]["target_sparsity"] == 0.95
+
+
+def test_baselines_frontier_and_finetune_are_accepted_and_reach_the_training_config(
+    client: TestClient, files: dict[str, Any], ctx: ServiceContext
+) -> None:
+    from dwf_core.baselines import METHODS
+    from dwf_service.runner import _spec
+
+    assert set(get_args(MethodName)) == set(METHODS)
+    resp = client.post(
+        "/v1/jobs", json=body(files, type="gmp", target_sparsity=0.99, frontier=[200, 500], finetune_epochs=1)
+    )
+    assert resp.status_code == 200, resp.text
+    with ctx.sessions() as session:
+        job = session.get(Job, resp.json()["id"])
+        assert job is not None
+        spec = _spec(ctx, job, {"model": Path("m.onnx"), "dataset": Path("d.npz")}, Path("out"), None)
+    cfg = spec.train
+    assert (cfg.method, cfg.target_sparsity, cfg.frontier, cfg.finetune_epochs) == ("gmp", 0.99, [200, 500], 1)
+
+
+def test_unknown_file_is_404_naming_the_field(client: TestClient, files: dict[str, Any]) -> None:
+    resp = client.post("/v1/jobs", json=body(files) | {"dataset": {"file_id": "file-nope"}})
+    assert resp.status_code == 404, resp.text
+    error = resp.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == ("not_found_error", "file_not_found", "dataset.file_id")
 
 
 def test_dataset_must_have_dataset_purpose(client: TestClient, files: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ belong to the benchmarks themselves, never to tests.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ import torch
 
 from benchmarks import artifact_size, overhead
 from dwf_core.data.common import Split
+from tests.dwf_core.helpers import write_band_npz
 
 
 def test_overhead_time_steps_alternates_all_variants() -> None:
@@ -99,3 +101,30 @@ def test_artifact_size_trained_path_on_tiny_data() -> None:
     assert 0.0 <= res["dense_test_accuracy"] <= 1.0
     _check_rows(res["rows"], (0.98,))
     assert 0.0 <= res["rows"][0]["test_accuracy"] <= 1.0
+
+
+def test_mnist_table_smoke_writes_stamped_table_plot_and_resumes(tmp_path: Path) -> None:
+    from benchmarks import mnist_table
+
+    data = write_band_npz(tmp_path / "small.npz", 300, 100)
+    argv = ["--smoke", "--data", str(data), "--out", str(tmp_path / "table"), "--jobs", "1"]
+    assert mnist_table.main(argv) == 0
+    out = tmp_path / "table"
+    table = json.loads((out / "table.json").read_text())
+    header, summary = table["header"], table["summary"]
+    assert header["mode"] == "smoke" and header["commit"] and "mnist_table --smoke" in header["command"]
+    assert summary["dense"]["n"] == 1
+    # dwf-d3 and gmp ran at CR 10; magnitude is read off the dense run's frontier.
+    assert set(summary["methods"]) == {"dwf-d3", "gmp", "magnitude"}
+    for row in summary["methods"].values():
+        cell = row["cells"]["10.0"]
+        assert cell["n"] == 1 and 0.0 <= cell["acc_mean"] <= 1.0
+        assert abs(cell["cr_mean"] / 10.0 - 1) <= 0.2
+    markdown = (out / "table.md").read_text()
+    assert "| DWF D=3 |" in markdown and header["commit"] in markdown and "CR 10" in markdown
+    assert (out / "table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = json.loads((out / "cells.json").read_text())["rows"]
+    assert len(rows) == 3
+    # A second invocation finds every cell done and trains nothing.
+    assert mnist_table.main(argv) == 0
+    assert len(json.loads((out / "cells.json").read_text())["rows"]) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -12,8 +13,8 @@ from typer.testing import CliRunner
 from dwf_core.cli import app
 from dwf_core.collapse import collapse_and_verify, target_threshold
 from dwf_core.config import TrainConfig
-from dwf_core.controller import effective_sparsity, next_lam, scheduled_sparsity
-from dwf_core.defaults import default_lam
+from dwf_core.controller import ControllerSettings, next_lam, scheduled_sparsity
+from dwf_core.defaults import LAM_CR_MAP, lam_for_target
 from dwf_core.errors import ConfigError
 from dwf_core.factorize import factorize, factorized_tensors
 from dwf_core.train import train
@@ -24,16 +25,38 @@ DATA = separable_data(256)
 VAL = separable_data(64, seed=1)
 
 
-def _cfg(target: float, epochs: int = 6) -> TrainConfig:
-    return TrainConfig(depth=3, epochs=epochs, batch_size=32, lr=0.1, target_sparsity=target, seed=0, device="cpu")
+def _cfg(target: float, epochs: int = 6, **controller: float) -> TrainConfig:
+    extra = {"controller": controller} if controller else {}
+    return TrainConfig(
+        depth=3, epochs=epochs, batch_size=32, lr=0.1, target_sparsity=target, seed=0, device="cpu", extra=extra
+    )
 
 
 def test_next_lam_moves_toward_the_schedule_and_is_bounded() -> None:
-    assert next_lam(1e-3, current=0.5, scheduled=0.9) > 1e-3  # too dense: more decay
-    assert next_lam(1e-3, current=0.95, scheduled=0.5) < 1e-3  # too sparse: less decay
-    assert next_lam(1e-3, current=0.9, scheduled=0.9) == pytest.approx(1e-3)
-    assert next_lam(1e-3, current=0.0, scheduled=0.9999) == pytest.approx(2e-3)
-    assert next_lam(1e-3, current=0.9999, scheduled=0.0) == pytest.approx(5e-4)
+    lam0 = 1e-3
+    assert next_lam(1e-3, 0.5, 0.9, lam0) > 1e-3  # too dense: more decay
+    assert next_lam(1e-3, 0.95, 0.5, lam0) < 1e-3  # too sparse: less decay
+    assert next_lam(1e-3, 0.9, 0.9, lam0) == pytest.approx(1e-3)
+    # One epoch moves λ by at most max_step either way.
+    assert next_lam(1e-3, 0.0, 0.9999, lam0) == pytest.approx(1.25e-3)
+    assert next_lam(1e-3, 0.9999, 0.0, lam0) == pytest.approx(1e-3 / 1.25)
+    # Overall bounds relative to the depth's default: λ cannot sink to nothing nor explode.
+    assert next_lam(lam0 / 2, 0.9999, 0.0, lam0) == pytest.approx(lam0 / 2)
+    assert next_lam(lam0 * 20, 0.0, 0.9999, lam0) == pytest.approx(lam0 * 20)
+    assert next_lam(0.9, 0.0, 0.9999, 0.5) == 1.0  # λ ≤ 1 whatever the ceiling
+    tight = ControllerSettings(max_step=2.0, floor=2.0)
+    assert next_lam(1e-3, 0.0, 0.9999, lam0, tight) == pytest.approx(2e-3)
+    assert next_lam(6e-4, 0.9999, 0.0, lam0, tight) == pytest.approx(5e-4)
+
+
+def test_controller_settings_from_extra() -> None:
+    assert ControllerSettings.from_extra({}) == ControllerSettings()
+    assert ControllerSettings.from_extra({"controller": {"ramp": 0.5}}).ramp == 0.5
+    with pytest.raises(ConfigError) as err:
+        ControllerSettings.from_extra({"controller": {"rampp": 0.5}})
+    assert "rampp" in err.value.message
+    with pytest.raises(ConfigError):
+        ControllerSettings.from_extra({"controller": {"max_step": 1.0}})
 
 
 def test_schedule_reaches_the_target_at_three_quarters() -> None:
@@ -42,13 +65,6 @@ def test_schedule_reaches_the_target_at_three_quarters() -> None:
     assert values[15] == pytest.approx(0.99) and values[20] == pytest.approx(0.99)
     # log-density falls linearly: half way through the ramp the CR is 10, not 50.
     assert 1 / (1 - scheduled_sparsity(0.99, 15, 40)) == pytest.approx(10.0)
-
-
-def test_effective_sparsity_is_scale_free() -> None:
-    w = torch.cat([torch.full((90,), 1e-6), torch.ones(10)])
-    assert effective_sparsity([w]) == pytest.approx(0.9)
-    assert effective_sparsity([w * 1000.0]) == effective_sparsity([w])
-    assert effective_sparsity([torch.zeros(5)]) == 1.0
 
 
 def _mostly_tiny() -> torch.nn.Module:
@@ -67,8 +83,9 @@ def _mostly_tiny() -> torch.nn.Module:
 def test_controller_moves_lam_in_the_right_direction(target: float, up: bool) -> None:
     # Dense at the start with a high target: λ must grow; already sparser than a low target: λ must shrink.
     model = mlp() if up else _mostly_tiny()
-    history = train(model, DATA, VAL, _cfg(target, epochs=2)).history
-    lam0 = default_lam(3)
+    cfg = _cfg(target, epochs=2, hold=0.25)
+    history = train(model, DATA, VAL, cfg).history
+    lam0 = lam_for_target(3, target, total_steps=2 * 8)  # 256 examples, batch 32
     assert history[0]["lam"] == lam0
     assert (history[0]["next_lam"] > lam0) is up and (history[1]["lam"] > lam0) is up
     assert {"controller_sparsity", "scheduled_sparsity"} <= set(history[0])
@@ -124,3 +141,33 @@ def test_cli_refuses_lam_with_target(tmp_path: Path) -> None:
     text = " ".join(result.output.split())  # rich wraps at the terminal width
     assert "(target_sparsity)" in text and "--lam or --target-sparsity, not both" in text
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_lam_for_target_follows_the_measured_map() -> None:
+    for depth, points in LAM_CR_MAP.items():
+        for lam, cr in points:
+            assert lam_for_target(depth, 1 - 1 / cr) == pytest.approx(lam, rel=1e-9)
+        lams = [lam_for_target(depth, 1 - 1 / cr) for cr in (5, 10, 50, 100, 300, 1000)]
+        assert lams == sorted(lams) and all(math.isfinite(v) and v > 0 for v in lams)
+    # Depths outside the map borrow the nearest measured one.
+    assert lam_for_target(6, 0.99) == lam_for_target(4, 0.99)
+
+
+def test_lam_is_held_then_bounded() -> None:
+    cfg = _cfg(0.999, epochs=4, hold=0.25)
+    history = train(mlp(), DATA, VAL, cfg).history
+    lam0 = lam_for_target(3, 0.999, total_steps=4 * 8)
+    # Held for the first quarter of the epochs, then moved by at most ×1.25 per epoch, never above 20·λ₀.
+    assert history[0]["next_lam"] == lam0
+    for before, after in itertools.pairwise(history):
+        assert after["lam"] <= before["lam"] * 1.25 * (1 + 1e-12)
+    assert all(lam0 / 2 <= h["next_lam"] <= 20 * lam0 for h in history)
+
+
+def test_default_target_run_keeps_the_maps_lam_scaled_to_its_steps() -> None:
+    history = train(mlp(), DATA, VAL, _cfg(0.95, epochs=3)).history
+    lam0 = lam_for_target(3, 0.95, total_steps=3 * 8)
+    assert {h["lam"] for h in history} == {lam0} and {h["next_lam"] for h in history} == {lam0}
+    # Fewer steps than the map's 40 × 422: a proportionally larger λ, bounded at 16×.
+    assert lam0 == pytest.approx(16 * lam_for_target(3, 0.95))
+    assert lam_for_target(3, 0.95, total_steps=20 * 422) == pytest.approx(2 * lam_for_target(3, 0.95))

@@ -44,6 +44,8 @@ def test_resume_equals_uninterrupted(tmp_path: Path, optimizer: str, target: flo
             "lr": 0.1 if optimizer == "sgd" else 1e-2,
             "lam": None if target is not None else CFG.lam,
             "target_sparsity": target,
+            # The default holds λ at the map's value; let the feedback move it so its state must be resumed.
+            "extra": {"controller": {"hold": 0.25}} if target is not None else {},
         }
     )
     full = train(mlp(), DATA, VAL, cfg, checkpoint_dir=tmp_path / "full")

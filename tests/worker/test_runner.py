@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
+from dwf_core.report_html import REPORT_ARTIFACTS
 from dwf_service import jobs, runner
 from dwf_service.context import ServiceContext
 from dwf_service.db import session_scope
-from dwf_service.models import Artifact, File, Job, JobEvent, JobResult, new_id
+from dwf_service.models import DEFAULT_TENANT_ID, Artifact, File, Job, JobEvent, JobResult, new_id
 from dwf_service.queue import TASK_TRAIN, TASK_VALIDATE, Message
 from tests.service_helpers import mlp_onnx, mnist_npz
 
@@ -36,9 +37,9 @@ def _upload(ctx: ServiceContext, path: Path, purpose: str, fmt: str) -> str:
     with open(path, "rb") as fh:
         size, sha = ctx.storage.put_stream(key, fh)
     with session_scope(ctx.sessions) as session:
-        session.add(
-            File(id=file_id, bytes=size, sha256=sha, filename=path.name, purpose=purpose, format=fmt, storage_key=key)
-        )
+        row = File(id=file_id, bytes=size, sha256=sha, filename=path.name, purpose=purpose, format=fmt, storage_key=key)
+        row.tenant_id = DEFAULT_TENANT_ID
+        session.add(row)
     return file_id
 
 
@@ -92,7 +93,9 @@ def test_validate_then_train_stores_artifacts_and_result(
         artifacts = {a.name: a for a in session.scalars(select(Artifact).where(Artifact.job_id == job_id))}
         result = session.scalars(select(JobResult).where(JobResult.job_id == job_id)).one()
         types = session.scalars(select(JobEvent.type).where(JobEvent.job_id == job_id)).all()
-    assert set(artifacts) == {"model.safetensors", "model.sparse.safetensors", "model.onnx", "metrics.json"}
+    assert set(artifacts) == {"model.safetensors", "model.sparse.safetensors", "model.onnx", "metrics.json"} | set(
+        REPORT_ARTIFACTS
+    )
     for art in artifacts.values():
         blob = b"".join(ctx.storage.open(art.storage_key))
         assert (len(blob), hashlib.sha256(blob).hexdigest()) == (art.bytes, art.sha256)

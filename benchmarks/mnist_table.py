@@ -1,0 +1,339 @@
+"""The MNIST quality table: test accuracy at fixed compression ratios, DWF (D = 2, 3, 4) beside every baseline.
+
+    python -m benchmarks.mnist_table --quick                      # LeNet-300-100, 2 CRs, 1 seed, 3 epochs (< 10 min)
+    python -m benchmarks.mnist_table --full --model lenet300      # 5 CRs × 3 seeds, 30 epochs (hours on 2 cores)
+    python -m benchmarks.mnist_table --full --model lenet5
+
+Every cell is one real ``dwf_core.pipeline.run`` (the code ``dwf train`` runs) with ``--target-sparsity
+1 − 1/CR``; "magnitude" comes from the dense run's frontier, which is the same computation as ``--method
+magnitude`` (train dense, cut at the global magnitude quantile) without training it once per CR. Runs go to
+``--jobs`` worker processes with one torch thread each and are appended to ``cells.json`` as they finish,
+so a stopped table resumes where it stopped. Writes table.json, table.md and table.png (accuracy vs CR, log
+x) under benchmarks/results/mnist-table/MODEL-MODE/, each stamped with the command, commit, machine, date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from benchmarks.stamp import MNIST_DIR, ROOT, stamp, stamp_line
+
+MODELS = {"lenet300": "lenet_300_100", "lenet5": "lenet5"}
+MODEL_TITLES = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5-Caffe"}
+DWF_METHODS = ("dwf-d2", "dwf-d3", "dwf-d4")
+BASELINES = ("magnitude-ft", "gmp", "snip", "synflow", "random")
+# Row order of the table; "magnitude" is derived from "dense".
+ROWS = ("dwf-d3", "dwf-d4", "dwf-d2", "magnitude", "magnitude-ft", "gmp", "snip", "synflow", "random")
+ROW_TITLES = {
+    "dwf-d2": "DWF D=2 (L1)",
+    "dwf-d3": "DWF D=3",
+    "dwf-d4": "DWF D=4",
+    "magnitude": "magnitude (no fine-tune)",
+    "magnitude-ft": "magnitude + fine-tune",
+    "gmp": "GMP (Zhu & Gupta)",
+    "snip": "SNIP",
+    "synflow": "SynFlow",
+    "random": "random at init",
+}
+MODES: dict[str, dict[str, Any]] = {
+    "smoke": {"crs": (10.0,), "seeds": (0,), "epochs": 1, "methods": ("dense", "dwf-d3", "gmp")},
+    "quick": {"crs": (10.0, 100.0), "seeds": (0,), "epochs": 3, "methods": ("dense", *DWF_METHODS, *BASELINES)},
+    "full": {
+        "crs": (10.0, 50.0, 100.0, 200.0, 500.0),
+        "seeds": (0, 1, 2),
+        "epochs": 30,
+        "methods": ("dense", *DWF_METHODS, *BASELINES),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run: a method at a compression ratio (None for dense) and a seed."""
+
+    model: str
+    method: str
+    cr: float | None
+    seed: int
+    epochs: int
+    data: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}|{self.cr}|{self.seed}|{self.epochs}"
+
+
+def plan(model: str, mode: dict[str, Any], data: str) -> list[Cell]:
+    """The runs of a table, cheapest first within a seed (so a partial table has whole columns early)."""
+    cells = []
+    for seed in mode["seeds"]:
+        for method in mode["methods"]:
+            crs = [None] if method == "dense" else list(mode["crs"])
+            cells += [Cell(model, method, cr, seed, mode["epochs"], data) for cr in crs]
+    return cells
+
+
+def run_cell(cell: Cell, crs: tuple[float, ...]) -> dict[str, Any]:
+    """Train one cell in this (worker) process and return its row."""
+    import torch
+
+    from dwf_core.config import TrainConfig
+    from dwf_core.pipeline import RunSpec, run
+
+    torch.set_num_threads(1)
+    kwargs: dict[str, Any] = {"epochs": cell.epochs, "seed": cell.seed, "device": "cpu"}
+    if cell.method == "dense":
+        kwargs.update(method="dense", frontier=list(crs))
+    elif cell.method.startswith("dwf-d"):
+        kwargs.update(method="dwf", depth=int(cell.method.removeprefix("dwf-d")))
+    else:
+        kwargs.update(method=cell.method)
+    if cell.cr is not None:
+        kwargs["target_sparsity"] = 1.0 - 1.0 / cell.cr
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = run(
+            RunSpec(
+                model=MODELS[cell.model],
+                data=cell.data,
+                out_dir=Path(tmp),
+                train=TrainConfig(**kwargs),
+                export_onnx=False,
+            )
+        )
+    return {
+        "cell": asdict(cell),
+        "key": cell.key,
+        "test_accuracy": metrics["test_accuracy"],
+        "val_accuracy": metrics["val_accuracy"],
+        "factorized_test_accuracy": metrics["factorized_test_accuracy"],
+        "compression_ratio": metrics["compression_ratio"],
+        "sparsity": metrics["sparsity"],
+        "nnz": metrics["nnz"],
+        "total": metrics["total"],
+        "lam": metrics["lam"],
+        "sparse_bytes": metrics["sparse_file"]["file_bytes"],
+        "frontier": metrics.get("frontier"),
+        "seconds": time.monotonic() - started,
+    }
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(rows: list[dict[str, Any]], crs: tuple[float, ...]) -> dict[str, Any]:
+    """Per method and CR: mean ± std of test accuracy and achieved CR over seeds; the dense reference."""
+    points: dict[str, dict[float, list[dict[str, float]]]] = {}
+    dense = [r["test_accuracy"] for r in rows if r["cell"]["method"] == "dense"]
+    for r in rows:
+        method, cr = r["cell"]["method"], r["cell"]["cr"]
+        if method == "dense":
+            for p in r.get("frontier") or []:
+                points.setdefault("magnitude", {}).setdefault(p["requested_compression_ratio"], []).append(
+                    {"acc": p["test_accuracy"], "cr": p["compression_ratio"]}
+                )
+            continue
+        points.setdefault(method, {}).setdefault(cr, []).append(
+            {"acc": r["test_accuracy"], "cr": r["compression_ratio"]}
+        )
+    dense_mean = statistics.fmean(dense) if dense else None
+    table: dict[str, Any] = {}
+    worst_cr_error = 0.0
+    for method in ROWS:
+        if method not in points:
+            continue
+        cells = {}
+        for cr in crs:
+            runs = points[method].get(cr, [])
+            if not runs:
+                continue
+            acc_mean, acc_std = _mean_std([p["acc"] for p in runs])
+            cr_mean, _ = _mean_std([p["cr"] for p in runs])
+            cells[str(cr)] = {"acc_mean": acc_mean, "acc_std": acc_std, "cr_mean": cr_mean, "n": len(runs)}
+            worst_cr_error = max([worst_cr_error, *(abs(p["cr"] / cr - 1.0) for p in runs)])
+        within = [float(cr) for cr, c in cells.items() if dense_mean is not None and c["acc_mean"] >= dense_mean - 0.01]
+        table[method] = {"cells": cells, "max_cr_within_1pp": max(within) if within else None}
+    return {
+        "dense": {"acc_mean": dense_mean, "acc_std": _mean_std(dense)[1] if dense else None, "n": len(dense)},
+        "methods": table,
+        "worst_cr_error": worst_cr_error,
+    }
+
+
+def markdown(header: dict[str, Any], summary: dict[str, Any], crs: tuple[float, ...]) -> str:
+    """The table as Markdown: one row per method, mean ± std test accuracy (n seeds) per CR."""
+    dense = summary["dense"]
+    dense_text = (
+        f"{100 * dense['acc_mean']:.2f} ± {100 * dense['acc_std']:.2f}% (n={dense['n']})"
+        if dense["acc_mean"] is not None
+        else "not run"
+    )
+    lines = [
+        f"# {header['title']}: test accuracy (%) at compression ratio CR = weights ÷ non-zeros",
+        "",
+        stamp_line(header),
+        "",
+        *(
+            ["All invocations that filled this table: " + "; ".join(f"`{c}`" for c in header["commands"]), ""]
+            if len(header.get("commands", [])) > 1
+            else []
+        ),
+        f"{header['epochs']} epochs per run, seeds {', '.join(map(str, header['seeds']))}; mean ± std over seeds "
+        f"(n = runs finished). Dense reference: {dense_text}. Every run's achieved CR is within "
+        f"{100 * summary['worst_cr_error']:.1f}% of its column's (each cell's mean achieved CR is in table.json).",
+        "",
+        "| method | " + " | ".join(f"CR {cr:g}" for cr in crs) + " | largest CR within 1 pp of dense |",
+        "|---|" + "---|" * (len(crs) + 1),
+    ]
+    for method, row in summary["methods"].items():
+        texts = []
+        for cr in crs:
+            c = row["cells"].get(str(cr))
+            if c is None:
+                texts.append("–")
+            else:
+                spread = f" ± {100 * c['acc_std']:.2f}" if c["n"] > 1 else ""
+                texts.append(f"{100 * c['acc_mean']:.2f}{spread}" + (f" (n={c['n']})" if c["n"] > 1 else ""))
+        best = row["max_cr_within_1pp"]
+        lines.append(f"| {ROW_TITLES[method]} | " + " | ".join(texts) + f" | {f'{best:g}' if best else '–'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path, header: dict[str, Any], summary: dict[str, Any]) -> None:
+    """Accuracy vs achieved CR (log x), one line per method with ±std error bars, dense and dense − 1 pp."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for method, row in summary["methods"].items():
+        cells = sorted(row["cells"].values(), key=lambda c: c["cr_mean"])
+        if not cells:
+            continue
+        style = "-o" if method.startswith("dwf") else "--s"
+        ax.errorbar(
+            [c["cr_mean"] for c in cells],
+            [100 * c["acc_mean"] for c in cells],
+            yerr=[100 * c["acc_std"] for c in cells],
+            fmt=style,
+            capsize=3,
+            label=ROW_TITLES[method],
+            linewidth=2.2 if method.startswith("dwf") else 1.2,
+        )
+    dense = summary["dense"]["acc_mean"]
+    if dense is not None:
+        ax.axhline(100 * dense, color="black", linewidth=1, label="dense")
+        ax.axhline(100 * dense - 1, color="black", linewidth=1, linestyle=":", label="dense − 1 pp")
+        ax.set_ylim(max(0.0, 100 * dense - 8), 100 * dense + 1)
+    ax.set_xscale("log")
+    ax.set_xlabel("compression ratio (weights ÷ non-zeros, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{header['title']} on MNIST, {header['epochs']} epochs", fontsize=11)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.text(
+        0.01,
+        0.005,
+        f"{header['command']} · {header['commit']} · {header['machine']} · {header['date']}",
+        fontsize=6,
+        color="gray",
+    )
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(out: Path, header: dict[str, Any], rows: list[dict[str, Any]], crs: tuple[float, ...]) -> None:
+    """table.json, table.md and table.png from the rows finished so far."""
+    summary = summarize(rows, crs)
+    (out / "table.json").write_text(json.dumps({"header": header, "summary": summary}, indent=2) + "\n")
+    (out / "table.md").write_text(markdown(header, summary, crs))
+    plot(out / "table.png", header, summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode_group = parser.add_mutually_exclusive_group(required=True)
+    for name in MODES:
+        mode_group.add_argument(f"--{name}", dest="mode", action="store_const", const=name)
+    parser.add_argument("--model", choices=sorted(MODELS), default="lenet300")
+    parser.add_argument("--data", default=f"mnist-idx:{MNIST_DIR}", help="dataset spec (default: shared MNIST)")
+    parser.add_argument("--epochs", type=int, help="override the mode's epochs")
+    parser.add_argument("--seeds", help="override the mode's seeds, e.g. 0,1")
+    parser.add_argument("--methods", help="comma-separated subset, e.g. dense,dwf-d3,gmp")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
+    parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/mnist-table/MODEL-MODE)")
+    args = parser.parse_args(argv)
+    mode = dict(MODES[args.mode])
+    if args.epochs:
+        mode["epochs"] = args.epochs
+    if args.seeds:
+        mode["seeds"] = tuple(int(s) for s in args.seeds.split(","))
+    if args.methods:
+        unknown = set(args.methods.split(",")) - {"dense", *DWF_METHODS, *BASELINES}
+        if unknown:
+            parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
+        mode["methods"] = tuple(args.methods.split(","))
+    crs = tuple(mode["crs"])
+    out = args.out or ROOT / "results" / "mnist-table" / f"{args.model}-{args.mode}"
+    out.mkdir(parents=True, exist_ok=True)
+    header = {
+        **stamp("benchmarks.mnist_table", threads=1, argv=sys.argv[1:] if argv is None else argv),
+        "title": MODEL_TITLES[args.model],
+        "model": args.model,
+        "mode": args.mode,
+        "epochs": mode["epochs"],
+        "seeds": list(mode["seeds"]),
+        "crs": list(crs),
+    }
+    cells_path = out / "cells.json"
+    previous = json.loads(cells_path.read_text()) if cells_path.exists() else {"header": {}, "rows": []}
+    rows: list[dict[str, Any]] = previous["rows"]
+    # A table filled by several invocations (methods or seeds added later) lists every command that ran.
+    before = previous["header"].get("commands") or ([previous["header"]["command"]] if previous["header"] else [])
+    header["commands"] = [*before, header["command"]] if header["command"] not in before else before
+    done = {r["key"] for r in rows}
+    todo = [c for c in plan(args.model, mode, args.data) if c.key not in done]
+    print(f"{len(todo)} runs to do, {len(done)} already in {cells_path}", flush=True)
+    failed = 0
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=get_context("spawn")) as pool:
+        pending: dict[Future[dict[str, Any]], Cell] = {pool.submit(run_cell, c, crs): c for c in todo}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                cell = pending.pop(future)
+                try:
+                    row = future.result()
+                except Exception as exc:  # a failed cell is reported and skipped; the others go on
+                    print(f"FAILED {cell.key}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                    failed += 1
+                    continue
+                rows.append(row)
+                cells_path.write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
+                write_outputs(out, header, rows, crs)
+                cr = row["compression_ratio"]
+                print(
+                    f"{cell.method:>12} CR {cell.cr or 0:>5g} seed {cell.seed}: acc {100 * row['test_accuracy']:.2f}% "
+                    f"CR {cr if math.isfinite(cr) else float('inf'):.1f} ({row['seconds']:.0f}s)",
+                    flush=True,
+                )
+    write_outputs(out, header, rows, crs)
+    print(f"wrote {out}/table.md, table.json, table.png" + (f"; {failed} run(s) FAILED" if failed else ""), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
