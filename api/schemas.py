@@ -68,6 +68,7 @@ class DwfMethod(Strict):
     threshold: Literal["auto"] | float = "auto"
     tolerance: float = Field(default=0.001, ge=0, le=1)
     warmup_epochs: float = Field(default=0.0, ge=0)
+    max_grad_norm: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     include: list[str] | None = Field(default=None, max_length=100)
     exclude: list[str] | None = Field(default=None, max_length=100)
     # Compression ratios (> 1) at which the trained model is also cut and saved: several sparse models from

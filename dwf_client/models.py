@@ -71,10 +71,13 @@ class DwfMethod(_Request):
     threshold: Literal["auto"] | float | None = None
     tolerance: float | None = None
     warmup_epochs: float | None = None
+    max_grad_norm: float | None = None
     include: list[str] | None = None
     exclude: list[str] | None = None
     # Compression ratios (> 1) at which the model is also cut and saved (frontier-crN.sparse.safetensors).
     frontier: list[float] | None = None
+    # Masked fine-tuning epochs after the cut (DWF: None = only when a target cut hurt, 0 = never).
+    finetune_epochs: int | None = None
 
 
 class JobCreate(_Request):

@@ -40,6 +40,22 @@ def _parse_threshold(value: str) -> float | Literal["auto", "target"]:
     return number
 
 
+def _parse_frontier(value: str | None) -> list[float] | None:
+    from dwf_core.frontier import DEFAULT_FRONTIER_CRS, check_frontier
+
+    if value is None:
+        return None
+    if value.strip() == "default":
+        return list(DEFAULT_FRONTIER_CRS)
+    try:
+        ratios = [float(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"--frontier must be comma-separated compression ratios or 'default', got {value!r}", param="frontier"
+        ) from None
+    return check_frontier(ratios)
+
+
 def _fmt_cr(value: float | None) -> str:
     if value is None or math.isinf(value):
         return "∞"
@@ -95,6 +111,9 @@ def train(
     ] = defaults.DEFAULT_TOLERANCE,
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
     warmup_epochs: Annotated[float, typer.Option(help="Linear LR warmup before the cosine decay")] = 0.0,
+    max_grad_norm: Annotated[
+        float | None, typer.Option(help="Clip the gradient norm (LeNet-5-Caffe needs 5 at the default LRs)")
+    ] = None,
     include: Annotated[list[str] | None, typer.Option(help="Parameter-name glob to factorize (repeatable)")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Parameter-name glob to leave dense (repeatable)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
@@ -104,6 +123,13 @@ def train(
     normalize: Annotated[str, typer.Option(help="auto, none or standardize")] = "auto",
     onnx: Annotated[bool, typer.Option(help="Also export model.onnx (checked with onnxruntime)")] = True,
     fresh: Annotated[bool, typer.Option(help="Ignore an existing checkpoint in OUT instead of resuming")] = False,
+    frontier: Annotated[
+        str | None,
+        typer.Option(
+            help="Also cut the trained model at these compression ratios, e.g. 10,50,100 ('default': "
+            "10,20,50,100,200,500,1000): OUT/frontier-crN.sparse.safetensors + metrics.json 'frontier'"
+        ),
+    ] = None,
 ) -> None:
     """Factorize MODEL, train it on DATA, collapse it into a sparse model and write the artifacts to OUT."""
     try:
@@ -152,10 +178,12 @@ def _train(**kw: Any) -> dict[str, Any]:
         tolerance=kw["tolerance"],
         seed=kw["seed"],
         warmup_epochs=kw["warmup_epochs"],
+        max_grad_norm=kw["max_grad_norm"],
         include=kw["include"] or None,
         exclude=kw["exclude"] or None,
         device=kw["device"],
         finetune_epochs=kw["finetune_epochs"],
+        frontier=_parse_frontier(kw["frontier"]),
     )
     config.validate()
     out: Path = kw["out"]
@@ -217,6 +245,12 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     table.add_row("max |Δlogit| test", f"{metrics['max_abs_logit_diff_test']:.3g}")
     for art in metrics["artifacts"]:
         table.add_row(art["name"], f"{art['bytes']:,} bytes")
+    for point in metrics.get("frontier") or []:
+        table.add_row(
+            f"frontier CR {point['requested_compression_ratio']:g}",
+            f"test {100 * point['test_accuracy']:.2f}%, val {100 * point['val_accuracy']:.2f}%, "
+            f"{point['bytes']:,} bytes",
+        )
     table.add_row("output", str(out))
     out_console.print(table)
 

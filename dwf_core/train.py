@@ -278,7 +278,8 @@ class Trainer:
             raise TrainingError(
                 f"training loss became {float(loss.detach())} at step {self.global_step} "
                 f"(lr={lr:.4g}, λ={self.lam:.3g}); "
-                "lower the learning rate or λ, or check the data for extreme values",
+                "lower the learning rate or λ, clip gradients (max_grad_norm, e.g. 5), or check the data for "
+                "extreme values",
                 code="non_finite_loss",
                 param="lr",
             )

@@ -256,7 +256,13 @@ def submit(
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (server default 40)")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default: measured per model)")] = None,
-    method: Annotated[str, typer.Option(help="Method type (the API has 'dwf')")] = "dwf",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="dwf, or a baseline in the same trainer: dense, magnitude, magnitude-ft, gmp, snip, synflow, "
+            "random (all but dense need --target-sparsity)"
+        ),
+    ] = "dwf",
     batch_size: Annotated[int | None, typer.Option(help="Batch size (server default 128)")] = None,
     optimizer: Annotated[str | None, typer.Option(help="sgd or adam")] = None,
     threshold: Annotated[str | None, typer.Option(help="Collapse threshold: 'auto' or a number")] = None,

@@ -79,3 +79,20 @@ def test_dense_frontier_is_magnitude_pruning(tmp_path: Path) -> None:
     expected = load_sparse(tmp_path / "magnitude" / "model.sparse.safetensors")
     assert restored.keys() == expected.keys()
     assert all(torch.equal(restored[k], expected[k]) for k in expected)
+
+
+def test_cli_frontier_option(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dwf_core.cli import app
+
+    data = write_band_npz(tmp_path / "small.npz", 300, 100)
+    argv = ["train", "--model", "lenet_300_100", "--data", str(data), "--out", str(tmp_path / "out"),
+            "--epochs", "1", "--lam", "1e-4", "--no-onnx", "--frontier", "5,20"]  # fmt: skip
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "frontier-cr5.sparse.safetensors").is_file()
+    assert (tmp_path / "out" / "frontier-cr20.sparse.safetensors").is_file()
+    assert "frontier CR 20" in " ".join(result.output.split())
+    bad = CliRunner().invoke(app, [*argv[:-1], "10,x"])
+    assert bad.exit_code == 2 and "(frontier)" in " ".join(bad.output.split()) and "Traceback" not in bad.output
