@@ -20,6 +20,7 @@ import math
 import statistics
 import sys
 import tempfile
+import textwrap
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
@@ -250,14 +251,9 @@ def plot(path: Path, header: dict[str, Any], summary: dict[str, Any]) -> None:
     ax.set_title(f"{header['title']} on MNIST, {header['epochs']} epochs", fontsize=11)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
-    fig.text(
-        0.01,
-        0.005,
-        f"{header['command']} · {header['commit']} · {header['machine']} · {header['date']}",
-        fontsize=6,
-        color="gray",
-    )
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    footer = textwrap.fill(f"{header['command']} · {header['commit']} · {header['machine']} · {header['date']}", 170)
+    fig.text(0.01, 0.005, footer, fontsize=5.5, color="gray")
+    fig.tight_layout(rect=(0, 0.035, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

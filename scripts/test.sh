@@ -25,7 +25,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 bash scripts/setup.sh
-.venv/bin/ruff check dwf_core dwf_service api worker tests benchmarks scripts
+.venv/bin/ruff check dwf_core dwf_service dwf_client api worker tests benchmarks scripts
 .venv/bin/mypy
 # The fault tier (tests/fault: kills and restarts real processes, minutes long) runs via scripts/fault.sh only.
 exec .venv/bin/python -m pytest -q -m "not fault" "$@"
