@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="override the mode's epochs")
     parser.add_argument("--seeds", help="override the mode's seeds, e.g. 0,1")
     parser.add_argument("--methods", help="comma-separated subset, e.g. dense,dwf-d3,gmp")
+    parser.add_argument("--crs", help="run only these of the mode's compression ratios, e.g. 100,500")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/mnist-table/MODEL-MODE)")
     args = parser.parse_args(argv)
@@ -290,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
         mode["methods"] = tuple(args.methods.split(","))
     crs = tuple(mode["crs"])
+    run_crs = crs
+    if args.crs:
+        run_crs = tuple(float(c) for c in args.crs.split(","))
+        if not set(run_crs) <= set(crs):
+            parser.error(f"--crs must be among the mode's ratios {', '.join(f'{c:g}' for c in crs)}")
     out = args.out or ROOT / "results" / "mnist-table" / f"{args.model}-{args.mode}"
     out.mkdir(parents=True, exist_ok=True)
     header = {
@@ -309,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     before = previous["header"].get("commands") or ([previous["header"]["command"]] if previous["header"] else [])
     header["commands"] = [*before, header["command"]] if header["command"] not in before else before
     done = {r["key"] for r in rows}
-    todo = [c for c in plan(args.model, mode, args.data) if c.key not in done]
+    todo = [c for c in plan(args.model, mode, args.data) if c.key not in done and (c.cr is None or c.cr in run_crs)]
     print(f"{len(todo)} runs to do, {len(done)} already in {cells_path}", flush=True)
     failed = 0
     with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=get_context("spawn")) as pool:
