@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import struct
+import subprocess
 import time
 import warnings
 from collections.abc import Callable
@@ -155,3 +156,17 @@ def wait_for_job(
             return job
         time.sleep(poll)
     raise AssertionError(f"job {job_id} not finished in {timeout} s:\n{logs()}")
+
+
+def wait_until_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    """Poll ``GET url/readyz`` until 200; fail with the log's tail if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("dwf serve did not become ready:\n" + log.read_text()[-3000:])

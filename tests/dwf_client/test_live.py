@@ -13,17 +13,15 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from dwf_client import Client, DwfApiError, JobProgress
 from dwf_client.datasets import idx_to_npz
-from tests.service_helpers import MNIST
+from tests.service_helpers import MNIST, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 DWF = [sys.executable, "-m", "dwf_service.cli"]
@@ -48,16 +46,7 @@ class Serve:
         cmd = [*DWF, "serve", "--port", str(self.port), "--data-dir", str(data_dir)]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("dwf serve did not become ready:\n" + self.log.read_text()[-3000:])
+        wait_until_ready(self.url, self.proc, self.log)
 
     @property
     def url(self) -> str:

@@ -27,6 +27,7 @@ from tests.service_helpers import (
     mnist_npz,
     upload,
     wait_for_job,
+    wait_until_ready,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,17 +60,7 @@ class Server:
         ]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise AssertionError("dwf serve did not become ready:\n" + self.log.read_text()[-3000:])
+        wait_until_ready(self.url, self.proc, self.log)
         key = json.loads((self.data_dir / "config.json").read_text())["api_key"]
         self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
