@@ -67,6 +67,8 @@ def create_app(
     v1.include_router(files.router)
     v1.include_router(jobs.router)
     app.include_router(v1)
+    # Job status checks the key itself, in one thread-pool trip with the read (the route clients poll).
+    app.include_router(jobs.status_router, prefix="/v1", responses=ERROR_RESPONSES)
     app.include_router(health.router)
     install_metrics(app, ctx)  # GET /metrics (Prometheus) and the HTTP latency middleware
     install_dashboard(app)  # GET / and /static/*

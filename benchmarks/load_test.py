@@ -90,10 +90,12 @@ def run(
         h.create_database()
         h.start_redis()
         h.migrate()
-        # T15: 2 uvicorn workers (the API image's default, docker/entrypoint-api.sh) and 1 Celery worker. With
-        # --workers uvicorn binds the socket itself (proto 0), so asyncio never sets TCP_NODELAY on the connections.
+        # T15: 2 uvicorn workers and 1 Celery worker, started as docker/entrypoint-api.sh starts the API image. With
+        # --workers uvicorn binds the socket itself (proto 0), so asyncio never sets TCP_NODELAY on the connections;
+        # api.http_protocol's protocol sets it (without it every keep-alive request after the first stalls ~40 ms).
         h.api_port = _free_port()
         argv = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(h.api_port)]
+        argv += ["--http", "api.http_protocol:NoDelayH11Protocol"]
         if api_workers > 1:
             argv += ["--workers", str(api_workers)]
         h.api = h.spawn("api", argv, env=h.service_env())

@@ -19,7 +19,9 @@ if [ "$#" -gt 0 ]; then
   exec "$@"
 fi
 # --proxy-headers: the API sits behind a reverse proxy in most deployments (TLS terminates there).
+# --http: with --workers uvicorn leaves TCP_NODELAY off, stalling keep-alive clients ~40 ms a request (api/http_protocol.py).
 exec uvicorn "${DWF_API_APP:-api.main:app}" \
   --host 0.0.0.0 --port "${DWF_API_PORT:-8000}" \
   --workers "${DWF_API_WORKERS:-2}" \
+  --http api.http_protocol:NoDelayH11Protocol \
   --proxy-headers --forwarded-allow-ips "${DWF_FORWARDED_ALLOW_IPS:-*}"

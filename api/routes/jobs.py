@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from api.deps import ContextDep, CurrentJob, CurrentTenant, SessionDep, owned_file
+from api.deps import ContextDep, CurrentJob, CurrentTenant, SessionDep, bearer_key, find_caller, owned_file
 from api.errors import ApiError, ErrorResponse
 from api.render import artifact_out, event_out, job_out
 from api.schemas import ArtifactList, EventList, JobCreate, JobList, JobOut
@@ -25,6 +26,8 @@ from dwf_service.context import ServiceContext
 from dwf_service.models import Artifact, File, Job, JobEvent, Tenant
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+# GET /v1/jobs/{id} alone: it checks the key itself, in the same thread-pool trip as the read (see api/deps.py).
+status_router = APIRouter(prefix="/jobs", tags=["jobs"])
 Status = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
 SSE_POLL_S = 0.5
 SSE_KEEPALIVE_S = 15.0
@@ -117,12 +120,6 @@ def list_jobs(
         first_id=page[0].id if page else None,
         last_id=page[-1].id if page else None,
     )
-
-
-@router.get("/{job_id}", response_model=JobOut)
-def get_job(job: CurrentJob) -> JobOut:
-    """One job."""
-    return job_out(job)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
@@ -220,3 +217,18 @@ def download_artifact(
     return StreamingResponse(
         ctx.storage.open(artifact.storage_key), media_type="application/octet-stream", headers=headers
     )
+
+
+def _read_job(ctx: ServiceContext, key: str, job_id: str) -> JobOut:
+    with ctx.sessions() as session:  # read only: closing it rolls back, no commit round trip
+        caller = find_caller(session, key)
+        job = session.get(Job, job_id)
+        if job is None or job.tenant_id != caller.tenant_id:
+            raise ApiError(404, "job_not_found", f"no job {job_id!r}", param="job_id")
+        return job_out(job)
+
+
+@status_router.get("/{job_id}", response_model=JobOut)
+async def get_job(ctx: ContextDep, job_id: str, authorization: Annotated[str | None, Header()] = None) -> JobOut:
+    """One job (404 also for another tenant's job). Clients poll this: key check, read and render are one trip."""
+    return await run_in_threadpool(_read_job, ctx, bearer_key(authorization), job_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,8 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from dwf_service.context import ServiceContext
 
+WRONG_KEY = {"Authorization": "Bearer dwf_wrong-key-xxxxxxxxxxxxxxxx"}
+
 
 def test_missing_and_wrong_keys_are_401(ctx: ServiceContext) -> None:
     with TestClient(create_app(ctx.settings, context=ctx, reconciler=False)) as anon:
@@ -21,6 +24,22 @@ def test_missing_and_wrong_keys_are_401(ctx: ServiceContext) -> None:
         resp = anon.get("/v1/jobs", headers={"Authorization": "Bearer dwf_wrong-key-xxxxxxxxxxxxxxxx"})
         assert resp.json()["error"]["code"] == "invalid_api_key"
         assert anon.get("/healthz").json() == {"status": "ok"}
+
+
+def test_every_v1_route_requires_a_valid_key(ctx: ServiceContext) -> None:
+    """Also the job-status route, which checks the key itself instead of through the router-level dependency."""
+    app = create_app(ctx.settings, context=ctx, reconciler=False)
+    # The OpenAPI paths carry the router prefixes whatever way this FastAPI version nests included routers.
+    paths = {p: ops for p, ops in app.openapi()["paths"].items() if p.startswith("/v1/")}
+    assert {"/v1/files", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events"} <= set(paths)
+    with TestClient(app) as anon:
+        for template, operations in paths.items():
+            path = re.sub(r"{[^}]+}", "id-x", template)
+            for method in operations:
+                for headers, code in (({}, "missing_api_key"), (WRONG_KEY, "invalid_api_key")):
+                    resp = anon.request(method.upper(), path, headers=headers)
+                    assert resp.status_code == 401, (method, template, resp.status_code)
+                    assert resp.json()["error"]["code"] == code
 
 
 def test_404_405_422_use_the_envelope(client: TestClient) -> None:
