@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from api.schemas import ArtifactOut, EventOut, FileOut, JobError, JobOut, Progress
-from dwf_service.models import Artifact, File, Job, JobEvent
+from dwf_service.models import Artifact, File, JobEvent
 
 
 def rfc3339(value: datetime | None) -> str | None:
@@ -28,7 +29,28 @@ def file_out(file: File) -> FileOut:
     )
 
 
-def job_out(job: Job) -> JobOut:
+class JobFields(Protocol):
+    """What job_out reads: a Job row object, or a Core row of the jobs table (same names)."""
+
+    id: str
+    status: str
+    phase: str | None
+    request: dict[str, Any]
+    epoch: int | None
+    epochs: int | None
+    progress: float | None
+    eta_seconds: float | None
+    metrics: dict[str, Any] | None
+    error_code: str | None
+    error_message: str | None
+    error_param: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+def job_out(job: JobFields) -> JobOut:
     """The public view of a job."""
     req = job.request
     base = f"/v1/jobs/{job.id}"

@@ -24,6 +24,16 @@ def _lookup_prefix(key: str) -> str:
     return key[:12]
 
 
+def lookup_prefix(key: str) -> str | None:
+    """The indexed prefix stored keys are looked up by, or None for a string that cannot be a key."""
+    return _lookup_prefix(key) if 16 <= len(key) <= 256 else None
+
+
+def key_matches(salt: str, key_hash: str, key: str) -> bool:
+    """Whether ``key`` is the key stored as ``(salt, key_hash)``, compared in constant time."""
+    return hmac.compare_digest(key_hash, _hash(salt, key))
+
+
 def generate_key() -> str:
     """A new random API key."""
     return KEY_PREFIX + secrets.token_urlsafe(32)
@@ -68,13 +78,11 @@ def add_key(session: Session, key: str, name: str = "default", tenant: str = DEF
 
 def find_key(session: Session, key: str) -> ApiKey | None:
     """The active stored key matching ``key``, compared in constant time."""
-    if len(key) < 16 or len(key) > 256:
+    prefix = lookup_prefix(key)
+    if prefix is None:
         return None
-    rows = session.scalars(select(ApiKey).where(ApiKey.prefix == _lookup_prefix(key), ApiKey.revoked.is_(False)))
-    for row in rows:
-        if hmac.compare_digest(row.key_hash, _hash(row.salt, key)):
-            return row
-    return None
+    rows = session.scalars(select(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked.is_(False)))
+    return next((row for row in rows if key_matches(row.salt, row.key_hash, key)), None)
 
 
 def has_keys(session: Session) -> bool:

@@ -22,8 +22,10 @@ from api.errors import ApiError, ErrorResponse
 from api.render import artifact_out, event_out, job_out
 from api.schemas import ArtifactList, EventList, JobCreate, JobList, JobOut
 from dwf_service import jobs, quotas
+from dwf_service.auth import key_matches, lookup_prefix
 from dwf_service.context import ServiceContext
-from dwf_service.models import Artifact, File, Job, JobEvent, Tenant
+from dwf_service.db import autocommit_connection
+from dwf_service.models import ApiKey, Artifact, File, Job, JobEvent, Tenant
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 # GET /v1/jobs/{id} alone: it checks the key itself, in the same thread-pool trip as the read (see api/deps.py).
@@ -220,12 +222,23 @@ def download_artifact(
 
 
 def _read_job(ctx: ServiceContext, key: str, job_id: str) -> JobOut:
-    with ctx.sessions() as session:  # read only: closing it rolls back, no commit round trip
-        caller = find_caller(session, key)
-        job = session.get(Job, job_id)
-        if job is None or job.tenant_id != caller.tenant_id:
-            raise ApiError(404, "job_not_found", f"no job {job_id!r}", param="job_id")
-        return job_out(job)
+    # One statement outside a transaction (this is the request clients poll): the job joined with its tenant's
+    # active keys that share the presented key's prefix. Without a matching row the usual checks tell 401 from 404.
+    prefix = lookup_prefix(key)
+    if prefix is not None:
+        query = (
+            select(Job.__table__, ApiKey.salt, ApiKey.key_hash)
+            .join(ApiKey, ApiKey.tenant_id == Job.tenant_id)
+            .where(Job.id == job_id, ApiKey.prefix == prefix, ApiKey.revoked.is_(False))
+        )
+        with autocommit_connection(ctx.engine) as conn:
+            rows = conn.execute(query).all()
+        for row in rows:
+            if key_matches(row.salt, row.key_hash, key):
+                return job_out(row)
+    with ctx.sessions() as session:
+        find_caller(session, key)  # 401 for a bad key
+    raise ApiError(404, "job_not_found", f"no job {job_id!r}", param="job_id")
 
 
 @status_router.get("/{job_id}", response_model=JobOut)
