@@ -55,7 +55,8 @@ class DwfMethod(Strict):
     """The DWF settings (or a baseline's); ``None`` means dwf_core's measured default."""
 
     type: MethodName = "dwf"
-    depth: int = Field(default=3, ge=1, le=MAX_DEPTH)
+    # None: 3, or 4 for a target sparsity ≥ 0.995 (dwf_core.defaults.depth_for_target).
+    depth: int | None = Field(default=None, ge=1, le=MAX_DEPTH)
     lam: float | None = Field(default=None, ge=0, le=1)
     # Instead of lam: the sparsity to reach (λ is adapted during training, the collapse cuts at this quantile).
     target_sparsity: float | None = Field(default=None, gt=0, lt=1)

@@ -81,7 +81,10 @@ def train(
             "magnitude-ft, gmp, snip, synflow, random (all but dense need --target-sparsity)"
         ),
     ] = "dwf",
-    depth: Annotated[int, typer.Option(help="Number of factors D (≥ 2 for DWF; 1 = dense with L2)")] = 3,
+    depth: Annotated[
+        int | None,
+        typer.Option(help="Number of factors D (≥ 2 for DWF; 1 = dense with L2); default 3, or 4 for a target ≥ 0.995"),
+    ] = None,
     weights: Annotated[Path | None, typer.Option(help="Pretrained weights (.safetensors) for a zoo model")] = None,
     lam: Annotated[float | None, typer.Option(help="λ; default depends on D (see docs/defaults.md)")] = None,
     target_sparsity: Annotated[

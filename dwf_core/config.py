@@ -23,7 +23,8 @@ class TrainConfig:
     # "magnitude-ft", "gmp", "snip", "synflow", "random". Pruning baselines need target_sparsity and take λ
     # as their L2 strength (default: the D = 1 value); their depth is always 1.
     method: str = "dwf"
-    depth: int = defaults.DEFAULT_DEPTH
+    # None: defaults.depth_for_target (3, or 4 for a target sparsity ≥ 0.995).
+    depth: int | None = None
     epochs: int = defaults.DEFAULT_EPOCHS
     lam: float | None = None
     # Instead of λ: the sparsity to reach. A controller adapts λ during training and the collapse zeroes the
@@ -63,6 +64,13 @@ class TrainConfig:
     frontier: list[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def effective_depth(self) -> int:
+        """The depth the run factorizes to: the setting, else the default for the target; 1 for a baseline."""
+        if self.method != "dwf":
+            return 1
+        return self.depth if self.depth is not None else defaults.depth_for_target(self.target_sparsity)
+
     def resolved(self) -> TrainConfig:
         """A copy with defaults filled in and every value range-checked.
 
@@ -72,7 +80,7 @@ class TrainConfig:
         self.validate()
         dwf = self.method == "dwf"
         targeted = self.target_sparsity is not None
-        depth = self.depth if dwf else 1
+        depth = self.effective_depth
         cfg = replace(
             self,
             depth=depth,
@@ -111,9 +119,9 @@ class TrainConfig:
             f"None or in [0, {MAX_EPOCHS}]",
         )
         need(
-            isinstance(self.depth, int) and 1 <= self.depth <= MAX_DEPTH,
+            self.depth is None or (isinstance(self.depth, int) and 1 <= self.depth <= MAX_DEPTH),
             "depth",
-            f"an integer in [1, {MAX_DEPTH}]",
+            f"None or an integer in [1, {MAX_DEPTH}]",
         )
         need(isinstance(self.epochs, int) and 1 <= self.epochs <= MAX_EPOCHS, "epochs", f"in [1, {MAX_EPOCHS}]")
         need(self.lam is None or (finite(self.lam) and 0 <= self.lam <= 1), "lam", "in [0, 1]")

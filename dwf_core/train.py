@@ -100,8 +100,8 @@ def initial_lam(cfg: TrainConfig, total_steps: int | None = None) -> float:
     if cfg.lam is not None:
         return cfg.lam
     if cfg.target_sparsity is not None and cfg.method == "dwf":
-        return defaults.lam_for_target(cfg.depth, cfg.target_sparsity, total_steps)
-    return defaults.default_lam(cfg.depth)
+        return defaults.lam_for_target(cfg.effective_depth, cfg.target_sparsity, total_steps)
+    return defaults.default_lam(cfg.effective_depth)
 
 
 def set_lam(optimizer: torch.optim.Optimizer, lam: float) -> None:
@@ -168,7 +168,7 @@ class Trainer:
         if not is_factorized(self.model):
             factorize(
                 self.model,
-                cfg.depth,
+                cfg.effective_depth,
                 cfg.init or "varmatch",
                 cfg.include,
                 cfg.exclude,

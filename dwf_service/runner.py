@@ -104,7 +104,7 @@ def _spec(ctx: ServiceContext, job: Job, paths: dict[str, Path], out_dir: Path, 
     threshold = method.get("threshold", "auto")
     config = TrainConfig(
         method=method.get("type", "dwf"),
-        depth=method["depth"],
+        depth=method.get("depth"),
         epochs=method["epochs"],
         lam=method.get("lam"),
         target_sparsity=method.get("target_sparsity"),

@@ -91,7 +91,7 @@ function flash(message, kind = "error") {
 }
 
 function settingsText(method) {
-  const parts = [`depth ${method.depth}`, `${method.epochs} ep`];
+  const parts = [`depth ${method.depth ?? "auto"}`, `${method.epochs} ep`];
   if (num(method.target_sparsity)) parts.push(`target ${pct(method.target_sparsity, 1)}`);
   else if (num(method.lam)) parts.push(`λ ${method.lam}`);
   return parts.join(", ");
@@ -457,7 +457,9 @@ async function submitJob(event) {
   button.disabled = true;
   try {
     const source = f.model_source.value;
-    const body = { model: {}, dataset: {}, method: { type: "dwf", depth: Number(f.depth.value), epochs: Number(f.epochs.value) } };
+    const body = { model: {}, dataset: {}, method: { type: "dwf", epochs: Number(f.epochs.value) } };
+    const depth = numberOrNull(f.depth.value);
+    if (depth) body.method.depth = depth;
     const batch = numberOrNull(f.batch_size.value);
     if (batch) body.method.batch_size = batch;
     const lr = numberOrNull(f.lr.value);

@@ -108,6 +108,21 @@ def test_baselines_frontier_and_finetune_are_accepted_and_reach_the_training_con
     assert (cfg.method, cfg.target_sparsity, cfg.frontier, cfg.finetune_epochs) == ("gmp", 0.99, [200, 500], 1)
 
 
+def test_depth_left_out_follows_the_target(client: TestClient, files: dict[str, Any], ctx: ServiceContext) -> None:
+    from dwf_service.runner import _spec
+
+    request = body(files, target_sparsity=0.998)
+    del request["method"]["depth"]
+    resp = client.post("/v1/jobs", json=request)
+    assert resp.status_code == 200, resp.text
+    assert "depth" not in resp.json()["method"]  # the job shows what was asked; metrics.json the depth used
+    with ctx.sessions() as session:
+        job = session.get(Job, resp.json()["id"])
+        assert job is not None
+        spec = _spec(ctx, job, {"model": Path("m.onnx"), "dataset": Path("d.npz")}, Path("out"), None)
+    assert spec.train.depth is None and spec.train.resolved().depth == 4
+
+
 def test_unknown_file_is_404_naming_the_field(client: TestClient, files: dict[str, Any]) -> None:
     resp = client.post("/v1/jobs", json=body(files) | {"dataset": {"file_id": "file-nope"}})
     assert resp.status_code == 404, resp.text

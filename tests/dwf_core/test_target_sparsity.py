@@ -17,7 +17,7 @@ from dwf_core.controller import ControllerSettings, next_lam, scheduled_sparsity
 from dwf_core.defaults import LAM_CR_MAP, lam_for_target
 from dwf_core.errors import ConfigError
 from dwf_core.factorize import factorize, factorized_tensors
-from dwf_core.train import train
+from dwf_core.train import initial_lam, train
 
 from .helpers import mlp, separable_data
 
@@ -116,6 +116,20 @@ def test_resolved_config_with_a_target() -> None:
     assert cfg.lam is None and cfg.threshold == "target" and cfg.resolved() == cfg
     assert TrainConfig(target_sparsity=0.9, threshold=1e-3).resolved().threshold == 1e-3
     assert TrainConfig().resolved().threshold == "auto"
+
+
+@pytest.mark.parametrize(
+    ("target", "depth", "expected"),
+    [(None, None, 3), (0.9, None, 3), (0.99, None, 3), (0.995, None, 4), (0.998, None, 4), (0.998, 2, 2), (None, 5, 5)],
+)
+def test_depth_follows_the_target_unless_given(target: float | None, depth: int | None, expected: int) -> None:
+    cfg = TrainConfig(target_sparsity=target, depth=depth).resolved()
+    assert cfg.depth == expected and cfg.resolved() == cfg
+    # λ of a targeted run comes from the map of the depth actually used.
+    if target is not None:
+        assert initial_lam(cfg, 1000) == lam_for_target(expected, target, 1000)
+    # Baselines are depth 1 whatever the target.
+    assert TrainConfig(method="gmp", target_sparsity=0.998).resolved().depth == 1
 
 
 def test_lam_and_target_are_exclusive() -> None:
