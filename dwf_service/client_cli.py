@@ -249,7 +249,9 @@ def submit(
         typer.Argument(help="Zoo name (lenet_300_100, lenet5, vgg16, resnet18), torchvision:NAME, or an .onnx file"),
     ],
     data: Annotated[str, typer.Argument(help="Dataset file (.npz, .safetensors, CSV, image .zip…) or mnist-idx:DIR")],
-    depth: Annotated[int | None, typer.Option(help="Factorization depth D (server default 3, or 4 for a target ≥ 0.995)")] = None,
+    depth: Annotated[
+        int | None, typer.Option(help="Factorization depth D (server default 3, or 4 for a target ≥ 0.995)")
+    ] = None,
     lam: Annotated[float | None, typer.Option(help="Regularization strength λ (not with --target-sparsity)")] = None,
     target_sparsity: Annotated[
         float | None, typer.Option(help="Sparsity to reach, 0 < s < 1 (λ adapts itself; not with --lam)")
