@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 import tempfile
@@ -73,19 +74,20 @@ class Cell:
     seed: int
     epochs: int
     data: str
+    device: str = "cpu"  # not part of the key: a GPU table has its own folder
 
     @property
     def key(self) -> str:
         return f"{self.method}|{self.cr}|{self.seed}|{self.epochs}"
 
 
-def plan(model: str, mode: dict[str, Any], data: str) -> list[Cell]:
+def plan(model: str, mode: dict[str, Any], data: str, device: str = "cpu") -> list[Cell]:
     """The runs of a table, cheapest first within a seed (so a partial table has whole columns early)."""
     cells = []
     for seed in mode["seeds"]:
         for method in mode["methods"]:
             crs = [None] if method == "dense" else list(mode["crs"])
-            cells += [Cell(model, method, cr, seed, mode["epochs"], data) for cr in crs]
+            cells += [Cell(model, method, cr, seed, mode["epochs"], data, device) for cr in crs]
     return cells
 
 
@@ -97,7 +99,8 @@ def run_cell(cell: Cell, crs: tuple[float, ...]) -> dict[str, Any]:
     from dwf_core.pipeline import RunSpec, run
 
     torch.set_num_threads(1)
-    kwargs: dict[str, Any] = {"epochs": cell.epochs, "seed": cell.seed, "device": "cpu", **MODEL_SETTINGS[cell.model]}
+    kwargs: dict[str, Any] = {"epochs": cell.epochs, "seed": cell.seed, "device": cell.device}
+    kwargs.update(MODEL_SETTINGS[cell.model])
     if cell.method == "dense":
         kwargs.update(method="dense", frontier=list(crs))
     elif cell.method.startswith("dwf-d"):
@@ -174,6 +177,7 @@ def summarize(rows: list[dict[str, Any]], crs: tuple[float, ...]) -> dict[str, A
         "dense": {"acc_mean": dense_mean, "acc_std": _mean_std(dense)[1] if dense else None, "n": len(dense)},
         "methods": table,
         "worst_cr_error": worst_cr_error,
+        "seeds": sorted({r["cell"]["seed"] for r in rows}),
     }
 
 
@@ -196,8 +200,10 @@ def markdown(header: dict[str, Any], summary: dict[str, Any], crs: tuple[float, 
             else []
         ),
         f"{header['epochs']} epochs per run"
+        + (", on the GPU with bf16 autocast (the default on CUDA)" if header.get("device") == "cuda" else "")
         + "".join(f", {k} = {v}" for k, v in (header.get("model_settings") or {}).items())
-        + f", every other setting at its default; seeds {', '.join(map(str, header['seeds']))}; mean ± std over seeds "
+        + f", every other setting at its default; seeds {', '.join(map(str, summary['seeds']))} (not every cell has "
+        "every seed); mean ± std over seeds "
         f"(n = runs finished). Dense reference: {dense_text}. Every run's achieved CR is within "
         f"{100 * summary['worst_cr_error']:.1f}% of its column's (each cell's mean achieved CR is in table.json).",
         "",
@@ -266,11 +272,40 @@ def write_outputs(out: Path, header: dict[str, Any], rows: list[dict[str, Any]],
     plot(out / "table.png", header, summary)
 
 
+README = ROOT.parent / "README.md"
+README_START = "<!-- mnist-tables:start: written by `python -m benchmarks.mnist_table --readme` -->"
+README_END = "<!-- mnist-tables:end -->"
+
+
+def update_readme(readme: Path = README, results: Path = ROOT / "results" / "mnist-table") -> list[str]:
+    """Put every full table (its table.md and plot) between the README's markers; the tables it wrote."""
+    blocks, names = [], []
+    for key in ("lenet300", "lenet5"):
+        folder = results / f"{key}-full"
+        if not (folder / "table.md").exists():
+            continue
+        lines = (folder / "table.md").read_text().splitlines()
+        body = re.sub(r"\n{3,}", "\n\n", "\n".join(ln for ln in lines[1:] if not ln.startswith("All invocations")))
+        rel = folder.relative_to(readme.parent)
+        blocks.append(
+            f"**{MODEL_TITLES[key]}**: test accuracy (%) at compression ratio CR (`{rel}/`, per-run numbers in "
+            f"`cells.json`)\n\n{body.strip()}\n\n![{MODEL_TITLES[key]}: accuracy vs CR]({rel}/table.png)"
+        )
+        names.append(str(rel))
+    text = readme.read_text()
+    start, end = text.index(README_START), text.index(README_END)
+    readme.write_text(text[: start + len(README_START)] + "\n\n" + "\n\n".join(blocks) + "\n\n" + text[end:])
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode_group = parser.add_mutually_exclusive_group(required=True)
     for name in MODES:
         mode_group.add_argument(f"--{name}", dest="mode", action="store_const", const=name)
+    mode_group.add_argument(
+        "--readme", dest="mode", action="store_const", const="readme", help="only copy the full tables into README"
+    )
     parser.add_argument("--model", choices=sorted(MODELS), default="lenet300")
     parser.add_argument("--data", default=f"mnist-idx:{MNIST_DIR}", help="dataset spec (default: shared MNIST)")
     parser.add_argument("--epochs", type=int, help="override the mode's epochs")
@@ -278,8 +313,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", help="comma-separated subset, e.g. dense,dwf-d3,gmp")
     parser.add_argument("--crs", help="run only these of the mode's compression ratios, e.g. 100,500")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="cuda: every worker on the one GPU (use --out)"
+    )
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/mnist-table/MODEL-MODE)")
+    parser.add_argument("--render", action="store_true", help="only rewrite table.md/json/png from cells.json")
     args = parser.parse_args(argv)
+    if args.mode == "readme":
+        print("README now shows " + ", ".join(update_readme()), flush=True)
+        return 0
     mode = dict(MODES[args.mode])
     if args.epochs:
         mode["epochs"] = args.epochs
@@ -307,15 +349,24 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": list(mode["seeds"]),
         "crs": list(crs),
         "model_settings": MODEL_SETTINGS[args.model],
+        "device": args.device,
     }
     cells_path = out / "cells.json"
     previous = json.loads(cells_path.read_text()) if cells_path.exists() else {"header": {}, "rows": []}
     rows: list[dict[str, Any]] = previous["rows"]
+    if args.render:
+        write_outputs(out, previous["header"], rows, crs)
+        print(f"rendered {out}/table.md, table.json, table.png from {len(rows)} runs", flush=True)
+        return 0
     # A table filled by several invocations (methods or seeds added later) lists every command that ran.
     before = previous["header"].get("commands") or ([previous["header"]["command"]] if previous["header"] else [])
     header["commands"] = [*before, header["command"]] if header["command"] not in before else before
     done = {r["key"] for r in rows}
-    todo = [c for c in plan(args.model, mode, args.data) if c.key not in done and (c.cr is None or c.cr in run_crs)]
+    todo = [
+        c
+        for c in plan(args.model, mode, args.data, args.device)
+        if c.key not in done and (c.cr is None or c.cr in run_crs)
+    ]
     print(f"{len(todo)} runs to do, {len(done)} already in {cells_path}", flush=True)
     failed = 0
     with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=get_context("spawn")) as pool:

@@ -61,10 +61,9 @@ DEPTH, LAM, LR, MOMENTUM = 3, 2e-4, 0.01, 0.9
 
 
 def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    from benchmarks.stamp import commit
+
+    return commit()
 
 
 def _build(model_name: str, variant: str, seed: int, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -373,6 +372,10 @@ def main() -> None:
         help="variants timed for resnet18 (a step takes seconds on 2 cores; LeNet-5 always gets all)",
     )
     parser.add_argument("--no-rss", action="store_true", help="skip the per-variant peak-RSS subprocesses")
+    parser.add_argument(
+        "--device", choices=("all", "cpu", "cuda"), default="all", help="all: the CPU, and CUDA when present"
+    )
+    parser.add_argument("--out", type=Path, help="results file stem (default benchmarks/results/overhead)")
     parser.add_argument("--rss-child", nargs=4, metavar=("MODEL", "VARIANT", "BATCH", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
@@ -382,6 +385,8 @@ def main() -> None:
     if args.quick:
         args.models, args.steps, args.warmup = ["lenet5"], 10, 3
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if args.device != "all":
+        devices = [args.device]
     rows = []
     for device in devices:
         for model_name in args.models:
@@ -411,9 +416,16 @@ def main() -> None:
         f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
         + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA"),
         "date": dt.date.today().isoformat(),
-        "settings": {"depth": DEPTH, "lam": LAM, "lr": LR, "momentum": MOMENTUM, **vars(args)},
+        "settings": {
+            "depth": DEPTH,
+            "lam": LAM,
+            "lr": LR,
+            "momentum": MOMENTUM,
+            **vars(args),
+            "out": str(args.out) if args.out else None,
+        },
     }
-    out = ROOT / "results" / ("overhead-quick" if args.quick else "overhead")
+    out = args.out or ROOT / "results" / ("overhead-quick" if args.quick else "overhead")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"header": header, "rows": rows}, indent=2))
     out.with_suffix(".md").write_text(_markdown(header, rows))

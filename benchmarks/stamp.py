@@ -22,7 +22,8 @@ def commit() -> str:
         head = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
         dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT, check=False).returncode != 0
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        # A copy of the tree without .git (a lent GPU machine gets one): the caller may say which commit it is.
+        return os.environ.get("DWF_BENCH_COMMIT", "unknown")
     return head + ("+dirty" if dirty else "")
 
 

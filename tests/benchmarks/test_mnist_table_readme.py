@@ -1,0 +1,28 @@
+"""``python -m benchmarks.mnist_table --readme`` copies each full table and its plot between the README's markers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.mnist_table import README_END, README_START, update_readme
+
+
+def test_readme_gets_the_full_tables_between_its_markers_and_nothing_else(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# intro\n\n{README_START}\nold table\n{README_END}\n\n## after\n")
+    results = tmp_path / "benchmarks" / "results" / "mnist-table"
+    (results / "lenet300-full").mkdir(parents=True)
+    (results / "lenet300-full" / "table.md").write_text(
+        "# LeNet-300-100: title\n\nCommand: `x`\n\nAll invocations that filled this table: `a`; `b`\n\n| m | CR 10 |\n"
+    )
+    (results / "lenet300-quick").mkdir()  # quick tables stay out of the README
+    (results / "lenet300-quick" / "table.md").write_text("# quick\n")
+
+    assert update_readme(readme, results) == ["benchmarks/results/mnist-table/lenet300-full"]
+    text = readme.read_text()
+    assert text.startswith("# intro\n") and text.endswith(f"{README_END}\n\n## after\n")
+    assert "old table" not in text and "All invocations" not in text and "quick" not in text
+    assert "Command: `x`\n\n| m | CR 10 |" in text
+    assert "![LeNet-300-100: accuracy vs CR](benchmarks/results/mnist-table/lenet300-full/table.png)" in text
+    update_readme(readme, results)
+    assert readme.read_text() == text  # rerunning changes nothing
