@@ -280,15 +280,16 @@ README_END = "<!-- mnist-tables:end -->"
 def update_readme(readme: Path = README, results: Path = ROOT / "results" / "mnist-table") -> list[str]:
     """Put every full table (its table.md and plot) between the README's markers; the tables it wrote."""
     blocks, names = [], []
-    for key in ("lenet300", "lenet5"):
-        folder = results / f"{key}-full"
+    for key, kind in (("lenet300", "full"), ("lenet5", "full"), ("lenet5", "gpu")):
+        folder = results / f"{key}-{kind}"
         if not (folder / "table.md").exists():
             continue
         lines = (folder / "table.md").read_text().splitlines()
         body = re.sub(r"\n{3,}", "\n\n", "\n".join(ln for ln in lines[1:] if not ln.startswith("All invocations")))
         rel = folder.relative_to(readme.parent)
         blocks.append(
-            f"**{MODEL_TITLES[key]}**: test accuracy (%) at compression ratio CR (`{rel}/`, per-run numbers in "
+            f"**{MODEL_TITLES[key]}{' on a GPU' if kind == 'gpu' else ''}**: test accuracy (%) at compression ratio "
+            f"CR (`{rel}/`, per-run numbers in "
             f"`cells.json`)\n\n{body.strip()}\n\n![{MODEL_TITLES[key]}: accuracy vs CR]({rel}/table.png)"
         )
         names.append(str(rel))
