@@ -254,7 +254,8 @@ def plot(path: Path, header: dict[str, Any], summary: dict[str, Any]) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("compression ratio (weights ÷ non-zeros, log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{header['title']} on MNIST, {header['epochs']} epochs", fontsize=11)
+    on_gpu = ", GPU with bf16 autocast" if header.get("device") == "cuda" else ""
+    ax.set_title(f"{header['title']} on MNIST, {header['epochs']} epochs{on_gpu}", fontsize=11)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     footer = textwrap.fill(f"{header['command']} · {header['commit']} · {header['machine']} · {header['date']}", 170)
