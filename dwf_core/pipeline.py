@@ -19,6 +19,7 @@ from torch import nn
 
 from dwf_core.collapse import CollapseResult, collapse_and_verify
 from dwf_core.config import TrainConfig
+from dwf_core.controller import target_met
 from dwf_core.data import DataLimits, DatasetBundle, load_dataset
 from dwf_core.defaults import AUTO_FINETUNE_DROP
 from dwf_core.errors import ConfigError, ModelError
@@ -286,6 +287,8 @@ def run(
         "max_abs_logit_diff_val": collapsed.max_abs_logit_diff,
         "max_abs_logit_diff_test": float((plain_logits - factorized_logits).abs().max()) if len(plain_logits) else 0.0,
         "target_sparsity": cfg.target_sparsity,
+        # Within the promised band of the target (controller.target_met); None without a target.
+        "target_met": None if cfg.target_sparsity is None else target_met(cfg.target_sparsity, report.sparsity),
         "sparsity": report.sparsity,
         "compression_ratio": report.compression_ratio,
         "nnz": report.nnz,

@@ -193,7 +193,7 @@ def test_cli_magnitude_writes_metrics_and_plain_artifacts(small_npz: Path, tmp_p
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["method"] == "magnitude" and metrics["target_sparsity"] == 0.9
+    assert metrics["method"] == "magnitude" and metrics["target_sparsity"] == 0.9 and metrics["target_met"] is True
     assert abs(metrics["sparsity"] - 0.9) <= 0.01 and metrics["config"]["depth"] == 1
     assert metrics["baseline"]["threshold_mode"] == metrics["threshold_mode"] == "target"
     for key in ("test_accuracy", "compression_ratio", "nnz", "total", "layers", "history"):

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from dwf_core.cli import app
 from dwf_core.collapse import collapse_and_verify, target_threshold
 from dwf_core.config import TrainConfig
-from dwf_core.controller import ControllerSettings, next_lam, scheduled_sparsity
+from dwf_core.controller import ControllerSettings, next_lam, scheduled_sparsity, target_met
 from dwf_core.defaults import LAM_CR_MAP, lam_for_target
 from dwf_core.errors import ConfigError
 from dwf_core.factorize import factorize, factorized_tensors
@@ -130,6 +130,24 @@ def test_depth_follows_the_target_unless_given(target: float | None, depth: int 
         assert initial_lam(cfg, 1000) == lam_for_target(expected, target, 1000)
     # Baselines are depth 1 whatever the target.
     assert TrainConfig(method="gmp", target_sparsity=0.998).resolved().depth == 1
+
+
+@pytest.mark.parametrize(
+    ("target", "achieved", "met"),
+    [
+        (0.9, 0.9, True),
+        (0.9, 0.905, True),
+        (0.9, 0.915, False),  # more than 1 pp off
+        (0.95, 0.939, False),
+        (0.99, 0.99, True),
+        (0.99, 0.9915, True),  # CR 117.6 vs 100: within 20%
+        (0.99, 0.9925, False),  # CR 133
+        (0.998, 0.99902, False),  # CR 1,020 for 500: training pruned past the target (LeNet-5, D = 2)
+        (0.998, 1.0, False),
+    ],
+)
+def test_target_met_is_the_promised_band(target: float, achieved: float, met: bool) -> None:
+    assert target_met(target, achieved) is met
 
 
 def test_lam_and_target_are_exclusive() -> None:
