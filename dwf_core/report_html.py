@@ -303,11 +303,18 @@ def _settings_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _target_note(met: Any) -> str:
+    """Said next to the achieved sparsity when a run missed its target's promised band."""
+    if met is False:
+        return " (outside the target's band: training pruned past it, see metrics.json target_met)"
+    return ""
+
+
 def _results_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     target = _num(metrics.get("target_sparsity"))
     return [
         ("requested sparsity", _pct(target) if target is not None else "— (λ given)"),
-        ("achieved sparsity", _pct(metrics.get("sparsity"))),
+        ("achieved sparsity", _pct(metrics.get("sparsity")) + _target_note(metrics.get("target_met"))),
         ("compression ratio", _ratio(metrics.get("compression_ratio"))),
         ("non-zeros / weights", f"{_text(metrics.get('nnz'))} / {_text(metrics.get('total'))}"),
         ("sparsity, all parameters", _pct(metrics.get("sparsity_all"))),

@@ -330,7 +330,7 @@ function renderJob(job) {
   $("#job-cards").replaceChildren(
     card(done ? "test accuracy (collapsed)" : "val accuracy (last epoch)", pct(done ? m.test_accuracy : m.val_accuracy)),
     card("test accuracy (factorized)", pct(m.factorized_test_accuracy)),
-    card(num(requested) ? `sparsity (requested ${pct(requested, 1)})` : "sparsity achieved", pct(m.sparsity)),
+    card(num(requested) ? `sparsity (requested ${pct(requested, 1)}${m.target_met === false ? ", missed" : ""})` : "sparsity achieved", pct(m.sparsity)),
     card("compression ratio", ratio(m.compression_ratio)),
   );
   if (Array.isArray(m.history) && m.history.length) state.history = [...m.history];

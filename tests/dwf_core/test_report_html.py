@@ -133,3 +133,10 @@ def test_fine_tuning_epochs_follow_the_training_epochs() -> None:
     history = fake_metrics(frontier=False)["history"]
     assert [row["epoch"] for row in history] == [1, 2, 3, 1]
     assert _series(history, "train_loss") == ([1.0, 2.0, 3.0, 4.0], [1.0, 0.5, 1 / 3, 0.2])
+
+
+def test_report_says_when_the_target_was_missed(tmp_path: Path) -> None:
+    metrics = fake_metrics(frontier=False)
+    assert "outside the target's band" not in write_report(tmp_path / "a", {**metrics, "target_met": True}).read_text()
+    text = write_report(tmp_path / "b", {**metrics, "target_met": False}).read_text()
+    assert re.search(r"achieved sparsity</th><td>91.23% \(outside the target's band", text)
