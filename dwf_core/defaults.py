@@ -16,7 +16,7 @@ DEFAULT_EPOCHS = 40
 DEFAULT_DEPTH = 3
 # With a target sparsity and no depth given, D follows the target. The MNIST tables
 # (benchmarks/results/mnist-table/, docs/defaults.md): D = 3 and D = 4 tie up to CR 100, D = 4 is ahead from
-# CR 200 (LeNet-5 on a GPU: 98.58% vs 98.18%) and far ahead at CR 500 (LeNet-300-100: 94.96% vs 92.61%;
+# CR 200 (LeNet-5 on a GPU: 98.58% vs 98.18%) and far ahead at CR 500 (LeNet-300-100: 94.96% vs 92.55%;
 # LeNet-5: 96.09% vs 75.49%). D = 2 leads only at mild ratios (CR ≤ 50) and is never chosen automatically.
 HIGH_TARGET_SPARSITY = 0.995  # CR 200
 HIGH_TARGET_DEPTH = 4
