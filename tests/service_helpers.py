@@ -16,8 +16,11 @@ from typing import Any
 import httpx
 import numpy as np
 
+from dwf_service import jobs
 from dwf_service.context import ServiceContext
+from dwf_service.db import session_scope
 from dwf_service.migrate import upgrade_db
+from dwf_service.models import DEFAULT_TENANT_ID, File, Job, new_id
 from dwf_service.queue import Message
 from dwf_service.settings import Settings
 
@@ -170,3 +173,37 @@ def wait_until_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout
             pass
         time.sleep(0.2)
     raise AssertionError("dwf serve did not become ready:\n" + log.read_text()[-3000:])
+
+
+def stored_file(ctx: ServiceContext, path: Path, purpose: str, fmt: str) -> str:
+    """Put ``path`` in the blob store and its row in the database, as an upload would (default tenant)."""
+    file_id = new_id("file")
+    key = f"files/{file_id}"
+    with open(path, "rb") as fh:
+        size, sha = ctx.storage.put_stream(key, fh)
+    with session_scope(ctx.sessions) as session:
+        row = File(id=file_id, bytes=size, sha256=sha, filename=path.name, purpose=purpose, format=fmt, storage_key=key)
+        row.tenant_id = DEFAULT_TENANT_ID
+        session.add(row)
+    return file_id
+
+
+def stored_job(ctx: ServiceContext, model: Path, data: Path, **method: object) -> str:
+    """A new job (status validating_files) on a stored ONNX model and .npz dataset: D = 3, 1 epoch, batch 64."""
+    model_id, data_id = stored_file(ctx, model, "model", "onnx"), stored_file(ctx, data, "dataset", "npz")
+    request = {
+        "model": {"file_id": model_id},
+        "dataset": {"file_id": data_id},
+        "method": {"type": "dwf", "depth": 3, "epochs": 1, "batch_size": 64, **method},
+        "seed": 0,
+    }
+    with session_scope(ctx.sessions) as session:
+        return jobs.create_job(session, request, file_ids={"model": model_id, "dataset": data_id}).id
+
+
+def job_row(ctx: ServiceContext, job_id: str) -> Job:
+    """The job's database row as it is now."""
+    with ctx.sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job

@@ -16,10 +16,10 @@ from sqlalchemy.exc import OperationalError
 from dwf_service import jobs, runner
 from dwf_service.context import ServiceContext
 from dwf_service.db import session_scope
-from dwf_service.models import DEFAULT_TENANT_ID, File, Job, new_id
+from dwf_service.models import File, Job
 from dwf_service.queue import TASK_TRAIN, Message, celery_config, check_worker_limits
 from dwf_service.settings import Settings
-from tests.service_helpers import mlp_onnx, mnist_npz
+from tests.service_helpers import job_row, mlp_onnx, mnist_npz, stored_job
 
 REDIS = "redis://127.0.0.1:6379/0"
 
@@ -60,53 +60,26 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"data": mnist_npz(d / "mnist.npz", 200, 60), "model": mlp_onnx(d / "mlp.onnx", hidden=(16,))}
 
 
-def _upload(ctx: ServiceContext, path: Path, purpose: str, fmt: str) -> str:
-    file_id = new_id("file")
-    key = f"files/{file_id}"
-    with open(path, "rb") as fh:
-        size, sha = ctx.storage.put_stream(key, fh)
-    with session_scope(ctx.sessions) as session:
-        row = File(id=file_id, bytes=size, sha256=sha, filename=path.name, purpose=purpose, format=fmt, storage_key=key)
-        row.tenant_id = DEFAULT_TENANT_ID
-        session.add(row)
-    return file_id
-
-
 def _queued_job(ctx: ServiceContext, inputs: dict[str, Path]) -> str:
     """A job moved straight to ``queued`` (its validation is not what these tests are about)."""
-    model_id, data_id = _upload(ctx, inputs["model"], "model", "onnx"), _upload(ctx, inputs["data"], "dataset", "npz")
-    request = {
-        "model": {"file_id": model_id},
-        "dataset": {"file_id": data_id},
-        "method": {"type": "dwf", "depth": 3, "epochs": 1, "batch_size": 64},
-        "seed": 0,
-    }
-    with session_scope(ctx.sessions) as session:
-        job_id = jobs.create_job(session, request, file_ids={"model": model_id, "dataset": data_id}).id
+    job_id = stored_job(ctx, inputs["model"], inputs["data"])
     with session_scope(ctx.sessions) as session:
         assert jobs.acquire_lease(session, job_id, "validator", (jobs.VALIDATING,), 60)
         assert jobs.mark_validated(session, job_id, "validator", "ok")
     return job_id
 
 
-def _get(ctx: ServiceContext, job_id: str) -> Job:
-    with ctx.sessions() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        return job
-
-
 def test_corrupt_input_fails_with_a_checksum_error(ctx: ServiceContext, inputs: dict[str, Path]) -> None:
     job_id = _queued_job(ctx, inputs)
     with ctx.sessions() as session:
-        data = session.get(File, _get(ctx, job_id).dataset_file_id)
+        data = session.get(File, job_row(ctx, job_id).dataset_file_id)
         assert data is not None
         path = ctx.settings.blob_dir / data.storage_key
     blob = bytearray(path.read_bytes())
     blob[len(blob) // 2] ^= 0xFF  # one byte flipped in the blob store after the upload
     path.write_bytes(bytes(blob))
     runner.train_job(ctx, job_id)
-    job = _get(ctx, job_id)
+    job = job_row(ctx, job_id)
     assert (job.status, job.error_code, job.error_param) == (jobs.FAILED, "file_checksum_mismatch", "dataset.file_id")
 
 
@@ -121,7 +94,7 @@ def test_soft_time_limit_fails_the_job_and_cleans_up(
     monkeypatch.setattr(dwf_core.pipeline, "run", too_slow)
     job_id = _queued_job(ctx, inputs)
     runner.train_job(ctx, job_id)
-    job = _get(ctx, job_id)
+    job = job_row(ctx, job_id)
     assert (job.status, job.error_code, job.lease_owner) == (jobs.FAILED, "time_limit", None)
     assert not (ctx.settings.work_dir / job_id).exists()
 
@@ -137,7 +110,7 @@ def test_database_error_requeues_instead_of_failing(
     monkeypatch.setattr(dwf_core.pipeline, "run", db_gone)
     job_id = _queued_job(ctx, inputs)
     runner.train_job(ctx, job_id)
-    job = _get(ctx, job_id)
+    job = job_row(ctx, job_id)
     assert (job.status, job.attempts, job.lease_owner, job.error_code) == (jobs.QUEUED, 1, None, None)
     assert published[-1] == Message(TASK_TRAIN, job_id)
 

@@ -12,9 +12,9 @@ from dwf_core.report_html import REPORT_ARTIFACTS
 from dwf_service import jobs, runner
 from dwf_service.context import ServiceContext
 from dwf_service.db import session_scope
-from dwf_service.models import DEFAULT_TENANT_ID, Artifact, File, Job, JobEvent, JobResult, new_id
+from dwf_service.models import Artifact, Job, JobEvent, JobResult
 from dwf_service.queue import TASK_TRAIN, TASK_VALIDATE, Message
-from tests.service_helpers import mlp_onnx, mnist_npz
+from tests.service_helpers import job_row, mlp_onnx, mnist_npz, stored_job
 
 
 @pytest.fixture(scope="module")
@@ -31,62 +31,31 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def _upload(ctx: ServiceContext, path: Path, purpose: str, fmt: str) -> str:
-    file_id = new_id("file")
-    key = f"files/{file_id}"
-    with open(path, "rb") as fh:
-        size, sha = ctx.storage.put_stream(key, fh)
-    with session_scope(ctx.sessions) as session:
-        row = File(id=file_id, bytes=size, sha256=sha, filename=path.name, purpose=purpose, format=fmt, storage_key=key)
-        row.tenant_id = DEFAULT_TENANT_ID
-        session.add(row)
-    return file_id
-
-
-def _job(ctx: ServiceContext, model: Path, data: Path, **method: object) -> str:
-    model_id, data_id = _upload(ctx, model, "model", "onnx"), _upload(ctx, data, "dataset", "npz")
-    request = {
-        "model": {"file_id": model_id},
-        "dataset": {"file_id": data_id},
-        "method": {"type": "dwf", "depth": 3, "epochs": 1, "batch_size": 64, **method},
-        "seed": 0,
-    }
-    with session_scope(ctx.sessions) as session:
-        return jobs.create_job(session, request, file_ids={"model": model_id, "dataset": data_id}).id
-
-
-def _get(ctx: ServiceContext, job_id: str) -> Job:
-    with ctx.sessions() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        return job
-
-
 def test_validation_failure_names_the_param(ctx: ServiceContext, inputs: dict[str, Path]) -> None:
-    job_id = _job(ctx, inputs["narrow"], inputs["data"])
+    job_id = stored_job(ctx, inputs["narrow"], inputs["data"])
     runner.validate_job(ctx, job_id)
-    job = _get(ctx, job_id)
+    job = job_row(ctx, job_id)
     assert (job.status, job.error_code, job.error_param) == (jobs.FAILED, "output_shape_mismatch", "model")
     assert "10 classes" in (job.error_message or "")
     assert not (ctx.settings.work_dir / job_id).exists()
 
 
 def test_garbage_model_fails_validation(ctx: ServiceContext, inputs: dict[str, Path]) -> None:
-    job_id = _job(ctx, inputs["garbage"], inputs["data"])
+    job_id = stored_job(ctx, inputs["garbage"], inputs["data"])
     runner.validate_job(ctx, job_id)
-    job = _get(ctx, job_id)
+    job = job_row(ctx, job_id)
     assert (job.status, job.error_param) == (jobs.FAILED, "model")
 
 
 def test_validate_then_train_stores_artifacts_and_result(
     ctx: ServiceContext, inputs: dict[str, Path], published: list[Message]
 ) -> None:
-    job_id = _job(ctx, inputs["model"], inputs["data"])
+    job_id = stored_job(ctx, inputs["model"], inputs["data"])
     runner.validate_job(ctx, job_id)
-    assert _get(ctx, job_id).status == jobs.QUEUED
+    assert job_row(ctx, job_id).status == jobs.QUEUED
     assert published[-1] == Message(TASK_TRAIN, job_id)
     runner.train_job(ctx, job_id)
-    job = _get(ctx, job_id)
+    job = job_row(ctx, job_id)
     assert (job.status, job.progress, job.error_code) == (jobs.SUCCEEDED, 1.0, None)
     assert job.metrics is not None and 0 <= job.metrics["test_accuracy"] <= 1
     with ctx.sessions() as session:
@@ -104,14 +73,14 @@ def test_validate_then_train_stores_artifacts_and_result(
     assert "metrics" in types
     assert not (ctx.settings.work_dir / job_id).exists()
     runner.train_job(ctx, job_id)  # a duplicate delivery of a finished job does nothing
-    assert _get(ctx, job_id).status == jobs.SUCCEEDED
+    assert job_row(ctx, job_id).status == jobs.SUCCEEDED
 
 
 def test_target_sparsity_reaches_the_worker(ctx: ServiceContext, inputs: dict[str, Path]) -> None:
-    job_id = _job(ctx, inputs["model"], inputs["data"], target_sparsity=0.9)
+    job_id = stored_job(ctx, inputs["model"], inputs["data"], target_sparsity=0.9)
     runner.validate_job(ctx, job_id)
     runner.train_job(ctx, job_id)
-    job = _get(ctx, job_id)
+    job = job_row(ctx, job_id)
     assert (job.status, job.error_code) == (jobs.SUCCEEDED, None)
     assert job.metrics is not None and job.metrics["target_sparsity"] == 0.9
     assert abs(job.metrics["sparsity"] - 0.9) <= 0.01 and job.metrics["threshold_mode"] == "target"
@@ -119,17 +88,17 @@ def test_target_sparsity_reaches_the_worker(ctx: ServiceContext, inputs: dict[st
 
 
 def test_cancel_requested_before_training_cancels(ctx: ServiceContext, inputs: dict[str, Path]) -> None:
-    job_id = _job(ctx, inputs["model"], inputs["data"])
+    job_id = stored_job(ctx, inputs["model"], inputs["data"])
     runner.validate_job(ctx, job_id)
     with session_scope(ctx.sessions) as session:
         session.execute(update(Job).where(Job.id == job_id).values(status=jobs.RUNNING))
         jobs.request_cancel(session, job_id)
     runner.train_job(ctx, job_id)
-    assert _get(ctx, job_id).status == jobs.CANCELLED
+    assert job_row(ctx, job_id).status == jobs.CANCELLED
 
 
 def test_cancel_during_training_stops_within_a_step(ctx: ServiceContext, inputs: dict[str, Path]) -> None:
-    job_id = _job(ctx, inputs["model"], inputs["data"], epochs=50)
+    job_id = stored_job(ctx, inputs["model"], inputs["data"], epochs=50)
     runner.validate_job(ctx, job_id)
     calls = {"n": 0}
     original = runner._Lease.should_stop
@@ -145,7 +114,7 @@ def test_cancel_during_training_stops_within_a_step(ctx: ServiceContext, inputs:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runner._Lease, "should_stop", should_stop)
         runner.train_job(ctx, job_id)
-    job = _get(ctx, job_id)
+    job = job_row(ctx, job_id)
     assert job.status == jobs.CANCELLED and calls["n"] == 10
     assert job.epoch in (None, 1, 2)
 
@@ -153,7 +122,7 @@ def test_cancel_during_training_stops_within_a_step(ctx: ServiceContext, inputs:
 def test_shutdown_requeues_and_the_next_run_resumes(
     ctx: ServiceContext, inputs: dict[str, Path], published: list[Message]
 ) -> None:
-    job_id = _job(ctx, inputs["model"], inputs["data"], epochs=2)
+    job_id = stored_job(ctx, inputs["model"], inputs["data"], epochs=2)
     runner.validate_job(ctx, job_id)
     stop_after_epoch_1 = runner._ProgressWriter.on_progress
 
@@ -168,21 +137,21 @@ def test_shutdown_requeues_and_the_next_run_resumes(
             runner.train_job(ctx, job_id)
     finally:
         runner.SHUTDOWN.clear()
-    job = _get(ctx, job_id)
+    job = job_row(ctx, job_id)
     assert (job.status, job.epoch, job.lease_owner, job.attempts) == (jobs.QUEUED, 1, None, 0)
     assert published[-1] == Message(TASK_TRAIN, job_id)
     assert any((ctx.settings.work_dir / job_id / "checkpoints").iterdir())
     runner.train_job(ctx, job_id)
-    job = _get(ctx, job_id)
+    job = job_row(ctx, job_id)
     assert job.status == jobs.SUCCEEDED
     assert job.metrics is not None and job.metrics["resumed_from_epoch"] == 1
 
 
 def test_a_leased_job_is_left_alone(ctx: ServiceContext, inputs: dict[str, Path], published: list[Message]) -> None:
-    job_id = _job(ctx, inputs["model"], inputs["data"])
+    job_id = stored_job(ctx, inputs["model"], inputs["data"])
     with session_scope(ctx.sessions) as session:
         assert jobs.acquire_lease(session, job_id, "someone-else", (jobs.VALIDATING,), 60)
     runner.validate_job(ctx, job_id)
-    job = _get(ctx, job_id)
+    job = job_row(ctx, job_id)
     assert (job.status, job.lease_owner) == (jobs.VALIDATING, "someone-else")
     assert published == [Message(TASK_VALIDATE, job_id)]
