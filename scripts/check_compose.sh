@@ -5,16 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v docker-compose >/dev/null 2>&1; then
-  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "check_compose: docker-compose is missing and cannot be installed here (needs root and apt-get)" >&2
-    exit 1
-  fi
-  echo "check_compose: installing docker-compose (apt-get)" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends docker-compose >/dev/null
-fi
+source scripts/apt_missing.sh
+command -v docker-compose >/dev/null 2>&1 || apt_install_missing check_compose exit docker-compose
 
 # .env.example (placeholders only) as the env file: the check must not depend on a developer's .env.
 env_file=.env.example

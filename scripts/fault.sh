@@ -11,17 +11,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x "${DWF_TEST_PG_BIN:-/usr/lib/postgresql/15/bin}/initdb" ] || missing+=(postgresql-15)
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "fault.sh: apt-get install ${missing[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-  else
-    echo "fault.sh: missing ${missing[*]} and cannot install them (needs root and apt-get)" >&2
-    exit 1
-  fi
-fi
+source scripts/apt_missing.sh
+apt_install_missing fault.sh exit ${missing[@]+"${missing[@]}"}
 
 bash scripts/setup.sh
 # CI=true: a missing server fails the tier instead of skipping it. -s: each test prints its job-state table.

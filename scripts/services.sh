@@ -41,20 +41,13 @@ S3_URL="http://127.0.0.1:${S3_PORT}"
 log() { echo "services: $*" >&2; }
 is_root() { [ "$(id -u)" = 0 ]; }
 
-APT_UPDATED=0
-apt_install() {
-  if ! is_root || ! command -v apt-get >/dev/null 2>&1; then
-    log "missing $* and cannot apt-get install it here (needs root and apt-get)"; exit 1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  if [ "$APT_UPDATED" = 0 ]; then apt-get update -q >/dev/null; APT_UPDATED=1; fi
-  log "apt-get install $*"
-  apt-get install -y -q --no-install-recommends "$@" >/dev/null
-}
+source "$ROOT/scripts/apt_missing.sh"
 
 ensure_binaries() {
-  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
-  [ -x "$PG_BIN/initdb" ] || apt_install postgresql-15
+  local missing=()
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  [ -x "$PG_BIN/initdb" ] || missing+=(postgresql-15)
+  apt_install_missing services exit ${missing[@]+"${missing[@]}"}
   if [ -x "$ROOT/.venv/bin/python" ] && "$ROOT/.venv/bin/python" -c "import moto.server, flask" 2>/dev/null; then
     MOTO=("$ROOT/.venv/bin/python" -m moto.server)
   elif command -v moto_server >/dev/null 2>&1; then

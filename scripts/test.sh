@@ -13,16 +13,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 # tests/e2e/test_dashboard.py: Playwright drives this chromium (never `playwright install`)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "test.sh: apt-get install ${missing[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-  else
-    echo "test.sh: missing ${missing[*]} (not root or no apt-get): their tests skip here and fail on CI" >&2
-  fi
-fi
+source scripts/apt_missing.sh
+apt_install_missing test.sh warn ${missing[@]+"${missing[@]}"}
 
 bash scripts/setup.sh
 .venv/bin/ruff check dwf_core dwf_service dwf_client api worker tests benchmarks scripts
