@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 
+from tests.service_helpers import wait_until_ready
+
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
 MNIST = REPO.parent / "shared" / "data" / "mnist"
@@ -32,20 +34,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("dwf serve exited early")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("dwf serve did not become ready")
 
 
 def measure(epochs: int, n_train: int, n_test: int) -> dict[str, Any]:
@@ -67,15 +55,16 @@ def measure(epochs: int, n_train: int, n_test: int) -> dict[str, Any]:
         )
         port, key = _free_port(), "dwf_benchmark_key_0123456789"
         env = {**os.environ, "DWF_API_KEY": key}
+        log = work / "serve.log"
         proc = subprocess.Popen(
             [str(REPO / ".venv" / "bin" / "dwf"), "serve", "--port", str(port), "--data-dir", str(work / "data")],
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            _wait_ready(base, proc)
+            wait_until_ready(base, proc, log)
             client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60)
             started = time.monotonic()
             with open(npz, "rb") as fh:
