@@ -66,7 +66,8 @@ def find_caller(session: Session, key: str) -> Caller:
     return Caller(key_id=row.id, tenant_id=row.tenant_id)
 
 
-def _check_key(ctx: ServiceContext, key: str) -> Caller:
+def check_key(ctx: ServiceContext, key: str) -> Caller:
+    """The caller whose active key is ``key`` (own short read-only session), or 401."""
     with ctx.sessions() as session:  # read only: closing it rolls back, no commit round trip
         return find_caller(session, key)
 
@@ -74,7 +75,7 @@ def _check_key(ctx: ServiceContext, key: str) -> Caller:
 async def authenticate(ctx: ContextDep, authorization: Annotated[str | None, Header()] = None) -> Caller:
     """The caller named by ``Authorization: Bearer <key>``, or 401 (checked before the route's other dependencies)."""
     key = bearer_key(authorization)
-    return await run_in_threadpool(_check_key, ctx, key)
+    return await run_in_threadpool(check_key, ctx, key)
 
 
 CurrentKey = Annotated[Caller, Depends(authenticate)]

@@ -17,7 +17,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
-from api.deps import ContextDep, CurrentJob, CurrentTenant, SessionDep, bearer_key, find_caller, owned_file
+from api.deps import ContextDep, CurrentJob, CurrentTenant, SessionDep, bearer_key, check_key, owned_file
 from api.errors import ApiError, ErrorResponse
 from api.render import JobFields, artifact_out, event_out, job_out
 from api.schemas import ArtifactList, EventList, JobCreate, JobList, JobOut
@@ -240,8 +240,7 @@ def _read_job(ctx: ServiceContext, key: str, job_id: str) -> JobOut:
         for row in rows:
             if key_matches(row.salt, row.key_hash, key):
                 return job_out(row)
-    with ctx.sessions() as session:
-        find_caller(session, key)  # 401 for a bad key
+    check_key(ctx, key)  # 401 for a bad key
     raise ApiError(404, "job_not_found", f"no job {job_id!r}", param="job_id")
 
 
