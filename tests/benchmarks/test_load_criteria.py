@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,15 +107,20 @@ def test_failures_post_latency_and_missing_rows_fail(tmp_path: Path) -> None:
     assert criteria.verdicts([], check_drain=False)[0].detail == "no requests"
 
 
-def test_results_page_lists_endpoints_and_verdicts(tmp_path: Path) -> None:
-    rows = criteria.parse_stats(_csv(tmp_path, *_good()))
-    result = {
+def _result(rows: list[criteria.Row]) -> dict[str, Any]:
+    """A finished run's result as load_test stores it: 35 jobs, all succeeded, queue drained in 3.2 s."""
+    return {
         "users": 20, "spawn_rate": 5, "run_time": "5m", "new_job_every_s": 10.0, "locust_exit_code": 0,
         "loadavg_before": [0.5, 0.4, 0.3], "loadavg_after": [2.1, 1.0, 0.5], "rows": rows, "drain_s": 3.2,
         "locust_cpu_warning": False,
         "jobs": {"pre_created": 5, "created_during_run": 30, "final": {"succeeded": 35},
                  "job_ids_with_more_than_one_result_row": 0},
     }  # fmt: skip
+
+
+def test_results_page_lists_endpoints_and_verdicts(tmp_path: Path) -> None:
+    rows = criteria.parse_stats(_csv(tmp_path, *_good()))
+    result = _result(rows)
     header = {"command": "python -m benchmarks.load_test", "commit": "abc", "machine": "m", "date": "d"}
     md = load_test.markdown(header, result, criteria.verdicts(rows, 3.2), note="quiet box")
     assert "**Overall: PASS**" in md and "**Note:** quiet box" in md
@@ -139,13 +145,7 @@ def test_a_stalled_bare_endpoint_makes_the_comparison_fail(tmp_path: Path) -> No
 
 def test_rerender_recomputes_verdicts_of_a_stored_run(tmp_path: Path) -> None:
     rows = criteria.parse_stats(_csv(tmp_path, *_good()))
-    result = {
-        "users": 20, "spawn_rate": 5, "run_time": "5m", "new_job_every_s": 10.0, "locust_exit_code": 0,
-        "loadavg_before": [0.5, 0.4, 0.3], "loadavg_after": [2.1, 1.0, 0.5], "rows": rows, "drain_s": 3.2,
-        "locust_cpu_warning": False,
-        "jobs": {"pre_created": 5, "created_during_run": 30, "final": {"succeeded": 35},
-                 "job_ids_with_more_than_one_result_row": 0},
-    }  # fmt: skip
+    result = _result(rows)
     header = {"command": "c", "commit": "abc", "machine": "m", "date": "d", "torch": "t"}
     assert load_test._write(header, result, "first", tmp_path / "run") == 0
     stored = json.loads((tmp_path / "run.json").read_text())
