@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,17 +178,18 @@ def test_200_mb_streamed_upload_is_stored_in_constant_memory(tmp_path: Path, tmp
     assert m.temp_peak <= 256 * MIB + MULTIPART_OVERHEAD
 
 
+def _counted(chunks: Iterable[bytes], sent: list[int]) -> Iterator[bytes]:
+    """``chunks``, recording the size of each one the server pulled into ``sent``."""
+    for chunk in chunks:
+        sent.append(len(chunk))
+        yield chunk
+
+
 def test_declared_content_length_over_the_cap_is_413_before_reading(tmp_path: Path, tmp_dir: str) -> None:
     cap = 4 * MIB
     app, data_dir = _app(tmp_path, max_upload_bytes=cap)
     sent: list[int] = []
-
-    def counted() -> Iterator[bytes]:
-        for chunk in multipart_csv(2 * cap):
-            sent.append(len(chunk))
-            yield chunk
-
-    m = post(app, counted(), _headers(length=2 * cap + 1000), tmp_dir)
+    m = post(app, _counted(multipart_csv(2 * cap), sent), _headers(length=2 * cap + 1000), tmp_dir)
     assert m.status == 413 and m.body["error"]["code"] == "too_large"
     assert sum(sent) == 0  # refused from the header alone
     assert not list(data_dir.rglob("file-*"))
@@ -198,13 +199,7 @@ def test_chunked_body_over_the_cap_is_413_and_stops_early(tmp_path: Path, tmp_di
     cap = 4 * MIB
     app, data_dir = _app(tmp_path, max_upload_bytes=cap)
     sent: list[int] = []
-
-    def counted() -> Iterator[bytes]:
-        for chunk in multipart_csv(2 * cap):
-            sent.append(len(chunk))
-            yield chunk
-
-    m = post(app, counted(), _headers(), tmp_dir)
+    m = post(app, _counted(multipart_csv(2 * cap), sent), _headers(), tmp_dir)
     assert m.status == 413 and m.body["error"]["code"] == "too_large"
     assert sum(sent) <= cap + MULTIPART_OVERHEAD + len(CHUNK) + 1024  # reading stopped at the cap
     assert m.temp_peak <= cap + MULTIPART_OVERHEAD
