@@ -69,24 +69,20 @@ def _load_fails(path: Path, code: str, param: str, limits: DataLimits = SMALL_DA
 def _patch_sizes(data: bytes, name: bytes, *, compressed: int | None = None, size: int | None = None) -> bytes:
     """Rewrite the sizes a zip declares for member ``name`` in its local header and central directory."""
     buf = bytearray(data)
-    local = buf.find(b"PK\x03\x04")
-    while local >= 0:
-        name_len = struct.unpack_from("<H", buf, local + 26)[0]
-        if bytes(buf[local + 30 : local + 30 + name_len]) == name:
-            if compressed is not None:
-                struct.pack_into("<L", buf, local + 18, compressed)
-            if size is not None:
-                struct.pack_into("<L", buf, local + 22, size)
-        local = buf.find(b"PK\x03\x04", local + 4)
-    central = buf.find(b"PK\x01\x02")
-    while central >= 0:
-        name_len = struct.unpack_from("<H", buf, central + 28)[0]
-        if bytes(buf[central + 46 : central + 46 + name_len]) == name:
-            if compressed is not None:
-                struct.pack_into("<L", buf, central + 20, compressed)
-            if size is not None:
-                struct.pack_into("<L", buf, central + 24, size)
-        central = buf.find(b"PK\x01\x02", central + 4)
+    # Per header kind: signature, offsets of the name length, the name, the compressed size and the size.
+    for signature, name_len_at, name_at, compressed_at, size_at in (
+        (b"PK\x03\x04", 26, 30, 18, 22),  # local file header
+        (b"PK\x01\x02", 28, 46, 20, 24),  # central directory entry
+    ):
+        pos = buf.find(signature)
+        while pos >= 0:
+            name_len = struct.unpack_from("<H", buf, pos + name_len_at)[0]
+            if bytes(buf[pos + name_at : pos + name_at + name_len]) == name:
+                if compressed is not None:
+                    struct.pack_into("<L", buf, pos + compressed_at, compressed)
+                if size is not None:
+                    struct.pack_into("<L", buf, pos + size_at, size)
+            pos = buf.find(signature, pos + 4)
     return bytes(buf)
 
 
