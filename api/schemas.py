@@ -58,7 +58,8 @@ class DwfMethod(Strict):
     # None: 3, or 4 for a target sparsity ≥ 0.995 (dwf_core.defaults.depth_for_target).
     depth: int | None = Field(default=None, ge=1, le=MAX_DEPTH)
     lam: float | None = Field(default=None, ge=0, le=1)
-    # Instead of lam: the sparsity to reach (λ is adapted during training, the collapse cuts at this quantile).
+    # Instead of lam: the sparsity to reach (λ from the measured map, lowered by a restart if training over-prunes;
+    # the collapse cuts at this quantile).
     target_sparsity: float | None = Field(default=None, gt=0, lt=1)
     epochs: int = Field(default=40, ge=1, le=MAX_EPOCHS)
     lr: float | None = Field(default=None, gt=0, le=10)
@@ -91,7 +92,7 @@ class DwfMethod(Strict):
     def _target(cls, value: float | None, info: ValidationInfo) -> float | None:
         # lam is declared before target_sparsity, so it is already in info.data when it was valid.
         if value is not None and info.data.get("lam") is not None:
-            raise ValueError("give lam or target_sparsity, not both (the target adapts λ itself)")
+            raise ValueError("give lam or target_sparsity, not both (the target sets λ itself)")
         return value
 
     @model_validator(mode="after")

@@ -89,14 +89,17 @@ def train(
     lam: Annotated[float | None, typer.Option(help="λ; default depends on D (see docs/defaults.md)")] = None,
     target_sparsity: Annotated[
         float | None,
-        typer.Option(help="Sparsity to reach, in (0, 1), instead of --lam: λ is adapted during training"),
+        typer.Option(
+            help="Sparsity to reach, in (0, 1), instead of --lam: λ from the measured λ→CR map (lowered by a "
+            "restart if training over-prunes), the collapse cuts at this quantile"
+        ),
     ] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs")] = defaults.DEFAULT_EPOCHS,
     finetune_epochs: Annotated[
         int | None,
         typer.Option(
-            help="Fine-tuning epochs with the zeros fixed: after DWF's collapse (default none) or magnitude-ft's "
-            "prune (default 10% of epochs)"
+            help="Fine-tuning epochs with the zeros fixed: after DWF's collapse (default: 10% of the epochs when "
+            "the --target-sparsity cut cost > 0.5 pp, else none; 0 = never) or magnitude-ft's prune (default 10%)"
         ),
     ] = None,
     lr: Annotated[float | None, typer.Option(help="Peak LR (SGD: 0.3 DWF, 0.1 baselines; Adam 1e-3)")] = None,
@@ -228,6 +231,11 @@ def _train(**kw: Any) -> dict[str, Any]:
             fields["cr"] = _fmt_cr(event.metrics["compression_ratio"])
         progress.update(task, total=event.total_steps, completed=event.global_step, **fields)
 
+    # Before torch starts its intra-op threads (they inherit it): pruned weights sink into the subnormal range,
+    # where CPU arithmetic is many times slower (dwf_core.denormals).
+    from dwf_core.denormals import flush_denormals
+
+    flush_denormals()
     with progress:
         return run(spec, on_progress=on_progress, on_phase=on_phase)
 

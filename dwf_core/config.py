@@ -27,8 +27,9 @@ class TrainConfig:
     depth: int | None = None
     epochs: int = defaults.DEFAULT_EPOCHS
     lam: float | None = None
-    # Instead of λ: the sparsity to reach. A controller adapts λ during training and the collapse zeroes the
-    # smallest-magnitude weights up to this fraction (threshold "target"). Mutually exclusive with ``lam``.
+    # Instead of λ: the sparsity to reach. λ comes from the measured λ→CR map (divided by 4 and training restarted
+    # when more weights die than the target allows) and the collapse zeroes the smallest-magnitude weights up to
+    # this fraction (threshold "target"). Mutually exclusive with ``lam``.
     target_sparsity: float | None = None
     lr: float | None = None
     optimizer: Literal["sgd", "adam"] = "sgd"
@@ -132,7 +133,7 @@ class TrainConfig:
         )
         if self.method == "dwf" and self.target_sparsity is not None and self.lam is not None:
             raise ConfigError(
-                "target_sparsity and lam are mutually exclusive: give one (the target adapts λ itself)",
+                "target_sparsity and lam are mutually exclusive: give one (the target sets λ itself)",
                 param="target_sparsity",
             )
         need(self.lr is None or (finite(self.lr) and 0 < self.lr <= 100), "lr", "in (0, 100]")

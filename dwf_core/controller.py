@@ -15,9 +15,12 @@ and is then multiplied each epoch by (density now / density
 scheduled)^gain, clipped per epoch to [1/max_step, max_step] and overall to [λ₀/floor, λ₀·ceiling]. Density
 is 1 − the monitored sparsity (|w| < monitor threshold); the schedule lowers it geometrically from 1 to
 slack·(1 − target) at ``ramp`` of the epochs. The final collapse cuts at the target's magnitude quantile, so
-the achieved sparsity is exact whatever λ did, unless training itself left more exact zeros than the target
-allows (a λ too large for the model: LeNet-5 at D = 2 asked for CR 500 reached CR 1,010–1,139); ``target_met``
-says whether a run is within the promised tolerance, and metrics.json carries it.
+the achieved sparsity is exact whatever λ did, unless training itself killed more weights than the target allows
+(a λ too large for the model: LeNet-5 at D = 2 asked for CR 500 reached CR 1,010–1,139). Dead weights never
+come back, so the trainer checks after every epoch and restarts from the initial weights with λ / 4 when more
+weights are dead than the band allows (``Trainer._restart_if_over_pruned``, at most
+``defaults.MAX_LAM_RESTARTS`` times). ``target_met`` says whether a run is within the promised tolerance, and
+metrics.json carries it with the restarts.
 """
 
 from __future__ import annotations

@@ -40,6 +40,16 @@ DEFAULT_THRESHOLD = "auto"
 DEFAULT_TOLERANCE = 0.001
 # Fixed threshold used only for the per-epoch sparsity/CR shown while training.
 MONITOR_THRESHOLD = 1e-3
+# A weight at or below this magnitude has all D factors decayed: it contributes nothing measurable and never comes
+# back (its gradient is the product of the other, equally tiny factors; in float32 they end as exact zeros).
+DEAD_THRESHOLD = 1e-8
+# With a target sparsity, λ comes from a map measured on one model (LeNet-300-100) and can be far too large for
+# another (or for a short run, after the step scaling): LeNet-5 at D = 2 asked for CR 500 ended at CR 1,010–1,139
+# in 20 epochs; LeNet-300-100 at D = 2 asked for CR 500 in 5 epochs lost every weight by epoch 3 (11.35%).
+# When more weights are dead than the target allows (beyond the promised band), training restarts from its
+# initial weights with λ divided by LAM_RESTART_FACTOR, at most MAX_LAM_RESTARTS times (docs/defaults.md).
+LAM_RESTART_FACTOR = 4.0
+MAX_LAM_RESTARTS = 3
 
 
 def depth_for_target(target_sparsity: float | None) -> int:

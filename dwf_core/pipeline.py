@@ -300,6 +300,8 @@ def run(
         "threshold": collapsed.threshold,
         "threshold_mode": baseline_info["threshold_mode"] if baseline_info else threshold_mode,
         "lam": result.extra.get("lam", cfg.lam),
+        # DWF with a target: each restart with a lower λ after training left more dead weights than the target allows.
+        "lam_restarts": result.extra.get("lam_restarts", []),
         "tolerance": collapsed.tolerance,
         "threshold_search": collapsed.search,
         "layers": [

@@ -310,6 +310,18 @@ def _target_note(met: Any) -> str:
     return ""
 
 
+def _restarts_note(restarts: Any) -> str:
+    """Said next to the final λ when training started over with a lower λ (dwf_core.train, over-pruning)."""
+    if not isinstance(restarts, list) or not restarts:
+        return ""
+    steps = ", ".join(
+        f"{_esc(r.get('lam'))} at epoch {_esc(r.get('epoch'))} ({_pct(r.get('dead_sparsity'))} dead)"
+        for r in restarts
+        if isinstance(r, dict)
+    )
+    return f" (after {len(restarts)} restart(s) with a lower λ; abandoned: {steps})"
+
+
 def _results_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     target = _num(metrics.get("target_sparsity"))
     return [
@@ -324,7 +336,7 @@ def _results_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
         ("val accuracy, collapsed", _pct(metrics.get("val_accuracy"))),
         ("max |logit diff| (test)", _esc(metrics.get("max_abs_logit_diff_test"))),
         ("threshold", f"{_esc(metrics.get('threshold'))} ({_esc(metrics.get('threshold_mode'))})"),
-        ("final λ", _esc(metrics.get("lam"))),
+        ("final λ", _esc(metrics.get("lam")) + _restarts_note(metrics.get("lam_restarts"))),
         ("device", _esc(metrics.get("device"))),
         ("training time", f"{_num(metrics.get('train_seconds')) or 0.0:.1f} s"),
     ]

@@ -27,7 +27,8 @@ from dwf_core.checkpoint import (
     save_checkpoint,
 )
 from dwf_core.config import TrainConfig
-from dwf_core.controller import ControllerSettings, next_lam, scheduled_sparsity
+from dwf_core.controller import ControllerSettings, next_lam, scheduled_sparsity, target_met
+from dwf_core.denormals import flush_denormals, flushing
 from dwf_core.errors import DwfError, TrainingError
 from dwf_core.evaluate import Labeled, evaluate
 from dwf_core.factorize import factorize, init_stats, is_factorized
@@ -177,6 +178,12 @@ class Trainer:
                 seed=cfg.seed,
             )
         self.init_stats = init_stats(self.model)
+        # With a target sparsity, a λ that over-prunes restarts training from these weights (_restart_if_over_pruned).
+        self.restarts: list[dict[str, Any]] = []
+        self.initial_state: dict[str, torch.Tensor] | None = None
+        self.initial_rng = torch.get_rng_state()
+        if self._may_restart():
+            self.initial_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.device = resolve_device(cfg.device)
         self.model.to(self.device)
         n = int(self.train_data.x.shape[0])
@@ -231,6 +238,8 @@ class Trainer:
         self.model.to(self.device)
         self.optimizer.load_state_dict(optimizer_from_parts(ckpt.tensors, state["optimizer"]))
         self.lam = float(state.get("lam", self.lam))
+        self.lam0 = float(state.get("lam0", self.lam0))
+        self.restarts = list(state.get("restarts", []))
         set_lam(self.optimizer, self.lam)
         torch.set_rng_state(ckpt.tensors["rng/torch"])
         self.shuffle_rng.set_state(ckpt.tensors["rng/shuffle"])
@@ -257,6 +266,8 @@ class Trainer:
             "epoch": epoch,
             "global_step": self.global_step,
             "lam": self.lam,
+            "lam0": self.lam0,
+            "restarts": self.restarts,
             "config": self.config.to_dict(),
             "optimizer": opt_meta,
             "history": self.history,
@@ -304,6 +315,7 @@ class Trainer:
         val_loss, val_acc = evaluate(self.model, self.val_data, batch_size=cfg.eval_batch_size, device=self.device)
         monitored = sparsity_report(self.model, threshold=cfg.monitor_threshold)
         exact = sparsity_report(self.model, threshold=0.0)
+        dead = sparsity_report(self.model, threshold=defaults.DEAD_THRESHOLD)
         return {
             "epoch": epoch,
             "lr": lr,
@@ -316,6 +328,7 @@ class Trainer:
             "compression_ratio": monitored.compression_ratio,
             "nnz": monitored.nnz,
             "exact_zero_sparsity": exact.sparsity,
+            "dead_sparsity": dead.sparsity,
             "factor_penalty": float(factor_penalty(self.model, self.lam)),
             "misalignment": misalignment(self.model),
             "lam": self.lam,
@@ -332,6 +345,46 @@ class Trainer:
             self.lam = next_lam(self.lam, current, goal, self.lam0, self.controller)
         set_lam(self.optimizer, self.lam)
         metrics.update(controller_sparsity=current, scheduled_sparsity=goal, next_lam=self.lam)
+
+    def _may_restart(self) -> bool:
+        """Whether an over-pruning λ may still be lowered by a restart: DWF with a target, restarts left."""
+        cfg = self.config
+        targeted = cfg.method == "dwf" and cfg.target_sparsity is not None
+        return targeted and len(self.restarts) < defaults.MAX_LAM_RESTARTS
+
+    def _restart_if_over_pruned(self, epoch: int, metrics: dict[str, Any]) -> bool:
+        """Restart training from the initial weights with λ / LAM_RESTART_FACTOR when more weights are dead
+        (|w| ≤ DEAD_THRESHOLD) than the target allows beyond its band; True when it did.
+
+        Dead weights never come back, so the final cut at the target's quantile could only keep zeros: the run
+        would miss its target and lose accuracy it cannot regain. Catching it at the first epoch where it shows
+        costs those epochs, not a wasted run. The record lands in ``metrics["restart"]`` and ``self.restarts``.
+        """
+        cfg = self.config
+        target, dead = cfg.target_sparsity, float(metrics["dead_sparsity"])
+        if not self._may_restart() or self.initial_state is None or target is None:
+            return False
+        if dead <= target or target_met(target, dead):
+            return False
+        record = {
+            "epoch": epoch,
+            "lam": self.lam,
+            "dead_sparsity": dead,
+            "val_accuracy": metrics["val_accuracy"],
+            "next_lam": self.lam0 / defaults.LAM_RESTART_FACTOR,
+        }
+        self.restarts.append(record)
+        metrics["restart"] = record
+        self.model.load_state_dict(self.initial_state)
+        self.lam0 = self.lam = record["next_lam"]
+        self.optimizer = build_optimizer(self.model, cfg, self.lam)
+        if self.scaler is not None:
+            self.scaler = torch.amp.GradScaler("cuda")
+        torch.set_rng_state(self.initial_rng)
+        self.shuffle_rng = torch.Generator().manual_seed(cfg.seed + 1)
+        self.global_step = 0
+        self.history = []
+        return True
 
     def _emit(
         self,
@@ -363,18 +416,32 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Run (or resume) training for ``config.epochs`` epochs and return the factorized model.
 
+        Subnormal floats are flushed to zero on this thread while it trains (dwf_core.denormals: pruned weights
+        sink below 1e-38, where CPU arithmetic is many times slower); the thread's setting is restored after.
+
         Raises:
             TrainingError: non-finite loss, a checkpoint made with other settings, an unavailable device.
             TrainingCancelled: when ``should_stop`` returned True.
             ConfigError: invalid settings.
         """
+        was_flushing = flushing()
+        flush_denormals(True)
+        try:
+            return self._fit()
+        finally:
+            if not was_flushing:
+                flush_denormals(False)
+
+    def _fit(self) -> TrainResult:
         self._prepare()
         cfg = self.config
         assert cfg.lr is not None
         t0 = time.monotonic()
         n = int(self.x_train.shape[0])
         lr = lr_at(self.global_step, self.total_steps, cfg.lr, schedule=cfg.schedule, warmup_steps=self.warmup_steps)
-        for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
+        epoch = self.start_epoch
+        while epoch < cfg.epochs:
+            epoch += 1
             self.model.train()
             epoch_start = time.monotonic()
             order = torch.randperm(n, generator=self.shuffle_rng)
@@ -403,6 +470,11 @@ class Trainer:
             metrics = self._epoch_metrics(epoch, sums, seen, lr, time.monotonic() - epoch_start)
             if cfg.target_sparsity is not None:
                 self._control(epoch, metrics)
+            if self._restart_if_over_pruned(epoch, metrics):
+                # The epoch event still goes out (with metrics["restart"]): a watcher sees why epochs start over.
+                self._emit("epoch", epoch, self.steps_per_epoch, metrics["train_loss"], lr, t0, metrics)
+                epoch = 0
+                continue
             self.history.append(metrics)
             if self.checkpoint_dir is not None:
                 self._save(epoch)
@@ -415,7 +487,7 @@ class Trainer:
             str(self.device),
             time.monotonic() - t0,
             self.resumed_from,
-            extra={"lam": self.lam},
+            extra={"lam": self.lam, "lam_restarts": self.restarts},
         )
 
 

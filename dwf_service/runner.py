@@ -347,11 +347,20 @@ class _ProgressWriter:
             jobs.update_owned(session, self.job_id, self.owner, **values)
             if event.metrics is not None:
                 m = event.metrics
+                message = (
+                    f"epoch {event.epoch}/{event.epochs}: loss {event.loss:.4f}, "
+                    f"val acc {100 * m.get('val_accuracy', 0.0):.2f}%, sparsity {100 * m.get('sparsity', 0.0):.2f}%"
+                )
+                restart = m.get("restart")
+                if isinstance(restart, dict):  # dwf_core's trainer found λ over-pruning and starts over
+                    message += (
+                        f"; {100 * restart['dead_sparsity']:.2f}% of the weights are dead, more than the target "
+                        f"allows: training restarts with λ {restart['next_lam']:.3g}"
+                    )
                 jobs.add_event(
                     session,
                     self.job_id,
-                    f"epoch {event.epoch}/{event.epochs}: loss {event.loss:.4f}, "
-                    f"val acc {100 * m.get('val_accuracy', 0.0):.2f}%, sparsity {100 * m.get('sparsity', 0.0):.2f}%",
+                    message,
                     type="metrics",
                     data={"step": event.global_step, "epoch": event.epoch, **m},
                 )

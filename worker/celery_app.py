@@ -37,8 +37,12 @@ def _preload_training_stack(**_kwargs: Any) -> None:
     """Import torch and dwf_core in each new pool child before it takes a task.
 
     Task time limits then measure work, not a cold import (seconds on a small box), and a soft limit can never
-    fire in the middle of an import and leave the child with half-initialized modules.
+    fire in the middle of an import and leave the child with half-initialized modules. Flush-to-zero is set
+    first, before torch starts its intra-op threads, so they inherit it (dwf_core.denormals).
     """
+    from dwf_core.denormals import flush_denormals
+
+    flush_denormals()
     import dwf_core.pipeline  # noqa: F401
 
 

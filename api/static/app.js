@@ -298,8 +298,13 @@ function addEvent(evt) {
   $("#events").append(li);
   li.scrollIntoView({ block: "nearest" });
   if (evt.type === "metrics" && evt.data) {
-    // Fine-tuning after the collapse numbers its epochs from 1 again: its points follow the training epochs.
-    state.history.push({ ...evt.data, phase: state.phase === "finetuning" ? "finetune" : "train" });
+    if (evt.data.restart) {
+      // λ over-pruned: training starts over from epoch 1 (the event's message says why); the charts follow the new run.
+      state.history = [];
+    } else {
+      // Fine-tuning after the collapse numbers its epochs from 1 again: its points follow the training epochs.
+      state.history.push({ ...evt.data, phase: state.phase === "finetuning" ? "finetune" : "train" });
+    }
     drawEpochCharts(state.history);
   }
 }

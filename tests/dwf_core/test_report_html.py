@@ -140,3 +140,12 @@ def test_report_says_when_the_target_was_missed(tmp_path: Path) -> None:
     assert "outside the target's band" not in write_report(tmp_path / "a", {**metrics, "target_met": True}).read_text()
     text = write_report(tmp_path / "b", {**metrics, "target_met": False}).read_text()
     assert re.search(r"achieved sparsity</th><td>91.23% \(outside the target's band", text)
+
+
+def test_report_lists_lam_restarts(tmp_path: Path) -> None:
+    metrics = fake_metrics(frontier=False)
+    assert "restart" not in write_report(tmp_path / "a", {**metrics, "lam_restarts": []}).read_text()
+    restart = {"epoch": 1, "lam": 0.0111, "dead_sparsity": 0.99885, "val_accuracy": 0.86, "next_lam": 0.00278}
+    text = write_report(tmp_path / "b", {**metrics, "lam": 0.00278, "lam_restarts": [restart]}).read_text()
+    said = "final λ</th><td>0.00278 (after 1 restart(s) with a lower λ; abandoned: 0.0111 at epoch 1 (99.89% dead))"
+    assert said in text

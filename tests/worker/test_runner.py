@@ -155,3 +155,28 @@ def test_a_leased_job_is_left_alone(ctx: ServiceContext, inputs: dict[str, Path]
     job = job_row(ctx, job_id)
     assert (job.status, job.lease_owner) == (jobs.VALIDATING, "someone-else")
     assert published == [Message(TASK_VALIDATE, job_id)]
+
+
+def test_a_lam_restart_is_told_in_the_job_events(
+    ctx: ServiceContext, inputs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every weight counted as dead (threshold 10): one restart, then the run ends; events and metrics say so."""
+    from dwf_core import defaults
+
+    monkeypatch.setattr(defaults, "DEAD_THRESHOLD", 10.0)
+    monkeypatch.setattr(defaults, "MAX_LAM_RESTARTS", 1)
+    job_id = stored_job(ctx, inputs["model"], inputs["data"], target_sparsity=0.9)
+    runner.validate_job(ctx, job_id)
+    runner.train_job(ctx, job_id)
+    job = job_row(ctx, job_id)
+    assert job.status == jobs.SUCCEEDED and job.metrics is not None
+    restarts = job.metrics["lam_restarts"]
+    assert len(restarts) == 1 and restarts[0]["dead_sparsity"] == 1.0
+    with ctx.sessions() as session:
+        messages = session.scalars(
+            select(JobEvent.message).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
+        ).all()
+    assert len(messages) == 2  # the abandoned epoch 1 and the one epoch of the second attempt
+    assert "100.00% of the weights are dead" in messages[0]
+    assert f"training restarts with λ {restarts[0]['next_lam']:.3g}" in messages[0]
+    assert "restarts" not in messages[1]
