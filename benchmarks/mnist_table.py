@@ -38,13 +38,18 @@ MODEL_TITLES = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5-Caffe"}
 # or without input standardization, dense even with 1 epoch of warmup); gradient-norm clipping at 5 trains it.
 MODEL_SETTINGS: dict[str, dict[str, Any]] = {"lenet300": {}, "lenet5": {"max_grad_norm": 5.0}}
 DWF_METHODS = ("dwf-d2", "dwf-d3", "dwf-d4")
+# DWF followed by the masked fine-tuning magnitude-ft gets (10% of the epochs, LR 0.01, zeros fixed): DWF's
+# penalty also shrinks the weights it keeps, and a user who fine-tunes after magnitude pruning would do the same.
+DWF_FT_METHODS = ("dwf-d3-ft", "dwf-d4-ft")
 BASELINES = ("magnitude-ft", "gmp", "snip", "synflow", "random")
 # Row order of the table; "magnitude" is derived from "dense".
-ROWS = ("dwf-d3", "dwf-d4", "dwf-d2", "magnitude", "magnitude-ft", "gmp", "snip", "synflow", "random")
+ROWS = ("dwf-d3", "dwf-d4", "dwf-d2", *DWF_FT_METHODS, "magnitude", *BASELINES)
 ROW_TITLES = {
     "dwf-d2": "DWF D=2 (L1)",
     "dwf-d3": "DWF D=3",
     "dwf-d4": "DWF D=4",
+    "dwf-d3-ft": "DWF D=3 + fine-tune",
+    "dwf-d4-ft": "DWF D=4 + fine-tune",
     "magnitude": "magnitude (no fine-tune)",
     "magnitude-ft": "magnitude + fine-tune",
     "gmp": "GMP (Zhu & Gupta)",
@@ -59,7 +64,7 @@ MODES: dict[str, dict[str, Any]] = {
         "crs": (10.0, 50.0, 100.0, 200.0, 500.0),
         "seeds": (0, 1, 2),
         "epochs": 30,
-        "methods": ("dense", *DWF_METHODS, *BASELINES),
+        "methods": ("dense", *DWF_METHODS, *BASELINES, *DWF_FT_METHODS),
     },
 }
 
@@ -103,6 +108,9 @@ def run_cell(cell: Cell, crs: tuple[float, ...]) -> dict[str, Any]:
     kwargs.update(MODEL_SETTINGS[cell.model])
     if cell.method == "dense":
         kwargs.update(method="dense", frontier=list(crs))
+    elif cell.method in DWF_FT_METHODS:
+        depth = int(cell.method.removeprefix("dwf-d").removesuffix("-ft"))
+        kwargs.update(method="dwf", depth=depth, finetune_epochs=max(1, round(0.1 * cell.epochs)))
     elif cell.method.startswith("dwf-d"):
         kwargs.update(method="dwf", depth=int(cell.method.removeprefix("dwf-d")))
     else:
@@ -205,7 +213,12 @@ def markdown(header: dict[str, Any], summary: dict[str, Any], crs: tuple[float, 
         + f", every other setting at its default; seeds {', '.join(map(str, summary['seeds']))} (not every cell has "
         "every seed); mean ± std over seeds "
         f"(n = runs finished). Dense reference: {dense_text}. Every run's achieved CR is within "
-        f"{100 * summary['worst_cr_error']:.1f}% of its column's (each cell's mean achieved CR is in table.json).",
+        f"{100 * summary['worst_cr_error']:.1f}% of its column's (each cell's mean achieved CR is in table.json)."
+        + (
+            ' "+ fine-tune": DWF, then the masked fine-tuning magnitude + fine-tune gets (10% of the epochs, LR 0.01).'
+            if any(m in summary["methods"] for m in DWF_FT_METHODS)
+            else ""
+        ),
         "",
         "| method | " + " | ".join(f"CR {cr:g}" for cr in crs) + " | largest CR within 1 pp of dense |",
         "|---|" + "---|" * (len(crs) + 1),
@@ -330,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds:
         mode["seeds"] = tuple(int(s) for s in args.seeds.split(","))
     if args.methods:
-        unknown = set(args.methods.split(",")) - {"dense", *DWF_METHODS, *BASELINES}
+        unknown = set(args.methods.split(",")) - {"dense", *DWF_METHODS, *DWF_FT_METHODS, *BASELINES}
         if unknown:
             parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
         mode["methods"] = tuple(args.methods.split(","))
