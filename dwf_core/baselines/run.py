@@ -144,12 +144,13 @@ def finetune_collapsed(
     *,
     on_progress: Callable[[ProgressEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    lr: float | None = None,
 ) -> tuple[TrainResult, CollapseResult, dict[str, Any]]:
     """Fine-tune a collapsed DWF model with its zeros fixed (``cfg.finetune_epochs`` epochs), then collapse it.
 
     The same masked training as ``magnitude-ft``: depth 1 with balanced init (the function is kept), L2 at the
-    depth-1 default, LR = the baseline LR × ``FINETUNE_LR_FACTOR`` on a fresh cosine. The sparsity pattern of the
-    DWF cut is kept exactly; only the surviving weights move.
+    depth-1 default, LR = ``lr`` or the baseline LR × ``FINETUNE_LR_FACTOR``, on a fresh cosine. The sparsity
+    pattern of the DWF cut is kept exactly; only the surviving weights move.
 
     Returns:
         The fine-tuning run, the collapse of the fine-tuned model, and what was done (epochs, lr, val before/after).
@@ -160,7 +161,7 @@ def finetune_collapsed(
     base = dense_config(replace(cfg, lr=None))
     assert base.lr is not None
     ft_cfg = replace(
-        base, epochs=cfg.finetune_epochs, lr=base.lr * FINETUNE_LR_FACTOR, warmup_epochs=0.0, init="balanced",
+        base, epochs=cfg.finetune_epochs, lr=lr or base.lr * FINETUNE_LR_FACTOR, warmup_epochs=0.0, init="balanced",
         include=collapsed.names, exclude=None,
     )  # fmt: skip
     ft = MaskedTrainer(plain, train, val, ft_cfg, masks=masks, on_progress=on_progress, should_stop=should_stop).fit()
