@@ -17,14 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
 import textwrap
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -41,15 +43,20 @@ DWF_METHODS = ("dwf-d2", "dwf-d3", "dwf-d4")
 # DWF followed by the masked fine-tuning magnitude-ft gets (10% of the epochs, LR 0.01, zeros fixed): DWF's
 # penalty also shrinks the weights it keeps, and a user who fine-tunes after magnitude pruning would do the same.
 DWF_FT_METHODS = ("dwf-d3-ft", "dwf-d4-ft")
+# DWF started from the trained dense model of the same seed (the dense run's weights, balanced factors: what a user
+# with a trained model gets), then the same fine-tuning: twice the epochs of the other rows, plus 10%.
+DWF_PRE_METHODS = ("dwf-d3-pre", "dwf-d4-pre")
 BASELINES = ("magnitude-ft", "gmp", "snip", "synflow", "random")
 # Row order of the table; "magnitude" is derived from "dense".
-ROWS = ("dwf-d3", "dwf-d4", "dwf-d2", *DWF_FT_METHODS, "magnitude", *BASELINES)
+ROWS = ("dwf-d3", "dwf-d4", "dwf-d2", *DWF_FT_METHODS, *DWF_PRE_METHODS, "magnitude", *BASELINES)
 ROW_TITLES = {
     "dwf-d2": "DWF D=2 (L1)",
     "dwf-d3": "DWF D=3",
     "dwf-d4": "DWF D=4",
     "dwf-d3-ft": "DWF D=3 + fine-tune",
     "dwf-d4-ft": "DWF D=4 + fine-tune",
+    "dwf-d3-pre": "DWF D=3 from dense + fine-tune",
+    "dwf-d4-pre": "DWF D=4 from dense + fine-tune",
     "magnitude": "magnitude (no fine-tune)",
     "magnitude-ft": "magnitude + fine-tune",
     "gmp": "GMP (Zhu & Gupta)",
@@ -64,7 +71,7 @@ MODES: dict[str, dict[str, Any]] = {
         "crs": (10.0, 50.0, 100.0, 200.0, 500.0),
         "seeds": (0, 1, 2),
         "epochs": 30,
-        "methods": ("dense", *DWF_METHODS, *BASELINES, *DWF_FT_METHODS),
+        "methods": ("dense", *DWF_METHODS, *BASELINES, *DWF_FT_METHODS, *DWF_PRE_METHODS),
     },
 }
 
@@ -96,6 +103,26 @@ def plan(model: str, mode: dict[str, Any], data: str, device: str = "cpu") -> li
     return cells
 
 
+def dense_weights(cell: Cell) -> Path:
+    """The trained dense model of the cell's model, seed and epochs (trained once, cached in the temp folder)."""
+    from dwf_core.config import TrainConfig
+    from dwf_core.pipeline import RunSpec, run
+
+    cache = Path(tempfile.gettempdir()) / "dwf-mnist-table-dense"
+    path = cache / f"{cell.model}-seed{cell.seed}-{cell.epochs}ep-{cell.device}.safetensors"
+    if path.is_file():
+        return path
+    cache.mkdir(parents=True, exist_ok=True)
+    kwargs = {"epochs": cell.epochs, "seed": cell.seed, "device": cell.device, **MODEL_SETTINGS[cell.model]}
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = RunSpec(MODELS[cell.model], cell.data, Path(tmp), train=TrainConfig(method="dense", **kwargs))
+        run(replace(spec, export_onnx=False))
+        staged = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        shutil.copyfile(Path(tmp) / "model.safetensors", staged)
+        os.replace(staged, path)  # two workers may train it at once; either copy is the same run
+    return path
+
+
 def run_cell(cell: Cell, crs: tuple[float, ...]) -> dict[str, Any]:
     """Train one cell in this (worker) process and return its row."""
     import torch
@@ -108,8 +135,8 @@ def run_cell(cell: Cell, crs: tuple[float, ...]) -> dict[str, Any]:
     kwargs.update(MODEL_SETTINGS[cell.model])
     if cell.method == "dense":
         kwargs.update(method="dense", frontier=list(crs))
-    elif cell.method in DWF_FT_METHODS:
-        depth = int(cell.method.removeprefix("dwf-d").removesuffix("-ft"))
+    elif cell.method in (*DWF_FT_METHODS, *DWF_PRE_METHODS):
+        depth = int(cell.method.removeprefix("dwf-d")[0])
         kwargs.update(method="dwf", depth=depth, finetune_epochs=max(1, round(0.1 * cell.epochs)))
     elif cell.method.startswith("dwf-d"):
         kwargs.update(method="dwf", depth=int(cell.method.removeprefix("dwf-d")))
@@ -118,12 +145,14 @@ def run_cell(cell: Cell, crs: tuple[float, ...]) -> dict[str, Any]:
     if cell.cr is not None:
         kwargs["target_sparsity"] = 1.0 - 1.0 / cell.cr
     started = time.monotonic()
+    weights = str(dense_weights(cell)) if cell.method in DWF_PRE_METHODS else None
     with tempfile.TemporaryDirectory() as tmp:
         metrics = run(
             RunSpec(
                 model=MODELS[cell.model],
                 data=cell.data,
                 out_dir=Path(tmp),
+                weights=weights,
                 train=TrainConfig(**kwargs),
                 export_onnx=False,
             )
@@ -141,6 +170,8 @@ def run_cell(cell: Cell, crs: tuple[float, ...]) -> dict[str, Any]:
         "lam": metrics["lam"],
         "sparse_bytes": metrics["sparse_file"]["file_bytes"],
         "frontier": metrics.get("frontier"),
+        "init": metrics["config"].get("init"),
+        "finetune_epochs": (metrics.get("finetune") or {}).get("epochs"),
         "seconds": time.monotonic() - started,
     }
 
@@ -217,6 +248,11 @@ def markdown(header: dict[str, Any], summary: dict[str, Any], crs: tuple[float, 
         + (
             ' "+ fine-tune": DWF, then the masked fine-tuning magnitude + fine-tune gets (10% of the epochs, LR 0.01).'
             if any(m in summary["methods"] for m in DWF_FT_METHODS)
+            else ""
+        )
+        + (
+            ' "from dense": DWF started from the dense model of the same seed and epochs (twice the training).'
+            if any(m in summary["methods"] for m in DWF_PRE_METHODS)
             else ""
         ),
         "",
@@ -343,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds:
         mode["seeds"] = tuple(int(s) for s in args.seeds.split(","))
     if args.methods:
-        unknown = set(args.methods.split(",")) - {"dense", *DWF_METHODS, *DWF_FT_METHODS, *BASELINES}
+        known = {"dense", *DWF_METHODS, *DWF_FT_METHODS, *DWF_PRE_METHODS, *BASELINES}
+        unknown = set(args.methods.split(",")) - known
         if unknown:
             parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
         mode["methods"] = tuple(args.methods.split(","))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -128,3 +130,24 @@ def test_mnist_table_smoke_writes_stamped_table_plot_and_resumes(tmp_path: Path)
     # A second invocation finds every cell done and trains nothing.
     assert mnist_table.main(argv) == 0
     assert len(json.loads((out / "cells.json").read_text())["rows"]) == 3
+
+
+def test_mnist_table_from_dense_and_fine_tune_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The "+ fine-tune" and "from dense" rows: fine-tuned after the cut; the second starts from a cached dense run."""
+    from benchmarks import mnist_table
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the dense-weights cache lives in the temp folder
+    data = str(write_band_npz(tmp_path / "small.npz", 300, 100))
+    pre = mnist_table.Cell("lenet300", "dwf-d3-pre", 10.0, 0, 1, data)
+    row = mnist_table.run_cell(pre, (10.0,))
+    cached = tmp_path / "dwf-mnist-table-dense" / "lenet300-seed0-1ep-cpu.safetensors"
+    assert cached.is_file()
+    stamp = cached.stat().st_mtime_ns
+    assert row["compression_ratio"] == pytest.approx(10.0, rel=0.2) and 0.0 <= row["test_accuracy"] <= 1.0
+    assert (row["init"], row["finetune_epochs"]) == ("balanced", 1)  # factors of the dense weights; 10% of 1 epoch
+    # The same seed and epochs reuse the cached dense model.
+    mnist_table.run_cell(replace(pre, cr=50.0), (50.0,))
+    assert cached.stat().st_mtime_ns == stamp
+    ft = mnist_table.run_cell(mnist_table.Cell("lenet300", "dwf-d4-ft", 10.0, 0, 1, data), (10.0,))
+    assert ft["compression_ratio"] == pytest.approx(10.0, rel=0.2)
+    assert (ft["init"], ft["finetune_epochs"]) == ("varmatch", 1)
