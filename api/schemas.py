@@ -79,6 +79,8 @@ class DwfMethod(Strict):
     # Masked fine-tuning epochs after the cut: DWF None = only when a target cut cost > 0.5 pp, 0 = never;
     # magnitude-ft None = 10% of epochs.
     finetune_epochs: int | None = Field(default=None, ge=0, le=MAX_EPOCHS)
+    # DWF: epochs of plain (dense) training first; DWF then starts from those weights (dwf_core TrainConfig).
+    dense_epochs: int = Field(default=0, ge=0, le=MAX_EPOCHS)
 
     @field_validator("threshold")
     @classmethod
@@ -99,6 +101,8 @@ class DwfMethod(Strict):
     def _baseline_needs_target(self) -> DwfMethod:
         if self.type in PRUNING_BASELINES and self.target_sparsity is None:
             raise ValueError(f"method type {self.type!r} needs target_sparsity (the fraction to prune)")
+        if self.dense_epochs and self.type != "dwf":
+            raise ValueError("dense_epochs applies to method type 'dwf' only")
         return self
 
 

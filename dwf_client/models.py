@@ -78,6 +78,8 @@ class DwfMethod(_Request):
     frontier: list[float] | None = None
     # Masked fine-tuning epochs after the cut (DWF: None = only when a target cut hurt, 0 = never).
     finetune_epochs: int | None = None
+    # DWF: plain training epochs first, DWF then starts from those weights (0 / None: from scratch).
+    dense_epochs: int | None = None
 
 
 class JobCreate(_Request):

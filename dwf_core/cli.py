@@ -102,6 +102,13 @@ def train(
             "the --target-sparsity cut cost > 0.5 pp, else none; 0 = never) or magnitude-ft's prune (default 10%)"
         ),
     ] = None,
+    dense_epochs: Annotated[
+        int,
+        typer.Option(
+            help="DWF: train the plain model this many epochs first (the dense baseline's settings), then start "
+            "DWF from its weights; LeNet-300-100 at CR 100: 98.17% vs 97.63% from scratch (twice the training)"
+        ),
+    ] = 0,
     lr: Annotated[float | None, typer.Option(help="Peak LR (SGD: 0.3 DWF, 0.1 baselines; Adam 1e-3)")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size")] = defaults.DEFAULT_BATCH_SIZE,
     optimizer: Annotated[str, typer.Option(help="sgd or adam")] = defaults.DEFAULT_OPTIMIZER,
@@ -190,6 +197,7 @@ def _train(**kw: Any) -> dict[str, Any]:
         device=kw["device"],
         finetune_epochs=kw["finetune_epochs"],
         frontier=_parse_frontier(kw["frontier"]),
+        dense_epochs=kw["dense_epochs"],
     )
     config.validate()
     out: Path = kw["out"]

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -132,6 +132,37 @@ def dwf_finetune_epochs(cfg: TrainConfig, collapsed: CollapseResult) -> int:
     return max(1, round(0.1 * cfg.epochs))
 
 
+def _train_dense_first(
+    model: nn.Module,
+    data: DatasetBundle,
+    cfg: TrainConfig,
+    hooks: dict[str, Any],
+    *,
+    init: Literal["varmatch", "balanced"],
+) -> tuple[nn.Module, dict[str, Any]]:
+    """``cfg.dense_epochs`` of the dense baseline's training (depth 1, its LR and L2), then the plain model back.
+
+    ``init``: "varmatch" for a fresh model (as ``--method dense``), "balanced" to keep given weights. Its
+    checkpoints go to a ``dense`` folder inside the run's, so a resumed run skips a finished dense phase.
+    """
+    from dwf_core.baselines.run import dense_config
+
+    base = replace(cfg, lr=None, init=init, frontier=None)
+    dense_cfg = replace(dense_config(base), epochs=cfg.dense_epochs)
+    dense_hooks = {**hooks, "checkpoint_dir": Path(hooks["checkpoint_dir"]) / "dense"}
+    trained = Trainer(model, data.train, data.val, dense_cfg, **dense_hooks).fit()
+    plain = collapse_and_verify(trained.model, None, 0.0).model.to("cpu")
+    info = {
+        "epochs": cfg.dense_epochs,
+        "lr": dense_cfg.lr,
+        "l2_lam": dense_cfg.lam,
+        "val_accuracy": trained.history[-1]["val_accuracy"] if trained.history else None,
+        "train_seconds": trained.train_seconds,
+        "history": trained.history,
+    }
+    return plain, info
+
+
 def prepare(spec: RunSpec) -> Prepared:
     """Load and check everything that can fail before training (seconds, CPU only).
 
@@ -154,7 +185,9 @@ def prepare(spec: RunSpec) -> Prepared:
             raise ConfigError("an ONNX model carries its own weights; drop the weights file", param="weights")
         load_weights(model, spec.weights)
     check_forward(model, data)
-    pretrained = spec.weights is not None or source == "onnx"
+    # A model that starts trained (its weights, an ONNX graph's, or the dense_epochs run) keeps its function: the
+    # balanced init factorizes the trained weights instead of drawing new ones.
+    pretrained = spec.weights is not None or source == "onnx" or spec.train.dense_epochs > 0
     config = replace(spec.train, init=spec.train.init or ("balanced" if pretrained else "varmatch")).resolved()
     return Prepared(model, data, config, source)
 
@@ -172,8 +205,8 @@ def run(
         spec: what to run.
         on_progress: training progress callback (steps and epochs).
         should_stop: polled every step; True cancels the run (``TrainingCancelled``).
-        on_phase: called with "loading", "training", "collapsing", "evaluating", "exporting"; with
-            finetune_epochs (DWF) also "finetuning", with a frontier also "frontier".
+        on_phase: called with "loading", ("pretraining" with dense_epochs,) "training", "collapsing", "evaluating",
+            "exporting"; with finetune_epochs (DWF) also "finetuning", with a frontier also "frontier".
 
     ``spec.train.method`` picks DWF (default) or a baseline (dwf_core.baselines), with the same data,
     artifacts and metrics; for a pruning baseline "factorized" means the depth-1 model before collapse (for
@@ -197,6 +230,7 @@ def run(
     phase("training")
     baseline_info: dict[str, Any] | None = None
     finetune_info: dict[str, Any] | None = None
+    dense_info: dict[str, Any] | None = None
     hooks: dict[str, Any] = {
         "checkpoint_dir": spec.checkpoint_dir or out / "checkpoints",
         "on_progress": on_progress,
@@ -209,7 +243,20 @@ def run(
         phase("collapsing")
         result, collapsed, baseline_info = baseline.train, baseline.collapsed, baseline.info
     else:
-        result = Trainer(prepared.model, data.train, data.val, cfg, **hooks).fit()
+        model = prepared.model
+        if cfg.dense_epochs:
+            phase("pretraining")
+            given = spec.weights is not None or prepared.model_source == "onnx"
+            model, dense_info = _train_dense_first(model, data, cfg, hooks, init="balanced" if given else "varmatch")
+            phase("training")
+        result = Trainer(model, data.train, data.val, cfg, **hooks).fit()
+        if dense_info is not None:
+            history = [{**h, "phase": "dense"} for h in dense_info.pop("history")]
+            result = replace(
+                result,
+                history=history + [{**h, "phase": "train"} for h in result.history],
+                train_seconds=result.train_seconds + dense_info["train_seconds"],
+            )
 
         phase("collapsing")
         collapsed = collapse_and_verify(
@@ -234,7 +281,7 @@ def run(
                 should_stop=should_stop,
             )
             finetune_info["reason"] = "requested" if cfg.finetune_epochs else "auto: the target cut cost accuracy"
-            history = [{**h, "phase": "train"} for h in result.history] + [
+            history = [{"phase": "train", **h} for h in result.history] + [
                 {**h, "phase": "finetune"} for h in ft.history
             ]
             result = replace(result, history=history, train_seconds=result.train_seconds + ft.train_seconds)
@@ -315,6 +362,8 @@ def run(
         "baseline": baseline_info,
         # DWF with finetune_epochs: the masked fine-tuning after the collapse (epochs, lr, val before/after).
         "finetune": finetune_info,
+        # DWF with dense_epochs: the dense training it started from (epochs, lr, L2, val accuracy, seconds).
+        "dense_start": dense_info,
         "init_stats": result.init_stats,
         "config": cfg.to_dict(),
         "model": {"spec": spec.model, "source": prepared.model_source, "weights": spec.weights},

@@ -254,7 +254,7 @@ def submit(
     ] = None,
     lam: Annotated[float | None, typer.Option(help="Regularization strength λ (not with --target-sparsity)")] = None,
     target_sparsity: Annotated[
-        float | None, typer.Option(help="Sparsity to reach, 0 < s < 1 (λ adapts itself; not with --lam)")
+        float | None, typer.Option(help="Sparsity to reach, 0 < s < 1 (λ set by the target; not with --lam)")
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (server default 40)")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default: measured per model)")] = None,
@@ -266,6 +266,9 @@ def submit(
         ),
     ] = "dwf",
     batch_size: Annotated[int | None, typer.Option(help="Batch size (server default 128)")] = None,
+    dense_epochs: Annotated[
+        int | None, typer.Option(help="DWF: train the plain model this many epochs first, then DWF from it")
+    ] = None,
     optimizer: Annotated[str | None, typer.Option(help="sgd or adam")] = None,
     threshold: Annotated[str | None, typer.Option(help="Collapse threshold: 'auto' or a number")] = None,
     frontier: Annotated[
@@ -300,6 +303,8 @@ def submit(
         options["threshold"] = _parse_threshold(threshold)
     if frontier:
         options["frontier"] = list(frontier)
+    if dense_epochs:
+        options["dense_epochs"] = dense_epochs
     pairs = _parse_metadata(metadata)
     with _errors(), _client(ctx, server) as client:
         if data.startswith("mnist-idx:"):

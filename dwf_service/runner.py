@@ -121,6 +121,7 @@ def _spec(ctx: ServiceContext, job: Job, paths: dict[str, Path], out_dir: Path, 
         exclude=method.get("exclude"),
         frontier=method.get("frontier"),
         finetune_epochs=method.get("finetune_epochs"),
+        dense_epochs=method.get("dense_epochs", 0),
         seed=req.get("seed", 0),
         device=ctx.settings.device,
     )

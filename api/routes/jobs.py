@@ -81,7 +81,8 @@ def create_job(
     if body.weights_file_id is not None:
         _check_file(session, tenant, body.weights_file_id, "weights", "weights_file_id")
     dataset = _check_file(session, tenant, body.dataset.file_id, "dataset", "dataset.file_id")
-    quotas.check_new_job(session, ctx.settings, tenant, epochs=body.method.epochs, examples=dataset.examples)
+    epochs = body.method.epochs + body.method.dense_epochs  # the dense phase trains on the same examples
+    quotas.check_new_job(session, ctx.settings, tenant, epochs=epochs, examples=dataset.examples)
     file_ids = {"model": body.model.file_id, "weights": body.weights_file_id, "dataset": body.dataset.file_id}
     try:
         job = jobs.create_job(

@@ -49,7 +49,7 @@ class BaselineResult:
 def dense_config(cfg: TrainConfig) -> TrainConfig:
     """The dense training settings of a baseline: depth 1, λ = the L2 strength, no target controller."""
     return replace(
-        cfg, method="dense", depth=1, target_sparsity=None, threshold="auto", finetune_epochs=None
+        cfg, method="dense", depth=1, target_sparsity=None, threshold="auto", finetune_epochs=None, dense_epochs=0
     ).resolved()
 
 

@@ -65,6 +65,12 @@ def test_create_returns_the_job_and_enqueues_validation(
         ({"method": {"type": "obd", "epochs": 2, "target_sparsity": 0.9}}, "method.type", "invalid_value"),
         ({"method": {"epochs": 2, "frontier": [10, 1]}}, "method.frontier.1", "invalid_value"),
         ({"method": {"epochs": 2, "finetune_epochs": -1}}, "method.finetune_epochs", "invalid_value"),
+        ({"method": {"epochs": 2, "dense_epochs": -1}}, "method.dense_epochs", "invalid_value"),
+        (
+            {"method": {"type": "gmp", "epochs": 2, "target_sparsity": 0.9, "dense_epochs": 2}},
+            "method",
+            "invalid_value",
+        ),
     ],
 )
 def test_bad_requests_are_422_naming_the_field(
@@ -121,6 +127,18 @@ def test_depth_left_out_follows_the_target(client: TestClient, files: dict[str, 
         assert job is not None
         spec = _spec(ctx, job, {"model": Path("m.onnx"), "dataset": Path("d.npz")}, Path("out"), None)
     assert spec.train.depth is None and spec.train.resolved().depth == 4
+
+
+def test_dense_epochs_reach_the_run(client: TestClient, files: dict[str, Any], ctx: ServiceContext) -> None:
+    from dwf_service.runner import _spec
+
+    resp = client.post("/v1/jobs", json=body(files, target_sparsity=0.99, dense_epochs=3))
+    assert resp.status_code == 200, resp.text
+    with ctx.sessions() as session:
+        job = session.get(Job, resp.json()["id"])
+        assert job is not None
+        spec = _spec(ctx, job, {"model": Path("m.onnx"), "dataset": Path("d.npz")}, Path("out"), None)
+    assert spec.train.dense_epochs == 3
 
 
 def test_unknown_file_is_404_naming_the_field(client: TestClient, files: dict[str, Any]) -> None:
