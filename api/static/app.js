@@ -473,6 +473,8 @@ async function submitJob(event) {
     if (f.strength.value === "target") body.method.target_sparsity = Number(f.target_sparsity.value) / 100;
     const frontier = f.frontier.value.split(/[\s,]+/).filter(Boolean).map(Number);
     if (frontier.length) body.method.frontier = frontier;
+    const denseEpochs = numberOrNull(f.dense_epochs.value);
+    if (denseEpochs) body.method.dense_epochs = denseEpochs;
     const dataset = f.dataset_file.files[0];
     if (!dataset) throw new Error("choose a dataset file");
     if (source === "file") {

@@ -152,7 +152,7 @@ def run_dashboard_flow(server: Server, dataset: Path, downloads: Path, screensho
             assert page.evaluate("sessionStorage.getItem('dwf_api_key')") == _api_key(server)
             console_errors.clear()  # chromium logs the refused key's 401 as a console error
 
-            # Submit: zoo model, uploaded dataset, depth 2, target sparsity 80 %, 3 epochs (by default).
+            # Submit: zoo model, uploaded dataset, depth 2, target sparsity 80 %, 3 epochs (by default), 1 dense first.
             page.click("a.button[href='#/new']")
             expect(page.locator("#view-new")).to_be_visible()
             page.fill("input[name=model_name]", "lenet_300_100")
@@ -163,6 +163,7 @@ def run_dashboard_flow(server: Server, dataset: Path, downloads: Path, screensho
             page.check("input[name=strength][value=target]")
             page.fill("input[name=target_sparsity]", "80")
             page.fill("input[name=frontier]", FRONTIER)
+            page.fill("input[name=dense_epochs]", "1")  # one epoch of plain training first, then DWF from it
             page.click("#submit-job")
             page.wait_for_url(re.compile(r".*#/jobs/job-[0-9a-z]+$"), timeout=30_000)
             job_id = page.url.rsplit("/", 1)[-1]
@@ -237,6 +238,7 @@ def test_dashboard_submit_watch_download(server: Server, tmp_path: Path) -> None
     assert job["status"] == "succeeded", job
     assert job["model"]["name"] == "lenet_300_100"
     assert (job["method"]["depth"], job["method"]["epochs"], job["method"]["target_sparsity"]) == (2, EPOCHS, 0.8)
+    assert job["method"]["dense_epochs"] == 1
     assert seen["live_during_run"], "the page never showed the live events stream"
     assert f"{100 * job['metrics']['sparsity']:.2f}%" in seen["cards"]
     assert seen["console_errors"] == []
@@ -248,6 +250,7 @@ def test_dashboard_submit_watch_download(server: Server, tmp_path: Path) -> None
     downloaded = Path(seen["download"]).read_bytes()
     assert hashlib.sha256(downloaded).hexdigest() == metrics_art["sha256"]
     assert json.loads(downloaded)["test_accuracy"] == job["metrics"]["test_accuracy"]
+    assert json.loads(downloaded)["dense_start"]["epochs"] == 1
 
     assert seen["report_images"] == 5
     png = screenshot.read_bytes()
