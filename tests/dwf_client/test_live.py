@@ -113,8 +113,9 @@ def _one_error_line(result: subprocess.CompletedProcess[str], code: str) -> None
 
 def test_cli_submit_wait_download(server: Serve, tiny_npz: Path, tmp_path: Path) -> None:
     submitted = server.cli(
-        "submit", "lenet_300_100", str(tiny_npz), "--depth", "3", "--target-sparsity", "0.9", "--epochs", "1", "--wait"
-    )
+        "submit", "lenet_300_100", str(tiny_npz), "--depth", "3", "--target-sparsity", "0.9", "--epochs", "1",
+        "--dense-epochs", "1", "--wait",
+    )  # fmt: skip
     assert submitted.returncode == 0, submitted.stderr + server.log.read_text()[-3000:]
     job_id = submitted.stdout.strip()
     assert job_id.startswith("job-") and "\n" not in job_id
@@ -128,6 +129,7 @@ def test_cli_submit_wait_download(server: Serve, tiny_npz: Path, tmp_path: Path)
     assert all(p.is_file() and p.stat().st_size > 0 and p.parent == tmp_path / "out" for p in paths)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["sparsity"] == pytest.approx(0.9, abs=0.01) and metrics["target_sparsity"] == 0.9
+    assert metrics["dense_start"]["epochs"] == 1 and metrics["history"][0]["phase"] == "dense"
 
     status = server.cli("status", job_id, "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["status"] == "succeeded"

@@ -106,6 +106,9 @@ def test_create_job_retries_with_the_same_idempotency_key() -> None:
     client.submit("lenet_300_100", "file-d")
     client.submit("lenet_300_100", "file-d", idempotency_key="mine")
     assert keys[0] not in (None, job.id, "mine") and keys[1] == "mine"
+    # Method options beyond the named ones travel as given (here: dense training first).
+    pretrained = client.submit("lenet_300_100", "file-d", target_sparsity=0.99, dense_epochs=30)
+    assert pretrained.method == {"type": "dwf", "target_sparsity": 0.99, "dense_epochs": 30}
 
 
 def test_retries_stop_after_max_retries_and_long_retry_after_is_not_slept() -> None:
