@@ -15,6 +15,7 @@ x) under benchmarks/results/mnist-table/MODEL-MODE/, each stamped with the comma
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -104,12 +105,14 @@ def plan(model: str, mode: dict[str, Any], data: str, device: str = "cpu") -> li
 
 
 def dense_weights(cell: Cell) -> Path:
-    """The trained dense model of the cell's model, seed and epochs (trained once, cached in the temp folder)."""
+    """The trained dense model of the cell's model, data, seed and epochs (trained once, cached in the temp folder;
+    the key holds the data spec, so another dataset never gets this one's model)."""
     from dwf_core.config import TrainConfig
     from dwf_core.pipeline import RunSpec, run
 
     cache = Path(tempfile.gettempdir()) / "dwf-mnist-table-dense"
-    path = cache / f"{cell.model}-seed{cell.seed}-{cell.epochs}ep-{cell.device}.safetensors"
+    data_key = hashlib.sha256(cell.data.encode()).hexdigest()[:12]
+    path = cache / f"{cell.model}-{data_key}-seed{cell.seed}-{cell.epochs}ep-{cell.device}.safetensors"
     if path.is_file():
         return path
     cache.mkdir(parents=True, exist_ok=True)
