@@ -227,7 +227,7 @@ def run(
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    phase("training")
+    phase("pretraining" if cfg.method == "dwf" and cfg.dense_epochs else "training")
     baseline_info: dict[str, Any] | None = None
     finetune_info: dict[str, Any] | None = None
     dense_info: dict[str, Any] | None = None
@@ -245,7 +245,6 @@ def run(
     else:
         model = prepared.model
         if cfg.dense_epochs:
-            phase("pretraining")
             given = spec.weights is not None or prepared.model_source == "onnx"
             model, dense_info = _train_dense_first(model, data, cfg, hooks, init="balanced" if given else "varmatch")
             phase("training")

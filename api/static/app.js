@@ -303,7 +303,8 @@ function addEvent(evt) {
       state.history = [];
     } else {
       // Fine-tuning after the collapse numbers its epochs from 1 again: its points follow the training epochs.
-      state.history.push({ ...evt.data, phase: state.phase === "finetuning" ? "finetune" : "train" });
+      const phase = { finetuning: "finetune", pretraining: "dense" }[state.phase] || "train";
+      state.history.push({ ...evt.data, phase });
     }
     drawEpochCharts(state.history);
   }

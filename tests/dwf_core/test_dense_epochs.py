@@ -38,6 +38,7 @@ def test_one_run_equals_dense_then_dwf_from_its_weights(tmp_path: Path) -> None:
             export_onnx=False,
         )
     )
+    phases: list[str] = []
     one_run = run(
         RunSpec(
             "lenet_300_100",
@@ -45,8 +46,10 @@ def test_one_run_equals_dense_then_dwf_from_its_weights(tmp_path: Path) -> None:
             tmp_path / "one",
             train=TrainConfig(depth=3, epochs=1, target_sparsity=0.9, dense_epochs=1, **common),
             export_onnx=False,
-        )
+        ),
+        on_phase=phases.append,
     )
+    assert phases[:3] == ["loading", "pretraining", "training"] and "finetuning" in phases
     assert one_run["config"]["init"] == "balanced" == two_step["config"]["init"]
     assert one_run["dense_start"]["epochs"] == 1
     assert one_run["dense_start"]["val_accuracy"] == dense["history"][-1]["val_accuracy"]
