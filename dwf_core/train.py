@@ -195,21 +195,13 @@ class Trainer:
         self.lam0 = initial_lam(cfg, self.total_steps)
         self.lam = self.lam0
         self.controller = ControllerSettings.from_extra(cfg.extra)
-        self.optimizer = build_optimizer(self.model, cfg, self.lam)
-        # A generator of its own keeps the shuffling order independent of anything else that draws numbers.
-        self.shuffle_rng = torch.Generator().manual_seed(cfg.seed + 1)
-        self.global_step = 0
         self.start_epoch = 0
         self.resumed_from: int | None = None
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
         self.autocast_dtype: torch.dtype | None = None
-        self.scaler: torch.amp.GradScaler | None = None
         if cfg.amp and self.device.type == "cuda":
-            if torch.cuda.is_bf16_supported():
-                self.autocast_dtype = torch.bfloat16
-            else:
-                self.autocast_dtype = torch.float16
-                self.scaler = torch.amp.GradScaler("cuda")
+            self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self._start_optimization()
         # Keep the training tensors on the accelerator when they fit comfortably: no per-batch copies.
         x, y = self.train_data.x, self.train_data.y
         if self.device.type != "cpu" and x.element_size() * x.numel() < 2 * 1024**3:
@@ -217,6 +209,15 @@ class Trainer:
         self.x_train, self.y_train = x, y
         if self.checkpoint_dir is not None:
             self._maybe_resume()
+
+    def _start_optimization(self) -> None:
+        """Optimizer, loss scaler, data order and step count of a run starting at step 0 (also after a restart)."""
+        self.optimizer = build_optimizer(self.model, self.config, self.lam)
+        # float16 autocast needs a loss scaler; bfloat16 has float32's range and does not.
+        self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
+        # A generator of its own keeps the shuffling order independent of anything else that draws numbers.
+        self.shuffle_rng = torch.Generator().manual_seed(self.config.seed + 1)
+        self.global_step = 0
 
     def _maybe_resume(self) -> None:
         assert self.checkpoint_dir is not None
@@ -377,12 +378,8 @@ class Trainer:
         metrics["restart"] = record
         self.model.load_state_dict(self.initial_state)
         self.lam0 = self.lam = record["next_lam"]
-        self.optimizer = build_optimizer(self.model, cfg, self.lam)
-        if self.scaler is not None:
-            self.scaler = torch.amp.GradScaler("cuda")
         torch.set_rng_state(self.initial_rng)
-        self.shuffle_rng = torch.Generator().manual_seed(cfg.seed + 1)
-        self.global_step = 0
+        self._start_optimization()
         self.history = []
         return True
 
