@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, or_, select, update
 from sqlalchemy.orm import Session
 
 from dwf_service.models import DEFAULT_TENANT_ID, Job, JobEvent, utcnow
@@ -101,13 +101,20 @@ def create_job(
     return job
 
 
-def acquire_lease(session: Session, job_id: str, owner: str, statuses: tuple[str, ...], lease_seconds: float) -> bool:
-    """Take the job's lease if it is in ``statuses`` and nobody holds a live lease; counts an attempt."""
+def acquire_lease(
+    session: Session, job_id: str, owner: str, statuses: tuple[str, ...], lease_seconds: float, max_attempts: int
+) -> bool:
+    """Take the lease of a job in ``statuses`` that may run (no live lease, no cancel request, an attempt left);
+    counts the attempt.
+
+    ``attempts`` counts runs that started: a job that may not run again is never taken but ended by ``settle``,
+    so the row ends the same whichever recovery path (broker re-delivery or reconciler) reaches it first.
+    """
     now = utcnow()
     return _update(
         session,
         job_id,
-        [Job.status.in_(statuses), or_(Job.lease_owner.is_(None), Job.lease_expires_at < now)],
+        [Job.status.in_(statuses), *_runnable(now, max_attempts)],
         {
             "lease_owner": owner,
             "lease_expires_at": now + timedelta(seconds=lease_seconds),
@@ -115,6 +122,45 @@ def acquire_lease(session: Session, job_id: str, owner: str, statuses: tuple[str
             "attempts": Job.attempts + 1,
         },
     )
+
+
+def _lease_free(now: datetime) -> ColumnElement[bool]:
+    """Nobody holds a live lease: never taken, released, or expired (its worker stopped heart-beating)."""
+    return or_(Job.lease_owner.is_(None), Job.lease_expires_at < now)
+
+
+def _runnable(now: datetime, max_attempts: int) -> list[ColumnElement[bool]]:
+    return [_lease_free(now), Job.cancel_requested.is_(False), Job.attempts < max_attempts]
+
+
+def settle(session: Session, job_id: str, max_attempts: int, statuses: tuple[str, ...] = ACTIVE) -> bool:
+    """End a job in ``statuses`` with no live run that may not run again; True when this call ended it.
+
+    Cancelled when a cancel was requested, else failed (``too_many_attempts``) when it used all its attempts.
+    The one place that decides this, called by the worker when a message finds such a job and by the reconciler
+    when a lease expires: both read the same row, so status, ``attempts`` and error do not depend on which of
+    them gets there first.
+    """
+    now = utcnow()
+    where = [Job.status.in_(statuses), _lease_free(now)]
+    row = session.execute(
+        select(Job.attempts, Job.lease_owner, Job.cancel_requested).where(
+            Job.id == job_id, *where, or_(Job.cancel_requested.is_(True), Job.attempts >= max_attempts)
+        )
+    ).one_or_none()
+    if row is None:
+        return False
+    if row.cancel_requested:
+        return _finish_where(session, job_id, CANCELLED, [*where, Job.cancel_requested.is_(True)])
+    # A lease still set is one whose worker stopped heart-beating; a released one was re-queued after an error.
+    last = "its worker stopped responding" if row.lease_owner is not None else "it was re-queued after an error"
+    error = {
+        "code": "too_many_attempts",
+        "message": f"gave up after {row.attempts} attempts; the last one ended without a result: {last}",
+        "param": None,
+    }
+    where += [Job.cancel_requested.is_(False), Job.attempts >= max_attempts]
+    return _finish_where(session, job_id, FAILED, where, error=error)
 
 
 def heartbeat(session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:
@@ -175,11 +221,17 @@ def finish(
     **values: Any,
 ) -> bool:
     """Move an active job to a terminal status (only the lease holder may, when ``owner`` is given)."""
-    if status not in TERMINAL:
-        raise ValueError(f"{status!r} is not terminal")
     where: list[Any] = [Job.status.in_(ACTIVE)]
     if owner is not None:
         where.append(Job.lease_owner == owner)
+    return _finish_where(session, job_id, status, where, error=error, **values)
+
+
+def _finish_where(
+    session: Session, job_id: str, status: str, where: list[Any], *, error: dict[str, Any] | None = None, **values: Any
+) -> bool:
+    if status not in TERMINAL:
+        raise ValueError(f"{status!r} is not terminal")
     values.update(status=status, finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
     if error is not None:
         values.update(error_code=error.get("code"), error_message=error.get("message"), error_param=error.get("param"))
@@ -248,17 +300,9 @@ def reconcile(session: Session, settings: Settings) -> list[str]:
         select(Job).where(Job.status.in_(ACTIVE), Job.lease_owner.is_not(None), Job.lease_expires_at < now)
     ).all()
     for job in expired:
-        if job.cancel_requested:
-            done = finish(session, job.id, CANCELLED)
-        elif job.attempts >= settings.max_attempts:
-            error = {
-                "code": "worker_lost",
-                "message": f"the worker stopped responding {job.attempts} times; giving up",
-                "param": None,
-            }
-            done = finish(session, job.id, FAILED, error=error)
-        else:
-            done = requeue(session, job.id, job.lease_owner, "the worker's lease expired", count_attempt=True)
+        done = settle(session, job.id, settings.max_attempts) or requeue(
+            session, job.id, job.lease_owner, "the worker's lease expired", count_attempt=True
+        )
         if done:
             touched.append(job.id)
     stale = now - timedelta(seconds=settings.requeue_after_seconds)

@@ -182,28 +182,25 @@ class _Lease:
 
 
 def _take(ctx: ServiceContext, job_id: str, owner: str, statuses: tuple[str, ...]) -> Job | None:
+    """The job with its lease taken by ``owner`` (an attempt counted), or None when this message has nothing to run.
+
+    A job that may not run again (cancel requested, or out of attempts) is ended here without counting an
+    attempt, exactly as the reconciler would end it (``jobs.settle``).
+    """
+    settings = ctx.settings
     with session_scope(ctx.sessions) as session:
-        if not jobs.acquire_lease(session, job_id, owner, statuses, ctx.settings.lease_seconds):
-            if session.get(Job, job_id) is None:  # the fault tier's T9 counts these: a publish-before-commit race
-                log.error("job row not found: %s; message ignored", job_id)
-            else:
-                log.info("job %s is not available for %s; message ignored", job_id, statuses)
-            return None
-        job = session.get(Job, job_id)
-        assert job is not None
-        session.refresh(job)
-        if job.cancel_requested:
-            jobs.finish(session, job_id, jobs.CANCELLED, owner=owner)
-            return None
-        if job.attempts > ctx.settings.max_attempts:
-            error = {
-                "code": "too_many_attempts",
-                "message": f"gave up after {job.attempts - 1} attempts",
-                "param": None,
-            }
-            jobs.finish(session, job_id, jobs.FAILED, owner=owner, error=error)
-            return None
-        return job
+        if jobs.acquire_lease(session, job_id, owner, statuses, settings.lease_seconds, settings.max_attempts):
+            job = session.get(Job, job_id)
+            assert job is not None
+            session.refresh(job)
+            return job
+        if jobs.settle(session, job_id, settings.max_attempts, statuses):
+            log.info("job %s may not run again (cancelled or out of attempts); ended it", job_id)
+        elif session.get(Job, job_id) is None:  # the fault tier's T9 counts these: a publish-before-commit race
+            log.error("job row not found: %s; message ignored", job_id)
+        else:
+            log.info("job %s is not available for %s; message ignored", job_id, statuses)
+        return None
 
 
 def _fail(ctx: ServiceContext, job_id: str, owner: str, error: dict[str, Any]) -> None:

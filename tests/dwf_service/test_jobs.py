@@ -48,12 +48,12 @@ def test_rollback_drops_the_buffered_message(ctx: ServiceContext, published: lis
 def test_lease_is_exclusive_until_it_expires(ctx: ServiceContext) -> None:
     job_id = _new_job(ctx)
     with session_scope(ctx.sessions) as session:
-        assert jobs.acquire_lease(session, job_id, "a", (jobs.VALIDATING,), 60)
-        assert not jobs.acquire_lease(session, job_id, "b", (jobs.VALIDATING,), 60)
-        assert not jobs.acquire_lease(session, job_id, "b", (jobs.QUEUED,), 60)
+        assert jobs.acquire_lease(session, job_id, "a", (jobs.VALIDATING,), 60, 3)
+        assert not jobs.acquire_lease(session, job_id, "b", (jobs.VALIDATING,), 60, 3)
+        assert not jobs.acquire_lease(session, job_id, "b", (jobs.QUEUED,), 60, 3)
         session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
         assert not jobs.heartbeat(session, job_id, "b", 60)
-        assert jobs.acquire_lease(session, job_id, "b", (jobs.VALIDATING,), 60)
+        assert jobs.acquire_lease(session, job_id, "b", (jobs.VALIDATING,), 60, 3)
         assert not jobs.heartbeat(session, job_id, "a", 60)
     assert _job(ctx, job_id).attempts == 2
 
@@ -61,7 +61,7 @@ def test_lease_is_exclusive_until_it_expires(ctx: ServiceContext) -> None:
 def test_validated_job_is_queued_with_a_train_message(ctx: ServiceContext, published: list[Message]) -> None:
     job_id = _new_job(ctx)
     with session_scope(ctx.sessions) as session:
-        jobs.acquire_lease(session, job_id, "w", (jobs.VALIDATING,), 60)
+        jobs.acquire_lease(session, job_id, "w", (jobs.VALIDATING,), 60, 3)
         assert jobs.mark_validated(session, job_id, "w", "ok")
         assert not jobs.mark_validated(session, job_id, "w", "twice")
     job = _job(ctx, job_id)
@@ -72,7 +72,7 @@ def test_validated_job_is_queued_with_a_train_message(ctx: ServiceContext, publi
 def test_finish_only_by_the_lease_holder_and_only_once(ctx: ServiceContext) -> None:
     job_id = _new_job(ctx)
     with session_scope(ctx.sessions) as session:
-        jobs.acquire_lease(session, job_id, "w", (jobs.VALIDATING,), 60)
+        jobs.acquire_lease(session, job_id, "w", (jobs.VALIDATING,), 60, 3)
         error = {"code": "bad", "message": "no", "param": "dataset"}
         assert not jobs.finish(session, job_id, jobs.FAILED, owner="other", error=error)
         assert jobs.finish(session, job_id, jobs.FAILED, owner="w", error=error)
@@ -95,13 +95,13 @@ def test_reconciler_requeues_expired_lease_then_gives_up(ctx: ServiceContext, pu
     job_id = _new_job(ctx)
     for attempt in range(1, ctx.settings.max_attempts + 1):
         with session_scope(ctx.sessions) as session:
-            assert jobs.acquire_lease(session, job_id, f"w{attempt}", (jobs.VALIDATING,), 60)
+            assert jobs.acquire_lease(session, job_id, f"w{attempt}", (jobs.VALIDATING,), 60, ctx.settings.max_attempts)
             session.execute(
                 update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1))
             )
         assert reconcile_once(ctx) == [job_id]
     job = _job(ctx, job_id)
-    assert (job.status, job.error_code) == (jobs.FAILED, "worker_lost")
+    assert (job.status, job.error_code, job.attempts) == (jobs.FAILED, "too_many_attempts", ctx.settings.max_attempts)
     assert [m.task for m in published] == [TASK_VALIDATE] * ctx.settings.max_attempts
     with ctx.sessions() as session:
         messages = session.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)).all()

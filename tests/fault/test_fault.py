@@ -126,12 +126,21 @@ def test_t4_poison_job(harness: Harness, tiny_inputs: dict[str, Path]) -> None:
     cpu = (cpu_seconds(worker.pid) - cpu0) / (time.monotonic() - t0)
     normal = [s.submit() for _ in range(5)]
     harness.wait_terminal(normal, 120)
-    harness.table(f"T4 poison job (failed after {took:.1f} s; worker CPU {100 * cpu:.0f} % of one core meanwhile)")
+    # No redelivery loop: the job's message was handled at most 1 + 2 × 3 times (the first delivery, then per
+    # death one re-delivery by the broker and one re-queue by the reconciler), and it ran exactly 3 times.
+    # (Counted from the worker's log rather than timed: CPU shares depend on the machine's load.)
+    lines = [line for line in worker.tail(10_000_000).splitlines() if poison in line]
+    runs = sum("test fault 'exit'" in line for line in lines)
+    handled = runs + sum("message ignored" in line or "may not run again" in line for line in lines)
+    harness.table(
+        f"T4 poison job (failed after {took:.1f} s; {runs} runs, its message handled {handled} times; "
+        f"worker CPU {100 * cpu:.0f} % of one core meanwhile)"
+    )
     row = harness.job(poison)
     assert (row["status"], row["attempts"], row["results"]) == ("failed", 3, 0), row
-    assert row["error_code"] in ("worker_lost", "too_many_attempts")
+    assert row["error_code"] == "too_many_attempts", row
     _check_all_succeeded_once(harness, normal)
-    assert cpu < 0.9, f"worker busy {100 * cpu:.0f} % during the poison job: a redelivery loop?"
+    assert (runs, handled <= 7) == (3, True), "\n".join(lines)
     assert worker.alive()
 
 

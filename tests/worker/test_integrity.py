@@ -64,7 +64,7 @@ def _queued_job(ctx: ServiceContext, inputs: dict[str, Path]) -> str:
     """A job moved straight to ``queued`` (its validation is not what these tests are about)."""
     job_id = stored_job(ctx, inputs["model"], inputs["data"])
     with session_scope(ctx.sessions) as session:
-        assert jobs.acquire_lease(session, job_id, "validator", (jobs.VALIDATING,), 60)
+        assert jobs.acquire_lease(session, job_id, "validator", (jobs.VALIDATING,), 60, 3)
         assert jobs.mark_validated(session, job_id, "validator", "ok")
     return job_id
 

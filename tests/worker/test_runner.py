@@ -150,7 +150,7 @@ def test_shutdown_requeues_and_the_next_run_resumes(
 def test_a_leased_job_is_left_alone(ctx: ServiceContext, inputs: dict[str, Path], published: list[Message]) -> None:
     job_id = stored_job(ctx, inputs["model"], inputs["data"])
     with session_scope(ctx.sessions) as session:
-        assert jobs.acquire_lease(session, job_id, "someone-else", (jobs.VALIDATING,), 60)
+        assert jobs.acquire_lease(session, job_id, "someone-else", (jobs.VALIDATING,), 60, 3)
     runner.validate_job(ctx, job_id)
     job = job_row(ctx, job_id)
     assert (job.status, job.lease_owner) == (jobs.VALIDATING, "someone-else")
