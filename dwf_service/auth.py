@@ -13,6 +13,9 @@ from sqlalchemy.orm import Session
 from dwf_service.models import DEFAULT_TENANT_ID, DEFAULT_TENANT_NAME, ApiKey, Tenant, new_id
 
 KEY_PREFIX = "dwf_"
+# Keys are looked up by their first 12 characters; shorter keys are too guessable, longer ones not looked up.
+MIN_KEY_LENGTH = 16
+MAX_KEY_LENGTH = 256
 TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
 
@@ -26,7 +29,17 @@ def _lookup_prefix(key: str) -> str:
 
 def lookup_prefix(key: str) -> str | None:
     """The indexed prefix stored keys are looked up by, or None for a string that cannot be a key."""
-    return _lookup_prefix(key) if 16 <= len(key) <= 256 else None
+    return _lookup_prefix(key) if MIN_KEY_LENGTH <= len(key) <= MAX_KEY_LENGTH else None
+
+
+def key_length_problem(key: str) -> str | None:
+    """Why ``key`` could never be accepted as an API key (its length), or None when it could."""
+    if MIN_KEY_LENGTH <= len(key) <= MAX_KEY_LENGTH:
+        return None
+    return (
+        f"an API key must be {MIN_KEY_LENGTH} to {MAX_KEY_LENGTH} characters long (this one has {len(key)}), "
+        "else no request can ever match it"
+    )
 
 
 def key_matches(salt: str, key_hash: str, key: str) -> bool:
@@ -57,7 +70,12 @@ def ensure_tenant(session: Session, name: str = DEFAULT_TENANT_NAME) -> Tenant:
 
 
 def add_key(session: Session, key: str, name: str = "default", tenant: str = DEFAULT_TENANT_NAME) -> ApiKey:
-    """Store ``key`` (hashed) for the tenant called ``tenant`` (created if missing), unless it is already stored."""
+    """Store ``key`` (hashed) for the tenant called ``tenant`` (created if missing), unless it is already stored.
+
+    Raises ValueError for a key whose length could never match a request (``key_length_problem``).
+    """
+    if problem := key_length_problem(key):
+        raise ValueError(problem)
     existing = find_key(session, key)
     if existing is not None:
         return existing

@@ -29,11 +29,16 @@ def serve(
 ) -> None:
     """Run the job service: REST API plus one Celery worker, on SQLite and a local blob folder."""
     from dwf_service.serve import serve as run_serve
-    from dwf_service.settings import Settings
+    from dwf_service.settings import SettingsError, load_settings
 
     if data_dir is not None:
         os.environ["DWF_DATA_DIR"] = str(data_dir.expanduser().resolve())
-    run_serve(Settings(), host, port, echo=typer.echo)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:  # e.g. a DWF_API_KEY that could never match: refuse to start, in one line
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    run_serve(settings, host, port, echo=typer.echo)
 
 
 def main() -> None:

@@ -28,9 +28,13 @@ keys_app = typer.Typer(no_args_is_help=True, help="API keys of tenants, and tena
 
 
 def _settings(data_dir: Path | None) -> Settings:
-    from dwf_service.settings import Settings
+    """The service's settings, or exit with a one-line error (e.g. a DWF_API_KEY that could never match)."""
+    from dwf_service.settings import SettingsError, load_settings
 
-    return Settings() if data_dir is None else Settings(data_dir=data_dir.expanduser().resolve())
+    try:
+        return load_settings() if data_dir is None else load_settings(data_dir=data_dir.expanduser().resolve())
+    except SettingsError as exc:
+        raise _fail(str(exc)) from None
 
 
 @contextmanager

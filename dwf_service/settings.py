@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dwf_service.auth import key_length_problem
 
 
 def _default_data_dir() -> Path:
@@ -18,7 +20,8 @@ def _default_data_dir() -> Path:
 class Settings(BaseSettings):
     """Every setting of the job service; empty URLs are derived from ``data_dir`` (the embedded mode)."""
 
-    model_config = SettingsConfigDict(env_prefix="DWF_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a refused setting may be a secret (DWF_API_KEY, DWF_S3_SECRET_ACCESS_KEY); never echo it.
+    model_config = SettingsConfigDict(env_prefix="DWF_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     data_dir: Path = Field(default_factory=_default_data_dir)
     database_url: str = ""
@@ -60,6 +63,14 @@ class Settings(BaseSettings):
     device: str = "auto"
     env: Literal["dev", "production"] = "dev"
 
+    @field_validator("api_key")
+    @classmethod
+    def _check_api_key(cls, value: str | None) -> str | None:
+        # Refused here, at start, rather than stored: a key of another length is never looked up (auth.py).
+        if value and (problem := key_length_problem(value)):
+            raise ValueError(f"{problem}; unset it and `dwf serve` creates a key, or use `dwf keys create`")
+        return value
+
     @model_validator(mode="after")
     def _derive(self) -> Settings:
         self.data_dir = self.data_dir.expanduser()
@@ -86,7 +97,24 @@ class Settings(BaseSettings):
         return self.data_dir / "work"
 
 
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message is one line naming the ``DWF_*`` variables at fault."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """``Settings(**overrides)`` read from the environment, or SettingsError with a one-line message."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            message = str(error["msg"]).removeprefix("Value error, ")
+            field = ".".join(str(part) for part in error["loc"])
+            problems.append(f"DWF_{field.upper()}: {message}" if field else message)
+        raise SettingsError("; ".join(problems)) from None
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings singleton (read from the environment once)."""
-    return Settings()
+    """The process-wide settings singleton (read from the environment once); SettingsError if they are unusable."""
+    return load_settings()
