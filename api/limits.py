@@ -2,6 +2,8 @@
 
 Starlette spools multipart files to disk with no total cap, and FastAPI parses the form before any
 dependency runs, so the cap has to sit in front of the app (reliability-tests.md §4 and §7).
+The cap allows the multipart framing on top of DWF_MAX_UPLOAD_BYTES, so the files route checks the file's own
+size against the limit before it looks at the content: a file over it is 413 whatever it holds.
 """
 
 from __future__ import annotations

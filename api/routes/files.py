@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Query, UploadFile
@@ -20,6 +21,16 @@ router = APIRouter(prefix="/files", tags=["files"])
 Purpose = Literal["model", "weights", "dataset"]
 
 
+def _spooled_size(file: UploadFile) -> int:
+    """Bytes of the upload (the multipart parser counts them as it spools the file)."""
+    if file.size is not None:
+        return file.size
+    position = file.file.tell()
+    size = file.file.seek(0, os.SEEK_END)
+    file.file.seek(position)
+    return size
+
+
 # 400: the multipart parser's own limits (1000 files, 1 MiB per non-file field); 415: refused formats.
 @router.post("", response_model=FileOut, responses={code: {"model": ErrorResponse} for code in (400, 415, 429)})
 def upload_file(
@@ -31,6 +42,11 @@ def upload_file(
 ) -> FileOut:
     """Upload a model (ONNX), weights (safetensors) or dataset; streamed to the blob store with a size cap."""
     filename = (file.filename or "upload").replace("/", "_").replace("\\", "_")[:255]
+    # The size first, so a file over the cap is 413 whatever it holds. The body cap (api/limits.py) allows the
+    # multipart framing on top, so a file up to that much over the cap reaches this route, already spooled whole.
+    limit = ctx.settings.max_upload_bytes
+    if _spooled_size(file) > limit:
+        raise ApiError(413, "too_large", f"{filename} is larger than the limit of {limit} bytes", param="file")
     try:  # format, code formats (415), archive and safetensors-header checks, all before storing anything
         fmt = inspect_upload(file.file, filename, purpose)
     except UploadRefused as exc:

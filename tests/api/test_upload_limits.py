@@ -241,3 +241,42 @@ def test_100_mb_form_field_is_refused(tmp_path: Path, tmp_dir: str, cap: int) ->
     assert sum(sent) < 2 * MIB + len(CHUNK)  # the rest of the body was never read
     assert m.traced_peak < 16 * MIB, f"traced peak {m.traced_peak / MIB:.1f} MiB"
     assert not list(data_dir.rglob("file-*"))
+
+
+def _one_file(filename: str, payload: bytes, purpose: str = "dataset") -> bytes:
+    end = f"\r\n--{BOUNDARY}--\r\n".encode()
+    return _field("purpose", purpose.encode()) + _file_part("file", filename) + payload + end
+
+
+def _chunks(body: bytes) -> Iterator[bytes]:
+    for start in range(0, len(body), len(CHUNK)):
+        yield body[start : start + len(CHUNK)]
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+@pytest.mark.parametrize(
+    ("filename", "head"),
+    [("blob.bin", b"\x00\x01no known format\xff"), ("model.pt", b"PK\x03\x04"), ("d.csv", b"label,a\n")],
+    ids=["unknown-format", "refused-format", "known-format"],
+)
+def test_a_file_over_the_cap_is_413_whatever_its_content(
+    tmp_path: Path, tmp_dir: str, declared: bool, filename: str, head: bytes
+) -> None:
+    """Over DWF_MAX_UPLOAD_BYTES (but within the multipart margin the body cap allows) the size decides: 413."""
+    cap = MIB
+    app, data_dir = _app(tmp_path, max_upload_bytes=cap)
+    payload = head + b"1" * (cap + 1000 - len(head))
+    body = _one_file(filename, payload)
+    assert len(body) < cap + MULTIPART_OVERHEAD  # the body cap lets it through: the route must answer
+    m = post(app, _chunks(body), _headers(length=len(body) if declared else None), tmp_dir)
+    assert m.status == 413, m.body
+    assert m.body["error"]["code"] == "too_large" and m.body["error"]["param"] == "file"
+    assert str(cap) in m.body["error"]["message"]
+    assert not list(data_dir.rglob("file-*"))
+
+
+def test_a_file_at_the_cap_is_judged_by_its_content(tmp_path: Path, tmp_dir: str) -> None:
+    app, _ = _app(tmp_path, max_upload_bytes=MIB)
+    body = _one_file("blob.bin", b"\x00\x01no known format\xff" + b"1" * (MIB - 18))
+    m = post(app, _chunks(body), _headers(length=len(body)), tmp_dir)
+    assert m.status == 415, m.body
