@@ -10,8 +10,10 @@ CSV and folder counts include the val/test rows, and npz/safetensors the val par
 train, so the count is an upper bound. Tarballs and gzip files are not counted (``None``): the epoch-examples
 quota does not apply to them.
 
-Checks lock the tenant row (``SELECT … FOR UPDATE`` on PostgreSQL) so two concurrent requests of one tenant
-cannot both take the last slot; SQLite has no row locks, and there the check is best effort.
+Checks take the tenant's lock first (``lock_tenant``), held until the transaction ends, so the check and the
+insert that follows are one atomic step and two concurrent requests of one tenant cannot both take the last slot:
+the tenant row ``SELECT … FOR UPDATE`` on PostgreSQL, the database's write lock (``BEGIN IMMEDIATE``) on SQLite,
+which has no row locks.
 """
 
 from __future__ import annotations
@@ -81,8 +83,21 @@ def stored_bytes(session: Session, tenant_id: str) -> int:
     return int(files or 0) + int(artifacts or 0)
 
 
-def _lock(session: Session, tenant: Tenant) -> None:
-    session.execute(select(Tenant.id).where(Tenant.id == tenant.id).with_for_update())
+def lock_tenant(session: Session, tenant: Tenant) -> None:
+    """Hold ``tenant``'s lock until the session's transaction ends; a concurrent holder is waited for.
+
+    Read after this, the tenant's rows include everything a request that held the lock before committed.
+    """
+    if session.get_bind().dialect.name != "sqlite":
+        session.execute(select(Tenant.id).where(Tenant.id == tenant.id).with_for_update())
+        return
+    # SQLite: FOR UPDATE is ignored, so take the write lock that serializes all of its writers (waiting up to the
+    # busy timeout). A deferred transaction would take it only at its first write, after the check had read.
+    session.flush()  # pending rows first, or their INSERT would open a deferred transaction after this one
+    connection = session.connection()
+    # pysqlite opens a transaction only at the first write (or an explicit BEGIN): in one, the lock is held.
+    if not getattr(connection.connection.dbapi_connection, "in_transaction", False):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def check_new_job(session: Session, settings: Settings, tenant: Tenant, *, epochs: int, examples: int | None) -> None:
@@ -98,7 +113,7 @@ def check_new_job(session: Session, settings: Settings, tenant: Tenant, *, epoch
             param="method.epochs",
         )
     if limits.max_active_jobs:
-        _lock(session, tenant)
+        lock_tenant(session, tenant)
         active = active_jobs(session, tenant.id)
         if active >= limits.max_active_jobs:
             raise QuotaExceeded(
@@ -118,7 +133,7 @@ def check_storage(session: Session, settings: Settings, tenant: Tenant, incoming
     if not limit:
         return
     if lock:
-        _lock(session, tenant)
+        lock_tenant(session, tenant)
     used = stored_bytes(session, tenant.id)
     if used + incoming > limit:
         raise QuotaExceeded(
