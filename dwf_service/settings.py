@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     quota_max_epoch_examples: int = Field(default=100_000_000, ge=0)
     # The Retry-After of a 429 (seconds): when a running job may have ended or space been freed.
     quota_retry_after_seconds: int = Field(default=60, ge=1)
+    # How long an Idempotency-Key of POST /v1/jobs is remembered (from its job's creation); then it is new again.
+    idempotency_key_ttl_seconds: float = Field(default=86_400.0, gt=0)
     device: str = "auto"
     env: Literal["dev", "production"] = "dev"
 

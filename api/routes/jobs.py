@@ -9,13 +9,13 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from sqlalchemy import bindparam, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, select, update
 
 from api.deps import ContextDep, CurrentJob, CurrentTenant, SessionDep, bearer_key, check_key, owned_file
 from api.errors import ApiError, ErrorResponse
@@ -25,7 +25,8 @@ from dwf_service import jobs, quotas
 from dwf_service.auth import key_matches, lookup_prefix
 from dwf_service.context import ServiceContext
 from dwf_service.db import autocommit_connection
-from dwf_service.models import ApiKey, Artifact, File, Job, JobEvent, Tenant
+from dwf_service.models import ApiKey, Artifact, File, Job, JobEvent, Tenant, utcnow
+from dwf_service.settings import Settings
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 # GET /v1/jobs/{id} alone: it checks the key itself, in the same thread-pool trip as the read (see api/deps.py).
@@ -44,6 +45,18 @@ def _check_file(session: SessionDep, tenant: Tenant, file_id: str, purpose: str,
     return file
 
 
+def _job_of_key(session: SessionDep, settings: Settings, tenant: Tenant, key: str) -> Job | None:
+    """The tenant's job created with Idempotency-Key ``key`` less than its lifetime ago; an older one frees the key."""
+    job = session.scalar(select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == key))
+    if job is None:
+        return None
+    if job.created_at > utcnow() - timedelta(seconds=settings.idempotency_key_ttl_seconds):
+        return job
+    # Expired: the key is new again. The old job gives it up (a tenant's keys are unique), keeping its updated_at.
+    session.execute(update(Job).where(Job.id == job.id).values(idempotency_key=None, updated_at=Job.updated_at))
+    return None
+
+
 @router.post("", response_model=JobOut, responses={429: {"model": ErrorResponse}})
 def create_job(
     ctx: ContextDep,
@@ -55,11 +68,17 @@ def create_job(
     """Create a DWF job; it is validated first (status validating_files), then queued for training.
 
     Answers 404 for a file id the caller does not own and 429 (with Retry-After) over one of the tenant's quotas.
+    A repeat of an ``Idempotency-Key`` within DWF_IDEMPOTENCY_KEY_TTL_SECONDS (24 h) of its job's creation answers
+    that job (409 ``idempotency_key_reused`` with another body), also when it arrives while the first request is
+    still being submitted: it waits for that commit. An older key is new again.
     """
     request = body.model_dump(mode="json", exclude_none=True)
     request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+    # A tenant's submits take turns from here to the commit, so the key lookup, the quota check and the insert see
+    # every submit that went before: a repeat of a key still being submitted waits for that commit and replays it.
+    quotas.lock_tenant(session, tenant)
     if idempotency_key is not None:
-        existing = session.scalar(select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == idempotency_key))
+        existing = _job_of_key(session, ctx.settings, tenant, idempotency_key)
         if existing is not None:
             if existing.request_hash != request_hash:
                 raise ApiError(
@@ -84,20 +103,14 @@ def create_job(
     epochs = body.method.epochs + body.method.dense_epochs  # the dense phase trains on the same examples
     quotas.check_new_job(session, ctx.settings, tenant, epochs=epochs, examples=dataset.examples)
     file_ids = {"model": body.model.file_id, "weights": body.weights_file_id, "dataset": body.dataset.file_id}
-    try:
-        job = jobs.create_job(
-            session,
-            request,
-            file_ids=file_ids,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-            tenant_id=tenant.id,
-        )
-    except IntegrityError:  # the same key raced in from another request: answer with its job
-        session.rollback()
-        job = session.scalars(
-            select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == idempotency_key)
-        ).one()
+    job = jobs.create_job(
+        session,
+        request,
+        file_ids=file_ids,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        tenant_id=tenant.id,
+    )
     return job_out(job)
 
 

@@ -45,7 +45,9 @@ class Tenancy:
 
     def jobs(self) -> int:
         with self.ctx.sessions() as session:
-            return int(session.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == self.tenant_id)))
+            return int(
+                session.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == self.tenant_id)) or 0
+            )
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -98,3 +100,54 @@ def test_concurrent_submits_take_exactly_the_quota(tenancy: Tenancy, monkeypatch
     assert tenancy.jobs() == QUOTA
     assert sorted(m.job_id for m in tenancy.published) == sorted(r.json()["id"] for r in responses if r.is_success)
     assert all(r.json()["status"] == jobs.VALIDATING for r in responses if r.is_success)
+
+
+def test_a_concurrent_repeat_of_a_key_waits_for_the_first_and_replays_it(
+    tenancy: Tenancy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The repeat creates nothing: it waits until the first request committed, then answers the first's job."""
+    with session_scope(tenancy.ctx.sessions) as session:  # no quota: the submits take turns all the same
+        session.execute(update(Tenant).where(Tenant.id == tenancy.tenant_id).values(max_active_jobs=0))
+    create = jobs.create_job
+    calls: list[str] = []
+    inside, release = threading.Event(), threading.Event()
+
+    def held_open(*args: Any, **kwargs: Any) -> Job:
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:  # the first request stops here, before its insert, its transaction still open
+            inside.set()
+            assert release.wait(30)
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "create_job", held_open)
+    headers = {"Idempotency-Key": "overlap"}
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(tenancy.client.post, "/v1/jobs", json=body(tenancy.files), headers=headers)
+        assert inside.wait(30)
+        repeat = pool.submit(tenancy.client.post, "/v1/jobs", json=body(tenancy.files), headers=headers)
+        threading.Event().wait(0.5)
+        assert not repeat.done()  # waiting for the first request's commit
+        release.set()
+        answers = [first.result(timeout=60), repeat.result(timeout=60)]
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    assert answers[0].json() == answers[1].json()
+    assert len(calls) == 1 and tenancy.jobs() == 1  # the repeat did no work of its own
+    assert [m.job_id for m in tenancy.published] == [answers[0].json()["id"]]
+    # After the commit a repeat is a plain replay; another body with the key is a conflict.
+    assert tenancy.client.post("/v1/jobs", json=body(tenancy.files), headers=headers).json() == answers[0].json()
+    other = tenancy.client.post("/v1/jobs", json=body(tenancy.files, epochs=3), headers=headers)
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
+
+
+def test_twenty_concurrent_posts_with_one_key_make_one_job(tenancy: Tenancy) -> None:
+    """The fault tier's T10 in process: every answer is 200 with the one job, whichever request got in first."""
+    start = threading.Barrier(20)
+
+    def submit(_: int) -> Any:
+        start.wait()
+        return tenancy.client.post("/v1/jobs", json=body(tenancy.files), headers={"Idempotency-Key": "t10"})
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(submit, range(20)))
+    assert [a.status_code for a in answers] == [200] * 20, [a.text for a in answers if a.status_code != 200]
+    assert len({a.json()["id"] for a in answers}) == 1 and tenancy.jobs() == 1 and len(tenancy.published) == 1

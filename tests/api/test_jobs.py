@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, get_args
 
@@ -160,6 +161,34 @@ def test_idempotency_key(client: TestClient, files: dict[str, Any], published: l
     assert again == first and len(published) == 1
     resp = client.post("/v1/jobs", json=body(files, epochs=3), headers=headers)
     assert resp.status_code == 409 and resp.json()["error"]["code"] == "idempotency_key_reused"
+
+
+def _age(ctx: ServiceContext, job_id: str, seconds: float) -> None:
+    """Make the job ``seconds`` older (its key's lifetime runs from the job's creation)."""
+    with session_scope(ctx.sessions) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.created_at -= timedelta(seconds=seconds)
+
+
+def test_idempotency_key_expires(
+    ctx: ServiceContext, client: TestClient, files: dict[str, Any], published: list[Message]
+) -> None:
+    ctx.settings.idempotency_key_ttl_seconds = 60
+    headers = {"Idempotency-Key": "daily-run"}
+    first = client.post("/v1/jobs", json=body(files), headers=headers).json()
+    _age(ctx, first["id"], 59)  # within the lifetime: the same job, and another body is still a conflict
+    assert client.post("/v1/jobs", json=body(files), headers=headers).json()["id"] == first["id"]
+    assert client.post("/v1/jobs", json=body(files, epochs=3), headers=headers).status_code == 409
+    _age(ctx, first["id"], 2)  # 61 s old: the key is new again
+    second = client.post("/v1/jobs", json=body(files), headers=headers)
+    assert second.status_code == 200, second.text
+    assert second.json()["id"] != first["id"] and len(published) == 2
+    assert client.post("/v1/jobs", json=body(files), headers=headers).json()["id"] == second.json()["id"]
+    assert client.get(f"/v1/jobs/{first['id']}").json()["status"] == "validating_files"  # the old job is untouched
+    _age(ctx, second.json()["id"], 61)  # an expired key takes another body too, without a conflict
+    third = client.post("/v1/jobs", json=body(files, epochs=3), headers=headers)
+    assert third.status_code == 200 and third.json()["id"] not in (first["id"], second.json()["id"])
 
 
 def test_list_filters_before_paginating(client: TestClient, files: dict[str, Any]) -> None:
