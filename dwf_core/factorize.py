@@ -30,6 +30,10 @@ from dwf_core.init import (
 InitName = Literal["varmatch", "balanced"]
 MAX_DEPTH = 8
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# Any module may list its own parameters that are weight matrices under this attribute, as a dict name → fan-in
+# (None: read from the shape as for a Linear): they are factorized by default too, and VarMatch draws them with
+# that fan-in. The ONNX intake sets it for MatMul/Gemm/Einsum weights (dwf_core.intake.onnx_trainable).
+WEIGHT_FAN_IN_ATTR = "dwf_weight_fan_in"
 
 
 class Product(nn.Module):
@@ -87,7 +91,8 @@ def select_parameters(
 ) -> list[str]:
     """Names of the parameters ``factorize`` would choose.
 
-    Default: the ``weight`` of every Linear and Conv1d/2d/3d (subclasses included). With ``include``, any
+    Default: the ``weight`` of every Linear and Conv1d/2d/3d (subclasses included) and the parameters a module
+    lists under ``WEIGHT_FAN_IN_ATTR`` (weight matrices of converted ONNX graphs). With ``include``, any
     directly owned parameter whose full name matches one of the globs (``"*.weight"``, ``"head.*"``);
     ``exclude`` globs then remove names.
     """
@@ -100,10 +105,17 @@ def select_parameters(
             if include:
                 selected = _matches(full, include)
             else:
-                selected = attr == "weight" and isinstance(module, DEFAULT_LAYER_TYPES)
+                selected = (attr == "weight" and isinstance(module, DEFAULT_LAYER_TYPES)) or attr in _listed_weights(
+                    module
+                )
             if selected and not (exclude and _matches(full, exclude)):
                 chosen.append(full)
     return chosen
+
+
+def _listed_weights(module: nn.Module) -> dict[str, int | None]:
+    listed = getattr(module, WEIGHT_FAN_IN_ATTR, None)
+    return listed if isinstance(listed, dict) else {}
 
 
 def _resolve(model: nn.Module, full_name: str) -> tuple[nn.Module, str]:
@@ -191,7 +203,7 @@ def factorize(
                 fresh = varmatch_factors(
                     weight.shape,
                     depth,
-                    sigma_w=target_std(weight.shape, target),
+                    sigma_w=target_std(weight.shape, target, known_fan_in=_listed_weights(module).get(attr)),
                     variant=variant,
                     epsilon=epsilon,
                     generator=generator,

@@ -34,9 +34,15 @@ def fan_in(shape: torch.Size | tuple[int, ...]) -> int:
     return int(shape[1]) * math.prod(int(s) for s in shape[2:])
 
 
-def target_std(shape: torch.Size | tuple[int, ...], rule: TargetStd = "kaiming") -> float:
-    """The std σw a standard init gives this tensor: Kaiming-normal for ReLU or torch's default uniform."""
-    fi = max(fan_in(shape), 1)
+def target_std(
+    shape: torch.Size | tuple[int, ...], rule: TargetStd = "kaiming", *, known_fan_in: int | None = None
+) -> float:
+    """The std σw a standard init gives this tensor: Kaiming-normal for ReLU or torch's default uniform.
+
+    ``known_fan_in`` replaces the one read from the shape (Linear/Conv layout), e.g. for a MatMul weight stored
+    (in, out).
+    """
+    fi = max(known_fan_in or fan_in(shape), 1)
     if rule == "kaiming":
         return math.sqrt(2.0 / fi)
     if rule == "torch_default":

@@ -23,10 +23,18 @@ from dwf_core.intake.limits import DEFAULT_LIMITS, ModelLimits
 from dwf_core.intake.onnx_converters import register_extra_converters
 from dwf_core.intake.onnx_external import all_tensors, count_nodes, inline_external_data
 from dwf_core.intake.onnx_normalize import normalize_for_onnx2torch
-from dwf_core.intake.onnx_verify import DEFAULT_ATOL, DEFAULT_RTOL, compare_with_onnxruntime
+from dwf_core.intake.onnx_trainable import promote_initializers
+from dwf_core.intake.onnx_verify import (
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
+    check_batch_independence,
+    compare_with_onnxruntime,
+)
 
 # Failures that a constant-folded, simplified graph may not have.
-_RETRYABLE_CODES = frozenset({"onnx_unsupported_op", "onnx_verification_failed", "onnx_conversion_mismatch"})
+_RETRYABLE_CODES = frozenset(
+    {"onnx_unsupported_op", "onnx_verification_failed", "onnx_conversion_mismatch", "onnx_batch_dependent"}
+)
 _SINGLE_FILE_HINT = (
     "re-save it as one file, e.g. torch.onnx.export(..., external_data=False) or "
     "onnx.save_model(onnx.load(path), out_path, save_as_external_data=False)"
@@ -197,18 +205,28 @@ def convert_onnx_model(
             check(normalized, module)
         return module
 
+    # The normalization rewrites in place; the retry must start from the graph as exported (with its static
+    # batch size still visible, so the batch can be freed in the optimized graph too).
+    pristine = ModelProto()
+    pristine.CopyFrom(model)
     try:
-        return attempt(model)
+        return _trainable(attempt(model))
     except ModelError as first:
         if first.code not in _RETRYABLE_CODES:
             raise
-        optimized = _optimized(model)
+        optimized = _optimized(pristine)
         if optimized is None:
             raise
         try:
-            return attempt(optimized)
+            return _trainable(attempt(optimized))
         except ModelError:
             raise first from None
+
+
+def _trainable(module: fx.GraphModule) -> fx.GraphModule:
+    """The converted module with every learnable initializer made a parameter (onnx_trainable.py)."""
+    promote_initializers(module)
+    return module
 
 
 def verify_onnx_conversion(
@@ -292,5 +310,7 @@ def load_onnx(
                 code="onnx_conversion_mismatch",
                 param="path",
             )
+        # Training runs other batch sizes than the export's: each example must come out as it does alone.
+        check_batch_independence(graph, module, input_shape=input_shape)
 
     return convert_onnx_model(model, check=check)

@@ -10,6 +10,8 @@ import onnx
 import onnx.inliner
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, numpy_helper
 
+from dwf_core.intake.onnx_batch import free_batch_in_reshapes
+
 
 @dataclass
 class NormalizeReport:
@@ -165,15 +167,32 @@ def free_static_batch(model: ModelProto, report: NormalizeReport) -> None:
     """Make a graph exported with a fixed batch size accept any batch size.
 
     Exporters without dynamic axes (the default) bake the example's batch size into the input shape and
-    into Reshape targets such as the dynamo exporter's ``Reshape(x, [1, 512])`` before the classifier.
-    Training needs other batch sizes, so a leading target dim equal to that batch size becomes -1 (it
-    resolves to the same value at the exported batch size, so the graph's result there is unchanged) and the
+    into Reshape targets, such as the dynamo exporter's ``Reshape(x, [1, 512])`` before the classifier or its
+    attention reshapes (``[seq, B·heads, head_dim]``). Training needs other batch sizes, so the target dim
+    that holds the batch becomes -1 (found by following the batch through the graph, onnx_batch.py; it resolves
+    to the same value at the exported batch size, so the graph's result there is unchanged) and the
     input/output batch dims become symbolic.
     """
     graph = model.graph
     batch = _static_batch(graph)
     if batch is None:
         return
+    freed = free_batch_in_reshapes(model, batch)
+    if freed is not None:
+        report.batch_reshapes_freed += freed
+    else:
+        _free_leading_batch(graph, batch, report)
+    initializer_names = {t.name for t in graph.initializer}
+    for value in [*graph.input, *graph.output]:
+        if value.name in initializer_names or not value.type.HasField("tensor_type"):
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value == batch:
+            dims[0].dim_param = "batch"
+
+
+def _free_leading_batch(graph: GraphProto, batch: int, report: NormalizeReport) -> None:
+    """The fallback when shape inference cannot follow the graph: only a leading target dim equal to the batch."""
     initializers = {t.name: t for t in graph.initializer}
     users: dict[str, int] = {}
     for node in graph.node:
@@ -198,13 +217,6 @@ def free_static_batch(model: ModelProto, report: NormalizeReport) -> None:
             graph.initializer.append(numpy_helper.from_array(freed, name))
             node.input[1] = name
         report.batch_reshapes_freed += 1
-    initializer_names = set(initializers)
-    for value in [*graph.input, *graph.output]:
-        if value.name in initializer_names or not value.type.HasField("tensor_type"):
-            continue
-        dims = value.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value") and dims[0].dim_value == batch:
-            dims[0].dim_param = "batch"
 
 
 def inline_local_functions(model: ModelProto, report: NormalizeReport) -> ModelProto:

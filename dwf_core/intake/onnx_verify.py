@@ -16,6 +16,10 @@ from dwf_core.errors import ModelError
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-4
+_EXPORT_HINT = (
+    "export with a dynamic batch axis (torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}}) or "
+    "dynamic_shapes), or with an example batch of 2 or more (at batch 1 the graph cannot show where the batch goes)"
+)
 
 
 def _graph_inputs(model: ModelProto) -> list[onnx.ValueInfoProto]:
@@ -25,9 +29,13 @@ def _graph_inputs(model: ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def _random_inputs(
-    model: ModelProto, batch: int, input_shape: Sequence[int] | None, seed: int = 0
+    model: ModelProto, batch: int, input_shape: Sequence[int] | None, seed: int = 0, *, distinct_ints: bool = False
 ) -> list[np.ndarray[Any, Any]]:
-    """Random feeds for every graph input: dynamic dim 0 becomes ``batch``, other dims must be static."""
+    """Random feeds for every graph input: dynamic dim 0 becomes ``batch``, other dims must be static.
+
+    Integer inputs are zeros (valid for any index range), or zeros and ones with ``distinct_ints`` so that the
+    rows of a batch differ.
+    """
     rng = np.random.default_rng(seed)
     feeds = []
     inputs = _graph_inputs(model)
@@ -60,7 +68,8 @@ def _random_inputs(
             feeds.append(rng.standard_normal(shape).astype(dtype))
         else:
             # Integer inputs are usually indices; zeros are valid for any index range.
-            feeds.append(np.zeros(shape, dtype=dtype))
+            ints = rng.integers(0, 2, size=shape) if distinct_ints else np.zeros(shape)
+            feeds.append(ints.astype(dtype))
     return feeds
 
 
@@ -144,3 +153,48 @@ def compare_with_onnxruntime(
             diff = max(diff, float(np.max(np.abs(got64 - ref64))))
             scale = max(scale, float(np.max(np.abs(ref64))))
     return diff, scale
+
+
+def check_batch_independence(
+    model: ModelProto, torch_module: nn.Module, *, n: int = 3, input_shape: Sequence[int] | None = None
+) -> float:
+    """Require each row of a batch of ``n`` to come out as it does alone; returns the max abs difference.
+
+    Catches a converted graph that still mixes or assumes the export's batch size (a Reshape target that kept
+    it): training runs it at other batch sizes. ``model`` is the normalized graph (its batch dim symbolic).
+
+    Raises:
+        ModelError: ``onnx_batch_dependent`` when the graph fails at batch ``n`` or its rows differ.
+    """
+    shape = None if input_shape is None else [n, *list(input_shape)[1:]]
+    feeds = [torch.from_numpy(f) for f in _random_inputs(model, n, shape, seed=1, distinct_ints=True)]
+    was_training = torch_module.training
+    torch_module.eval()
+    try:
+        with torch.no_grad():
+            together = _flatten_outputs(torch_module(*feeds))
+            alone = [_flatten_outputs(torch_module(*[f[i : i + 1] for f in feeds])) for i in range(n)]
+    except Exception as exc:
+        raise ModelError(
+            f"the converted graph does not run at batch size {n}: {type(exc).__name__}: {exc}; the export baked "
+            f"its example's batch size in somewhere we could not free: {_EXPORT_HINT}",
+            code="onnx_batch_dependent",
+            param="path",
+        ) from exc
+    finally:
+        torch_module.train(was_training)
+    diff, scale = 0.0, 0.0
+    for index, outputs in enumerate(together):
+        if outputs.dim() == 0 or outputs.shape[0] != n:
+            continue  # not a per-example output
+        rows = torch.cat([single[index] for single in alone]).double()
+        diff = max(diff, float((outputs.double() - rows).abs().max()))
+        scale = max(scale, float(rows.abs().max()))
+    if not diff <= DEFAULT_ATOL + DEFAULT_RTOL * scale:
+        raise ModelError(
+            f"the converted graph mixes the examples of a batch (rows differ by {diff:.3g} from the same inputs "
+            f"run one by one): {_EXPORT_HINT}",
+            code="onnx_batch_dependent",
+            param="path",
+        )
+    return diff
