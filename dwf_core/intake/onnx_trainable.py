@@ -163,6 +163,6 @@ def promote_initializers(graph_module: fx.GraphModule) -> PromotionReport:
         container.register_parameter(name, nn.Parameter(tensor.detach().clone()))
         _untie(graph_module, container, name, readers[name], report)
     graph_module.recompile()
-    weights = {name: report.fan_in.get(name) for name, role in report.roles.items() if role == "weight"}
-    setattr(container, WEIGHT_FAN_IN_ATTR, weights)
+    listed = {name: report.fan_in.get(name) for name, role in report.roles.items() if role == "weight"}
+    setattr(container, WEIGHT_FAN_IN_ATTR, listed)
     return report
