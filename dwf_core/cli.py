@@ -125,7 +125,10 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
     warmup_epochs: Annotated[float, typer.Option(help="Linear LR warmup before the cosine decay")] = 0.0,
     max_grad_norm: Annotated[
-        float | None, typer.Option(help="Clip the gradient norm (LeNet-5-Caffe needs 5 at the default LRs)")
+        float | None,
+        typer.Option(
+            help="Clip the gradient norm (default off; a NaN loss restarts training with 5, then with lower LRs)"
+        ),
     ] = None,
     include: Annotated[list[str] | None, typer.Option(help="Parameter-name glob to factorize (repeatable)")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Parameter-name glob to leave dense (repeatable)")] = None,

@@ -53,6 +53,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    # None: no clipping, until a non-finite loss restarts training with the norm clipped at 5 (dwf_core.divergence).
     max_grad_norm: float | None = None
     eval_batch_size: int = 1000
     progress_every: int = 20

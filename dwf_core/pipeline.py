@@ -158,6 +158,7 @@ def _train_dense_first(
         "l2_lam": dense_cfg.lam,
         "val_accuracy": trained.history[-1]["val_accuracy"] if trained.history else None,
         "train_seconds": trained.train_seconds,
+        "divergence_restarts": trained.extra.get("divergence_restarts", []),
         "history": trained.history,
     }
     return plain, info
@@ -280,6 +281,7 @@ def run(
                 should_stop=should_stop,
             )
             finetune_info["reason"] = "requested" if cfg.finetune_epochs else "auto: the target cut cost accuracy"
+            finetune_info["divergence_restarts"] = ft.extra.get("divergence_restarts", [])
             history = [{"phase": "train", **h} for h in result.history] + [
                 {**h, "phase": "finetune"} for h in ft.history
             ]
@@ -348,6 +350,11 @@ def run(
         "lam": result.extra.get("lam", cfg.lam),
         # DWF with a target: each restart with a lower λ after training left more dead weights than the target allows.
         "lam_restarts": result.extra.get("lam_restarts", []),
+        # Each restart from the initial weights after the training loss became NaN/inf (dwf_core.divergence), with
+        # the peak LR and gradient-norm clip it switched to; "lr" and "max_grad_norm" are those of the last attempt.
+        "divergence_restarts": result.extra.get("divergence_restarts", []),
+        "lr": result.extra.get("lr", cfg.lr),
+        "max_grad_norm": result.extra.get("max_grad_norm", cfg.max_grad_norm),
         "tolerance": collapsed.tolerance,
         "threshold_search": collapsed.search,
         "layers": [

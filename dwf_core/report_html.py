@@ -322,8 +322,27 @@ def _restarts_note(restarts: Any) -> str:
     return f" (after {len(restarts)} restart(s) with a lower λ; abandoned: {steps})"
 
 
+def _divergence_note(restarts: Any) -> str:
+    """What each restart after a non-finite loss changed (dwf_core.divergence), for the "training restarts" row."""
+    if not isinstance(restarts, list):
+        return ""
+    parts = []
+    for r in restarts:
+        if not isinstance(r, dict):
+            continue
+        changes = []
+        if r.get("max_grad_norm_before") is None and r.get("max_grad_norm_after") is not None:
+            changes.append(f"gradient norm clipped at {_esc(r.get('max_grad_norm_after'))}")
+        if r.get("lr_after") != r.get("lr_before"):
+            changes.append(f"peak LR {_esc(r.get('lr_before'))} → {_esc(r.get('lr_after'))}")
+        where = f"loss {_esc(r.get('loss'))} at epoch {_esc(r.get('epoch'))}, step {_esc(r.get('step'))}"
+        parts.append(f"{where}: {', '.join(changes) or 'same setting'}")
+    return f"{len(parts)} after a non-finite loss ({'; '.join(parts)})" if parts else ""
+
+
 def _results_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     target = _num(metrics.get("target_sparsity"))
+    divergence = _divergence_note(metrics.get("divergence_restarts"))
     return [
         ("requested sparsity", _pct(target) if target is not None else "— (λ given)"),
         ("achieved sparsity", _pct(metrics.get("sparsity")) + _target_note(metrics.get("target_met"))),
@@ -337,6 +356,7 @@ def _results_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
         ("max |logit diff| (test)", _esc(metrics.get("max_abs_logit_diff_test"))),
         ("threshold", f"{_esc(metrics.get('threshold'))} ({_esc(metrics.get('threshold_mode'))})"),
         ("final λ", _esc(metrics.get("lam")) + _restarts_note(metrics.get("lam_restarts"))),
+        *([("training restarts", divergence)] if divergence else []),
         ("device", _esc(metrics.get("device"))),
         ("training time", f"{_num(metrics.get('train_seconds')) or 0.0:.1f} s"),
     ]

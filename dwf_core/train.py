@@ -29,6 +29,7 @@ from dwf_core.checkpoint import (
 from dwf_core.config import TrainConfig
 from dwf_core.controller import ControllerSettings, next_lam, scheduled_sparsity, target_met
 from dwf_core.denormals import flush_denormals, flushing
+from dwf_core.divergence import NonFiniteLoss, diverged_error, restart_record, setting_after
 from dwf_core.errors import DwfError, TrainingError
 from dwf_core.evaluate import Labeled, evaluate
 from dwf_core.factorize import factorize, init_stats, is_factorized
@@ -45,7 +46,9 @@ class TrainingCancelled(DwfError):
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    """What the progress callback receives: every ``progress_every`` steps ("step") and per epoch ("epoch")."""
+    """What the progress callback receives: every ``progress_every`` steps ("step"), per epoch ("epoch", with
+    ``metrics``; ``metrics["restart"]`` when λ over-pruned and training starts over) and when a non-finite loss
+    restarts training ("restart", with ``restart``: the record listed in metrics.json ``divergence_restarts``)."""
 
     kind: str
     epoch: int
@@ -58,6 +61,7 @@ class ProgressEvent:
     lr: float
     elapsed_s: float
     metrics: dict[str, Any] | None = None
+    restart: dict[str, Any] | None = None
 
     @property
     def fraction(self) -> float:
@@ -178,12 +182,12 @@ class Trainer:
                 seed=cfg.seed,
             )
         self.init_stats = init_stats(self.model)
-        # With a target sparsity, a λ that over-prunes restarts training from these weights (_restart_if_over_pruned).
+        # Restarts: λ over-pruned (_restart_if_over_pruned), loss became non-finite (_restart_after_divergence).
         self.restarts: list[dict[str, Any]] = []
-        self.initial_state: dict[str, torch.Tensor] | None = None
-        self.initial_rng = torch.get_rng_state()
-        if self._may_restart():
-            self.initial_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.divergence_restarts: list[dict[str, Any]] = []
+        # The peak LR and gradient-norm clip of the running attempt: the config's until a divergence restart.
+        assert cfg.lr is not None
+        self.lr, self.max_grad_norm = cfg.lr, cfg.max_grad_norm
         self.device = resolve_device(cfg.device)
         self.model.to(self.device)
         n = int(self.train_data.x.shape[0])
@@ -207,8 +211,24 @@ class Trainer:
         if self.device.type != "cpu" and x.element_size() * x.numel() < 2 * 1024**3:
             x, y = x.to(self.device), y.to(self.device)
         self.x_train, self.y_train = x, y
-        if self.checkpoint_dir is not None:
-            self._maybe_resume()
+
+    def _keep_initial_state(self) -> None:
+        """Remember what every restart starts from: taken after a subclass's preparation (e.g. masks applied) and
+        before a resume loads a checkpoint, on the CPU so that an accelerator holds one copy of the weights."""
+        self.initial_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        self.initial_rng = torch.get_rng_state()
+        self.initial_cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+
+    def _restart(self) -> None:
+        """Start training over from the initial weights, RNG state and data order, at the λ₀, peak LR and clip
+        the caller has set (a λ or a divergence restart); the history of the abandoned attempt is dropped."""
+        self.model.load_state_dict(self.initial_state)
+        torch.set_rng_state(self.initial_rng)
+        if self.initial_cuda_rng is not None:
+            torch.cuda.set_rng_state(self.initial_cuda_rng, self.device)
+        self.lam = self.lam0
+        self._start_optimization()
+        self.history = []
 
     def _start_optimization(self) -> None:
         """Optimizer, loss scaler, data order and step count of a run starting at step 0 (also after a restart)."""
@@ -241,6 +261,8 @@ class Trainer:
         self.lam = float(state.get("lam", self.lam))
         self.lam0 = float(state.get("lam0", self.lam0))
         self.restarts = list(state.get("restarts", []))
+        self.divergence_restarts = list(state.get("divergence_restarts", []))
+        self.lr, self.max_grad_norm = setting_after(self.lr, self.max_grad_norm, self.divergence_restarts)
         set_lam(self.optimizer, self.lam)
         torch.set_rng_state(ckpt.tensors["rng/torch"])
         self.shuffle_rng.set_state(ckpt.tensors["rng/shuffle"])
@@ -269,6 +291,7 @@ class Trainer:
             "lam": self.lam,
             "lam0": self.lam0,
             "restarts": self.restarts,
+            "divergence_restarts": self.divergence_restarts,
             "config": self.config.to_dict(),
             "optimizer": opt_meta,
             "history": self.history,
@@ -279,7 +302,6 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------------
     def _step(self, xb: torch.Tensor, yb: torch.Tensor, lr: float) -> torch.Tensor:
-        cfg = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         ctx = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
@@ -287,22 +309,15 @@ class Trainer:
             logits = self.model(xb)
             loss = nn.functional.cross_entropy(logits.float(), yb)
         if not torch.isfinite(loss):
-            raise TrainingError(
-                f"training loss became {float(loss.detach())} at step {self.global_step} "
-                f"(lr={lr:.4g}, λ={self.lam:.3g}); "
-                "lower the learning rate or λ, clip gradients (max_grad_norm, e.g. 5), or check the data for "
-                "extreme values",
-                code="non_finite_loss",
-                param="lr",
-            )
+            raise NonFiniteLoss(float(loss.detach()), lr, self.lam, self.global_step)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()  # type: ignore[no-untyped-call]
-        if cfg.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        if self.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -347,6 +362,29 @@ class Trainer:
         set_lam(self.optimizer, self.lam)
         metrics.update(controller_sparsity=current, scheduled_sparsity=goal, next_lam=self.lam)
 
+    def _restart_after_divergence(self, epoch: int, step: int, err: NonFiniteLoss) -> dict[str, Any]:
+        """Restart from the initial weights with the peak LR / DIVERGENCE_LR_FACTOR and gradient clipping (if it
+        was off) after a non-finite loss at ``step`` (1-based) of ``epoch``; returns the restart's record.
+
+        Raises:
+            TrainingError: ``non_finite_loss`` naming every attempt, once MAX_DIVERGENCE_RESTARTS are used up.
+        """
+        record = restart_record(
+            epoch=epoch,
+            step=step,
+            global_step=self.global_step,
+            loss=err.loss,
+            lr=self.lr,
+            max_grad_norm=self.max_grad_norm,
+            restart=len(self.divergence_restarts) + 1,
+        )
+        if len(self.divergence_restarts) >= defaults.MAX_DIVERGENCE_RESTARTS:
+            raise diverged_error(self.divergence_restarts, record, self.lam) from err
+        self.divergence_restarts.append(record)
+        self.lr, self.max_grad_norm = record["lr_after"], record["max_grad_norm_after"]
+        self._restart()
+        return record
+
     def _may_restart(self) -> bool:
         """Whether an over-pruning λ may still be lowered by a restart: DWF with a target, restarts left."""
         cfg = self.config
@@ -363,7 +401,7 @@ class Trainer:
         """
         cfg = self.config
         target, dead = cfg.target_sparsity, float(metrics["dead_sparsity"])
-        if not self._may_restart() or self.initial_state is None or target is None:
+        if not self._may_restart() or target is None:
             return False
         if dead <= target or target_met(target, dead):
             return False
@@ -376,11 +414,8 @@ class Trainer:
         }
         self.restarts.append(record)
         metrics["restart"] = record
-        self.model.load_state_dict(self.initial_state)
-        self.lam0 = self.lam = record["next_lam"]
-        torch.set_rng_state(self.initial_rng)
-        self._start_optimization()
-        self.history = []
+        self.lam0 = record["next_lam"]
+        self._restart()
         return True
 
     def _emit(
@@ -392,6 +427,7 @@ class Trainer:
         lr: float,
         t0: float,
         metrics: dict[str, Any] | None = None,
+        restart: dict[str, Any] | None = None,
     ) -> None:
         if self.on_progress is not None:
             self.on_progress(
@@ -407,6 +443,7 @@ class Trainer:
                     lr,
                     time.monotonic() - t0,
                     metrics,
+                    restart,
                 )
             )
 
@@ -431,11 +468,13 @@ class Trainer:
 
     def _fit(self) -> TrainResult:
         self._prepare()
+        self._keep_initial_state()
+        if self.checkpoint_dir is not None:
+            self._maybe_resume()
         cfg = self.config
-        assert cfg.lr is not None
         t0 = time.monotonic()
         n = int(self.x_train.shape[0])
-        lr = lr_at(self.global_step, self.total_steps, cfg.lr, schedule=cfg.schedule, warmup_steps=self.warmup_steps)
+        lr = lr_at(self.global_step, self.total_steps, self.lr, schedule=cfg.schedule, warmup_steps=self.warmup_steps)
         epoch = self.start_epoch
         while epoch < cfg.epochs:
             epoch += 1
@@ -444,6 +483,7 @@ class Trainer:
             order = torch.randperm(n, generator=self.shuffle_rng)
             sums = torch.zeros(2, device=self.device)
             seen = 0
+            restart: dict[str, Any] | None = None
             for step in range(self.steps_per_epoch):
                 if self.should_stop is not None and self.should_stop():
                     raise TrainingCancelled(f"training cancelled at epoch {epoch}, step {step}")
@@ -455,15 +495,24 @@ class Trainer:
                 lr = lr_at(
                     self.global_step,
                     self.total_steps,
-                    cfg.lr,
+                    self.lr,
                     schedule=cfg.schedule,
                     warmup_steps=self.warmup_steps,
                 )
-                sums += self._step(xb, yb, lr)
+                try:
+                    sums += self._step(xb, yb, lr)
+                except NonFiniteLoss as err:
+                    restart = self._restart_after_divergence(epoch, step + 1, err)
+                    break
                 seen += int(yb.shape[0])
                 self.global_step += 1
                 if (step + 1) % cfg.progress_every == 0:
                     self._emit("step", epoch, step + 1, float(sums[0]) / seen, lr, t0)
+            if restart is not None:
+                # Told at once (the abandoned epoch has no metrics): a watcher sees why epochs start over.
+                self._emit("restart", epoch, restart["step"], float(restart["loss"]), lr, t0, restart=restart)
+                epoch = 0
+                continue
             metrics = self._epoch_metrics(epoch, sums, seen, lr, time.monotonic() - epoch_start)
             if cfg.target_sparsity is not None:
                 self._control(epoch, metrics)
@@ -484,7 +533,13 @@ class Trainer:
             str(self.device),
             time.monotonic() - t0,
             self.resumed_from,
-            extra={"lam": self.lam, "lam_restarts": self.restarts},
+            extra={
+                "lam": self.lam,
+                "lam_restarts": self.restarts,
+                "lr": self.lr,
+                "max_grad_norm": self.max_grad_norm,
+                "divergence_restarts": self.divergence_restarts,
+            },
         )
 
 

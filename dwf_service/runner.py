@@ -306,7 +306,8 @@ def validate_job(ctx: ServiceContext, job_id: str) -> None:
 
 
 class _ProgressWriter:
-    """on_progress/on_phase callbacks: progress fields (≤ 1 write/s within an epoch) and a metrics event per epoch."""
+    """on_progress/on_phase callbacks: progress fields (≤ 1 write/s within an epoch), a metrics event per epoch and
+    one per restart after a non-finite loss."""
 
     def __init__(self, ctx: ServiceContext, job_id: str, owner: str) -> None:
         self.ctx, self.job_id, self.owner = ctx, job_id, owner
@@ -322,7 +323,7 @@ class _ProgressWriter:
 
     def on_progress(self, event: ProgressEvent) -> None:
         now = time.monotonic()
-        if event.kind != "epoch" and now - self._last_write < STEP_WRITE_INTERVAL_S:
+        if event.kind == "step" and now - self._last_write < STEP_WRITE_INTERVAL_S:
             return
         self._last_write = now
         fraction = event.fraction
@@ -361,6 +362,18 @@ class _ProgressWriter:
                     message,
                     type="metrics",
                     data={"step": event.global_step, "epoch": event.epoch, **m},
+                )
+            elif event.restart is not None:  # the loss became NaN/inf: dwf_core's trainer starts over, more safely
+                from dwf_core.divergence import restart_message
+
+                # A metrics event with "restart", as for λ: the dashboard then starts its epoch charts over.
+                jobs.add_event(
+                    session,
+                    self.job_id,
+                    restart_message(event.restart),
+                    type="metrics",
+                    level="warn",
+                    data={"step": event.global_step, "epoch": event.epoch, "restart": event.restart},
                 )
 
 

@@ -126,18 +126,15 @@ def test_misalignment_decreases() -> None:
 
 
 def test_non_finite_loss_stops_with_clear_error() -> None:
+    """An inf in the data: every restart (lower LR, clipping) meets it again, and the error says what was tried.
+
+    A diverging LR restarts and trains: tests/dwf_core/test_divergence_restart.py."""
     data = separable_data(64)
     data.x[3, 0] = float("inf")
     with pytest.raises(TrainingError) as err:
         train(mlp(), data, VAL, CFG)
     assert err.value.code == "non_finite_loss" and "lower the learning rate" in err.value.message
-
-
-def test_diverging_lr_stops_with_clear_error() -> None:
-    cfg = TrainConfig(**{**CFG.to_dict(), "lr": 100.0, "warmup_epochs": 0.0, "depth": 4})
-    with pytest.raises(TrainingError) as err:
-        train(mlp(), DATA, VAL, TrainConfig(**{**cfg.to_dict(), "epochs": 20}))
-    assert err.value.code == "non_finite_loss"
+    assert "each of 4 attempts" in err.value.message and "extreme values" in err.value.message
 
 
 @pytest.mark.parametrize(

@@ -180,3 +180,27 @@ def test_a_lam_restart_is_told_in_the_job_events(
     assert "100.00% of the weights are dead" in messages[0]
     assert f"training restarts with λ {restarts[0]['next_lam']:.3g}" in messages[0]
     assert "restarts" not in messages[1]
+
+
+def test_a_divergence_restart_is_told_in_the_job_events(ctx: ServiceContext, inputs: dict[str, Path]) -> None:
+    """LR 100 makes the loss NaN at step 4: one restart with the gradient norm clipped at 5, then the job succeeds."""
+    job_id = stored_job(ctx, inputs["model"], inputs["data"], lr=100.0, init="balanced")
+    runner.validate_job(ctx, job_id)
+    runner.train_job(ctx, job_id)
+    job = job_row(ctx, job_id)
+    assert job.status == jobs.SUCCEEDED and job.metrics is not None
+    [restart] = job.metrics["divergence_restarts"]
+    assert (restart["epoch"], restart["step"], restart["lr_before"], restart["lr_after"]) == (1, 4, 100.0, 100.0)
+    assert (job.metrics["lr"], job.metrics["max_grad_norm"]) == (100.0, 5.0)
+    with ctx.sessions() as session:
+        events = session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "metrics").order_by(JobEvent.id)
+        ).all()
+    # The restart first (its data carries "restart", so the dashboard starts its charts over), then the one epoch.
+    assert [e.level for e in events] == ["warn", "info"]
+    assert events[0].data is not None and events[0].data["restart"] == restart
+    assert events[0].message == (
+        "training loss became nan at epoch 1, step 4 (peak lr 100, no gradient clipping): restart 1 of at most 3 "
+        "from the initial weights with the gradient norm clipped at 5"
+    )
+    assert events[1].message.startswith("epoch 1/1: loss ")
