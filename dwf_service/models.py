@@ -123,7 +123,7 @@ class File(TimestampedModel):
     format: Mapped[str] = mapped_column(String(32))
     storage_key: Mapped[str] = mapped_column(String(512))
     # Training examples counted from the upload's headers (npz/safetensors y_train, CSV rows, image-folder
-    # files); None where that is not cheap (tarballs, gzip), in which case the epoch-examples quota is not applied.
+    # files); None where that is not cheap (tarballs, gzip): their epoch-examples quota is checked at validation.
     examples: Mapped[int | None] = mapped_column(BigInteger)
 
 

@@ -7,8 +7,9 @@ The training-example count of a dataset is read at upload from the file's header
 too-large job is refused when it is submitted, not after validation: npz and safetensors give ``y_train``'s
 length, a CSV its data rows, an image-folder zip its images under ``train/`` (all images without split folders).
 CSV and folder counts include the val/test rows, and npz/safetensors the val part still to be carved from
-train, so the count is an upper bound. Tarballs and gzip files are not counted (``None``): the epoch-examples
-quota does not apply to them.
+train, so the count is an upper bound. Tarballs and gzip files are not counted at upload (``None``): their jobs
+are checked when the worker's validation has loaded the dataset (``check_validated_job``), which fails a job
+over the quota with the same ``epoch_examples_quota_exceeded`` code as the API's 429.
 
 Checks take the tenant's lock first (``lock_tenant``), held until the transaction ends, so the check and the
 insert that follows are one atomic step and two concurrent requests of one tenant cannot both take the last slot:
@@ -41,6 +42,10 @@ class QuotaExceeded(Exception):
     def __init__(self, code: str, message: str, retry_after: int, param: str | None = None) -> None:
         super().__init__(message)
         self.code, self.message, self.retry_after, self.param = code, message, retry_after, param
+
+    def to_dict(self) -> dict[str, str | None]:
+        """The job error ``{code, message, param}`` for a job that the worker ends over quota."""
+        return {"code": self.code, "message": self.message, "param": self.param}
 
 
 @dataclass(frozen=True)
@@ -104,14 +109,8 @@ def check_new_job(session: Session, settings: Settings, tenant: Tenant, *, epoch
     """Raise QuotaExceeded when a new job of ``epochs`` over ``examples`` training examples is over quota."""
     limits = limits_for(tenant, settings)
     wait = settings.quota_retry_after_seconds
-    if limits.max_epoch_examples and examples is not None and epochs * examples > limits.max_epoch_examples:
-        raise QuotaExceeded(
-            "epoch_examples_quota_exceeded",
-            f"{epochs} epochs × {examples} training examples = {epochs * examples} is over this tenant's limit of "
-            f"{limits.max_epoch_examples} examples per job; lower method.epochs or use a smaller dataset",
-            wait,
-            param="method.epochs",
-        )
+    if examples is not None:
+        _check_epoch_examples(limits, wait, epochs, examples, "")
     if limits.max_active_jobs:
         lock_tenant(session, tenant)
         active = active_jobs(session, tenant.id)
@@ -122,6 +121,33 @@ def check_new_job(session: Session, settings: Settings, tenant: Tenant, *, epoch
                 "(or cancel one)",
                 wait,
             )
+
+
+def _check_epoch_examples(limits: Limits, wait: int, epochs: int, examples: int, counted: str) -> None:
+    limit = limits.max_epoch_examples
+    if limit and epochs * examples > limit:
+        raise QuotaExceeded(
+            "epoch_examples_quota_exceeded",
+            f"{epochs} epochs × {examples} training examples{counted} = {epochs * examples} is over this tenant's "
+            f"limit of {limit} examples per job; lower method.epochs or use a smaller dataset",
+            wait,
+            param="method.epochs",
+        )
+
+
+def check_validated_job(session: Session, settings: Settings, job: Job, examples: int) -> None:
+    """Raise QuotaExceeded when ``job``'s epochs × the ``examples`` its validation loaded for training is over quota.
+
+    The API checked the upload's count, an upper bound, where it had one; this covers the datasets it could not
+    count (tarballs, gzip) and any whose header count failed. Epochs include the dense phase, as at submit.
+    """
+    tenant = session.get(Tenant, job.tenant_id)
+    if tenant is None:
+        return
+    method = job.request["method"]
+    epochs = int(method["epochs"]) + int(method.get("dense_epochs") or 0)
+    limits = limits_for(tenant, settings)
+    _check_epoch_examples(limits, settings.quota_retry_after_seconds, epochs, examples, " (counted at validation)")
 
 
 def check_storage(session: Session, settings: Settings, tenant: Tenant, incoming: int, *, lock: bool = True) -> None:
