@@ -1,4 +1,5 @@
-"""The reconciler as a daemon thread (in the API process; no celery beat needed). Imports no dwf_core."""
+"""The reconciler as a daemon thread (in the API process; no celery beat needed), which also deletes the SQL
+broker's delivered messages (``broker_gc``). Imports no dwf_core."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 import threading
 
 from dwf_service import jobs
+from dwf_service.broker_gc import clean_broker
 from dwf_service.context import ServiceContext
 from dwf_service.db import session_scope
 
@@ -18,20 +20,26 @@ def reconcile_once(ctx: ServiceContext) -> list[str]:
         return jobs.reconcile(session, ctx.settings)
 
 
-def _loop(ctx: ServiceContext, stop: threading.Event) -> None:
-    while not stop.wait(ctx.settings.reconcile_seconds):
-        try:
-            reconcile_once(ctx)
-        except Exception:
-            log.exception("reconciler pass failed")
-
-
-def start_reconciler(ctx: ServiceContext, stop: threading.Event) -> threading.Thread:
-    """Run a pass now and then every ``settings.reconcile_seconds`` until ``stop`` is set."""
+def _pass(ctx: ServiceContext) -> None:
+    """A reconciler pass, then the SQL broker's delivered messages deleted; a failure of either is logged."""
     try:
         reconcile_once(ctx)
     except Exception:
         log.exception("reconciler pass failed")
+    try:
+        clean_broker(ctx)
+    except Exception:
+        log.exception("broker clean-up failed")
+
+
+def _loop(ctx: ServiceContext, stop: threading.Event) -> None:
+    while not stop.wait(ctx.settings.reconcile_seconds):
+        _pass(ctx)
+
+
+def start_reconciler(ctx: ServiceContext, stop: threading.Event) -> threading.Thread:
+    """Run a pass now and then every ``settings.reconcile_seconds`` until ``stop`` is set."""
+    _pass(ctx)
     thread = threading.Thread(target=_loop, args=(ctx, stop), name="dwf-reconciler", daemon=True)
     thread.start()
     return thread

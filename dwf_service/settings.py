@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # An unleased validating/queued job older than this is re-enqueued (its message may have been lost).
     requeue_after_seconds: float = Field(default=300.0, gt=0)
     redis_visibility_timeout: int = Field(default=43_200, gt=0)
+    # A SQL broker's delivered message (kombu keeps them all) is deleted by the reconciler this long after its
+    # delivery, unless its job is unfinished (0 = keep them all); see dwf_service/broker_gc.py.
+    broker_keep_delivered_seconds: float = Field(default=600.0, ge=0)
     # Celery time limits in seconds (0 = none): soft < hard < redis_visibility_timeout, checked at worker start.
     task_soft_time_limit: float = Field(default=36_000.0, ge=0)
     task_time_limit: float = Field(default=39_600.0, ge=0)
@@ -56,7 +59,8 @@ class Settings(BaseSettings):
     quota_max_active_jobs: int = Field(default=10, ge=0)
     # Bytes of uploads plus job artifacts kept:
     quota_max_stored_bytes: int = Field(default=50 * 1024**3, ge=0)
-    # epochs × training examples of one job, examples counted from the dataset upload's headers (not for tarballs):
+    # epochs × training examples of one job, examples counted from the dataset upload's headers (tarballs and gzip
+    # files when the worker's validation has loaded them):
     quota_max_epoch_examples: int = Field(default=100_000_000, ge=0)
     # The Retry-After of a 429 (seconds): when a running job may have ended or space been freed.
     quota_retry_after_seconds: int = Field(default=60, ge=1)
