@@ -20,6 +20,7 @@ from torch import nn
 from dwf_core.collapse import CollapseResult, collapse_and_verify
 from dwf_core.config import TrainConfig
 from dwf_core.controller import target_met
+from dwf_core.coverage import Coverage, coverage
 from dwf_core.data import DataLimits, DatasetBundle, load_dataset
 from dwf_core.defaults import AUTO_FINETUNE_DROP
 from dwf_core.errors import ConfigError, ModelError
@@ -27,6 +28,7 @@ from dwf_core.evaluate import accuracy_of, predict_logits
 from dwf_core.export import export_onnx, save_dense, save_sparse, write_json_atomic
 from dwf_core.files import sha256_file
 from dwf_core.frontier import compute_frontier
+from dwf_core.init_decision import InitDecision, decide_init
 from dwf_core.intake import build_model, detect_model_format, load_onnx, load_weights, refuse_unsafe
 from dwf_core.train import ProgressEvent, Trainer
 
@@ -60,6 +62,9 @@ class Prepared:
     data: DatasetBundle
     config: TrainConfig
     model_source: str
+    coverage: Coverage
+    # For a model that came with weights and no init was asked for: what they scored and the init chosen.
+    init_decision: InitDecision | None = None
 
 
 def _load_model(spec: RunSpec, data: DatasetBundle) -> tuple[nn.Module, str]:
@@ -186,11 +191,19 @@ def prepare(spec: RunSpec) -> Prepared:
             raise ConfigError("an ONNX model carries its own weights; drop the weights file", param="weights")
         load_weights(model, spec.weights)
     check_forward(model, data)
-    # A model that starts trained (its weights, an ONNX graph's, or the dense_epochs run) keeps its function: the
-    # balanced init factorizes the trained weights instead of drawing new ones.
-    pretrained = spec.weights is not None or source == "onnx" or spec.train.dense_epochs > 0
-    config = replace(spec.train, init=spec.train.init or ("balanced" if pretrained else "varmatch")).resolved()
-    return Prepared(model, data, config, source)
+    # A model that starts trained (weights that predict the data, or the dense_epochs run) keeps its function: the
+    # balanced init factorizes the trained weights instead of drawing new ones. Weights that came with the model
+    # (a weights file, an ONNX graph's) are judged on the validation split first: untrained ones are only an
+    # architecture and get VarMatch (dwf_core.init_decision).
+    decision = None
+    init = spec.train.init
+    if init is None and spec.train.dense_epochs > 0:
+        init = "balanced"
+    elif init is None and (spec.weights is not None or source == "onnx"):
+        decision = decide_init(model, data.val, batch_size=spec.train.eval_batch_size)
+        init = decision.init
+    config = replace(spec.train, init=init or "varmatch").resolved()
+    return Prepared(model, data, config, source, coverage(model, config.include, config.exclude), decision)
 
 
 def run(
@@ -395,3 +408,7 @@ def run(
 
     try_write_report(out, metrics)  # report.html + plots/*.png; a failed drawing is logged, never fails the run
     return metrics
+        # What trains and what is factorized, in elements, and a warning when less than half can train.
+        "parameters": prepared.coverage.to_dict(),
+        # Weights that came with the model: their validation accuracy and whether DWF started from them.
+        "init_decision": prepared.init_decision.to_dict() if prepared.init_decision else None,

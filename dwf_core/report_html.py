@@ -340,6 +340,18 @@ def _divergence_note(restarts: Any) -> str:
     return f"{len(parts)} after a non-finite loss ({'; '.join(parts)})" if parts else ""
 
 
+def _coverage_note(parameters: Any) -> str:
+    """Trainable and factorized shares of the model's parameters, with the warning when few can train."""
+    if not isinstance(parameters, dict):
+        return "—"
+    note = (
+        f"{_pct(parameters.get('trainable_share'))}, {_pct(parameters.get('factorized_share'))} "
+        f"of {_esc(parameters.get('total'))}"
+    )
+    warning = parameters.get("warning")
+    return note + (f" <strong>(warning: {_esc(warning)})</strong>" if warning else "")
+
+
 def _results_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     target = _num(metrics.get("target_sparsity"))
     divergence = _divergence_note(metrics.get("divergence_restarts"))
@@ -349,6 +361,7 @@ def _results_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
         ("compression ratio", _ratio(metrics.get("compression_ratio"))),
         ("non-zeros / weights", f"{_text(metrics.get('nnz'))} / {_text(metrics.get('total'))}"),
         ("sparsity, all parameters", _pct(metrics.get("sparsity_all"))),
+        ("parameters: trainable, factorized", _coverage_note(metrics.get("parameters"))),
         ("test accuracy, factorized", _pct(metrics.get("factorized_test_accuracy"))),
         ("test accuracy, collapsed", _pct(metrics.get("test_accuracy"))),
         ("val accuracy, factorized", _pct(metrics.get("factorized_val_accuracy"))),

@@ -280,7 +280,7 @@ def validate_job(ctx: ServiceContext, job_id: str) -> None:
                     param="model.num_classes",
                 )
             summary = (
-                f"{prepared.model_source} model, {prepared.data.num_classes} classes, "
+                f"{prepared.model_source} model ({prepared.coverage.summary()}), {prepared.data.num_classes} classes, "
                 f"{len(prepared.data.train.y)} train / {len(prepared.data.val.y)} val / "
                 f"{len(prepared.data.test.y)} test samples of shape {tuple(prepared.data.input_shape)}"
             )
@@ -302,7 +302,17 @@ def validate_job(ctx: ServiceContext, job_id: str) -> None:
         with contextlib.suppress(OSError):
             scratch.parent.rmdir()  # the job's folder, unless training already keeps checkpoints there
     with session_scope(ctx.sessions) as session:
-        jobs.mark_validated(session, job_id, owner, summary)
+        if jobs.mark_validated(session, job_id, owner, summary):
+            decision = prepared.init_decision
+            if decision is not None:
+                jobs.add_event(
+                    session,
+                    job_id,
+                    f"the model's own weights score {100 * decision.val_accuracy:.1f}% on validation (majority class "
+                    f"{100 * decision.majority_share:.1f}%): {decision.reason}",
+                )
+            if prepared.coverage.warning():
+                jobs.add_event(session, job_id, f"warning: {prepared.coverage.warning()}", level="warn")
 
 
 class _ProgressWriter:

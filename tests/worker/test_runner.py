@@ -165,7 +165,9 @@ def test_a_lam_restart_is_told_in_the_job_events(
 
     monkeypatch.setattr(defaults, "DEAD_THRESHOLD", 10.0)
     monkeypatch.setattr(defaults, "MAX_LAM_RESTARTS", 1)
-    job_id = stored_job(ctx, inputs["model"], inputs["data"], target_sparsity=0.9)
+    # init "balanced" as asked: the test model's random weights would get VarMatch (dwf_core.init_decision), whose
+    # cut at 0.9 costs enough accuracy to add a fine-tuning epoch to the events.
+    job_id = stored_job(ctx, inputs["model"], inputs["data"], target_sparsity=0.9, init="balanced")
     runner.validate_job(ctx, job_id)
     runner.train_job(ctx, job_id)
     job = job_row(ctx, job_id)
@@ -176,7 +178,7 @@ def test_a_lam_restart_is_told_in_the_job_events(
         messages = session.scalars(
             select(JobEvent.message).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
         ).all()
-    assert len(messages) == 2  # the abandoned epoch 1 and the one epoch of the second attempt
+    assert len(messages) == 2, messages  # the abandoned epoch 1 and the one epoch of the second attempt
     assert "100.00% of the weights are dead" in messages[0]
     assert f"training restarts with λ {restarts[0]['next_lam']:.3g}" in messages[0]
     assert "restarts" not in messages[1]
@@ -204,3 +206,14 @@ def test_a_divergence_restart_is_told_in_the_job_events(ctx: ServiceContext, inp
         "from the initial weights with the gradient norm clipped at 5"
     )
     assert events[1].message.startswith("epoch 1/1: loss ")
+
+
+def test_validation_tells_what_the_model_weights_score(ctx: ServiceContext, inputs: dict[str, Path]) -> None:
+    """An uploaded ONNX graph with untrained weights: validation says so and training starts from VarMatch."""
+    job_id = stored_job(ctx, inputs["model"], inputs["data"])
+    runner.validate_job(ctx, job_id)
+    with ctx.sessions() as session:
+        messages = session.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)).all()
+    [said] = [m for m in messages if m.startswith("the model's own weights score")]
+    assert "do not predict the data (untrained): VarMatch init" in said
+    assert any("parameters, 100% trainable" in m for m in messages if m.startswith("files validated"))
