@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import math
 import shutil
+from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from dwf_core import defaults
 from dwf_core.errors import ConfigError, DwfError
+
+if TYPE_CHECKING:
+    from dwf_core.train import ProgressEvent
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Deep Weight Factorization: sparse models.")
 console = Console(stderr=True)
@@ -219,36 +223,71 @@ def _train(**kw: Any) -> dict[str, Any]:
         checkpoint_dir=checkpoints,
         allow_onnx_external_data=True,
     )
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("epoch {task.fields[epoch]}"),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("val acc {task.fields[acc]}"),
-        TextColumn("CR {task.fields[cr]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
-    task = progress.add_task("loading", total=None, epoch="-", loss="-", acc="-", cr="-")
-
-    def on_phase(name: str) -> None:
-        progress.update(task, description=name)
-
-    def on_progress(event: Any) -> None:
-        fields: dict[str, Any] = {"epoch": f"{event.epoch}/{event.epochs}", "loss": f"{event.loss:.4f}"}
-        if event.metrics is not None:
-            fields["acc"] = f"{100 * event.metrics['val_accuracy']:.2f}%"
-            fields["cr"] = _fmt_cr(event.metrics["compression_ratio"])
-        progress.update(task, total=event.total_steps, completed=event.global_step, **fields)
-
+    bar = _TrainProgress(console)
     # Before torch starts its intra-op threads (they inherit it): pruned weights sink into the subnormal range,
     # where CPU arithmetic is many times slower (dwf_core.denormals).
     from dwf_core.denormals import flush_denormals
 
     flush_denormals()
-    with progress:
-        return run(spec, on_progress=on_progress, on_phase=on_phase)
+    with bar.progress:
+        return run(spec, on_progress=bar.on_progress, on_phase=bar.on_phase)
+
+
+def _fmt_eta(seconds: float | None) -> str:
+    return "-" if seconds is None else str(timedelta(seconds=round(seconds)))
+
+
+class _TrainProgress:
+    """The live bar of ``dwf train``: phase (and attempt after a restart), the running attempt's steps, epoch, loss,
+    val acc, CR, elapsed time and its ETA (``ProgressEvent.eta_s``); a line above it for every restart."""
+
+    def __init__(self, target: Console) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("epoch {task.fields[epoch]}"),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("val acc {task.fields[acc]}"),
+            TextColumn("CR {task.fields[cr]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA {task.fields[eta]}"),
+            console=target,
+        )
+        self.task = self.progress.add_task("loading", total=None, epoch="-", loss="-", acc="-", cr="-", eta="-")
+        self.phase = "loading"
+
+    def on_phase(self, name: str) -> None:
+        """A new phase: its name replaces the last one's, with its own attempts and ETA."""
+        self.phase = name
+        self.progress.update(self.task, description=name, eta="-")
+
+    def on_progress(self, event: ProgressEvent) -> None:
+        """Steps and epochs of the running attempt; a restart is printed and the bar starts over."""
+        from dwf_core.divergence import restart_message
+
+        fields: dict[str, Any] = {"epoch": f"{event.epoch}/{event.epochs}", "loss": f"{event.loss:.4f}"}
+        lam_restart = (event.metrics or {}).get("restart")
+        if event.restart is not None:
+            self.progress.console.print(f"[yellow]{escape(restart_message(event.restart))}[/]")
+            fields.update(epoch="-", loss="-", acc="-", cr="-")
+        elif isinstance(lam_restart, dict):
+            self.progress.console.print(
+                f"[yellow]epoch {event.epoch}: {100 * lam_restart['dead_sparsity']:.2f}% of the weights are dead, "
+                f"more than the target allows: training restarts with λ {lam_restart['next_lam']:.3g}[/]"
+            )
+            fields.update(epoch="-", loss="-", acc="-", cr="-")
+        elif event.metrics is not None:
+            fields["acc"] = f"{100 * event.metrics['val_accuracy']:.2f}%"
+            fields["cr"] = _fmt_cr(event.metrics["compression_ratio"])
+        description = self.phase if event.attempt == 1 else f"{self.phase} (attempt {event.attempt})"
+        self.progress.update(
+            self.task,
+            description=description,
+            total=event.total_steps,
+            completed=event.global_step,
+            eta=_fmt_eta(event.eta_s),
+            **fields,
+        )
 
 
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:

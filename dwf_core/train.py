@@ -62,11 +62,26 @@ class ProgressEvent:
     elapsed_s: float
     metrics: dict[str, Any] | None = None
     restart: dict[str, Any] | None = None
+    # The running attempt: 1, plus one per restart (λ or divergence). Its steps and seconds in this process (counted
+    # from the restart, or from the resume of a resumed run) are what the ETA extrapolates.
+    attempt: int = 1
+    attempt_steps: int = 0
+    attempt_elapsed_s: float = 0.0
 
     @property
     def fraction(self) -> float:
-        """Fraction of all training steps done."""
+        """Fraction of the running attempt's training steps done (back to 0 after a restart)."""
         return self.global_step / self.total_steps if self.total_steps else 1.0
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds the running attempt still needs at its pace so far (None before its first step): abandoned
+        attempts and the epochs a resumed run skipped count neither as time spent nor as progress made."""
+        if self.global_step >= self.total_steps:
+            return 0.0
+        if self.attempt_steps <= 0:
+            return None
+        return self.attempt_elapsed_s * (self.total_steps - self.global_step) / self.attempt_steps
 
 
 @dataclass
@@ -229,6 +244,11 @@ class Trainer:
         self.lam = self.lam0
         self._start_optimization()
         self.history = []
+        self._start_attempt_clock()
+
+    def _start_attempt_clock(self) -> None:
+        """The ETA's reference: the attempt's (or the resumed run's) step count and time now."""
+        self.attempt_t0, self.attempt_step0 = time.monotonic(), self.global_step
 
     def _start_optimization(self) -> None:
         """Optimizer, loss scaler, data order and step count of a run starting at step 0 (also after a restart)."""
@@ -430,6 +450,7 @@ class Trainer:
         restart: dict[str, Any] | None = None,
     ) -> None:
         if self.on_progress is not None:
+            now = time.monotonic()
             self.on_progress(
                 ProgressEvent(
                     kind,
@@ -441,9 +462,12 @@ class Trainer:
                     self.total_steps,
                     loss,
                     lr,
-                    time.monotonic() - t0,
+                    now - t0,
                     metrics,
                     restart,
+                    attempt=1 + len(self.restarts) + len(self.divergence_restarts),
+                    attempt_steps=self.global_step - self.attempt_step0,
+                    attempt_elapsed_s=now - self.attempt_t0,
                 )
             )
 
@@ -473,6 +497,7 @@ class Trainer:
             self._maybe_resume()
         cfg = self.config
         t0 = time.monotonic()
+        self._start_attempt_clock()
         n = int(self.x_train.shape[0])
         lr = lr_at(self.global_step, self.total_steps, self.lr, schedule=cfg.schedule, warmup_steps=self.warmup_steps)
         epoch = self.start_epoch

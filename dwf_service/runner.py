@@ -336,13 +336,12 @@ class _ProgressWriter:
         if event.kind == "step" and now - self._last_write < STEP_WRITE_INTERVAL_S:
             return
         self._last_write = now
-        fraction = event.fraction
-        eta = event.elapsed_s * (1 - fraction) / fraction if fraction > 0 else None
+        # Progress and ETA of the running attempt: a restart starts both over, a resumed run times only its own steps.
         values: dict[str, Any] = {
             "epoch": event.epoch,
             "epochs": event.epochs,
-            "progress": fraction,
-            "eta_seconds": eta,
+            "progress": event.fraction,
+            "eta_seconds": event.eta_s,
         }
         if event.metrics is not None:
             values["metrics"] = jobs.jsonable(event.metrics)

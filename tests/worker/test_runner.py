@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -217,3 +218,27 @@ def test_validation_tells_what_the_model_weights_score(ctx: ServiceContext, inpu
     [said] = [m for m in messages if m.startswith("the model's own weights score")]
     assert "do not predict the data (untrained): VarMatch init" in said
     assert any("parameters, 100% trainable" in m for m in messages if m.startswith("files validated"))
+
+
+@pytest.mark.parametrize(
+    ("timing", "eta"),
+    [
+        # 100 s into the fit, 10 s and 25 steps into the attempt after a restart: was 100 × 0.75 / 0.25 = 300 s.
+        ({"global_step": 25, "elapsed_s": 100.0, "attempt": 2, "attempt_steps": 25, "attempt_elapsed_s": 10.0}, 30.0),
+        # A run resumed at step 70, 5 steps and 5 s later: was 5 × 0.25 / 0.75 ≈ 1.7 s.
+        ({"global_step": 75, "elapsed_s": 5.0, "attempt_steps": 5, "attempt_elapsed_s": 5.0}, 25.0),
+    ],
+    ids=["after-a-restart", "resumed"],
+)
+def test_the_job_eta_is_that_of_the_running_attempt(
+    ctx: ServiceContext, inputs: dict[str, Path], timing: dict[str, Any], eta: float
+) -> None:
+    from dwf_core.train import ProgressEvent
+
+    job_id = stored_job(ctx, inputs["model"], inputs["data"])
+    with session_scope(ctx.sessions) as session:
+        assert jobs.acquire_lease(session, job_id, "me", (jobs.VALIDATING,), 60, 3)
+    event = ProgressEvent("step", 1, 4, 5, 25, total_steps=100, loss=1.0, lr=0.1, **timing)
+    runner._ProgressWriter(ctx, job_id, "me").on_progress(event)
+    job = job_row(ctx, job_id)
+    assert (job.progress, job.eta_seconds) == (pytest.approx(timing["global_step"] / 100), pytest.approx(eta))
