@@ -146,7 +146,8 @@ const Charts = (() => {
     });
   }
 
-  // series: [{label, points: [[x, y], ...]}]; opts: {title, xlabel, ylabel, ylog, yfmt}
+  // series: [{label, points: [[x, y], ...]}]; opts: {title, xlabel, ylabel, ylog, yfmt, band, refs}
+  // refs: [{y, label}] dashed horizontal reference lines, labelled at their right end (e.g. the final value).
   function line(container, series, opts = {}) {
     const W = 520, H = 290;
     const visible = series
@@ -156,7 +157,8 @@ const Charts = (() => {
     if (!visible.length) return empty(container, `${opts.title || "Chart"}: no data yet`);
     const svg = frame(container, opts.title || "", W, H);
     const xs = visible.flatMap((s) => s.points.map((p) => p[0]));
-    const ys = visible.flatMap((s) => s.points.map((p) => p[1]));
+    const refs = (opts.refs || []).filter((r) => finite(r.y) && (!opts.ylog || r.y > 0));
+    const ys = [...visible.flatMap((s) => s.points.map((p) => p[1])), ...refs.map((r) => r.y)];
     const xr = range(opts.band ? [...xs, opts.band.to] : xs, false, 0.02), yr = range(ys, opts.ylog);
     const box = { left: 58, top: 46, right: W - 14, bottom: H - 42 };
     const s = axes(svg, box, xr, yr, { xint: true, ...opts, xlabel: opts.xlabel || "epoch" });
@@ -165,6 +167,14 @@ const Charts = (() => {
       svg.appendChild(el("rect", { x: x0, y: box.top, width: Math.max(0, x1 - x0), height: box.bottom - box.top,
         class: "band" }));
       svg.appendChild(el("text", { x: x0 + 3, y: box.top + 12, class: "band-label" }, opts.band.label));
+    }
+    for (const ref of refs) {
+      const y = s.y(ref.y);
+      svg.appendChild(el("line", { x1: box.left, x2: box.right, y1: y, y2: y, stroke: ref.color || "#cf222e",
+        "stroke-width": 1.5, "stroke-dasharray": "5 4", class: "ref" }));
+      const below = y - 5 < box.top + 12;  // at the top of the plot: under the line, clear of the legend
+      svg.appendChild(el("text", { x: box.right - 4, y: below ? y + 14 : y - 5, "text-anchor": "end",
+        class: "ref-label", fill: ref.color || "#cf222e" }, ref.label));
     }
     for (const ser of visible) {
       const d = ser.points.map(([x, y], i) => `${i ? "L" : "M"}${s.x(x).toFixed(1)},${s.y(y).toFixed(1)}`).join("");

@@ -149,3 +149,23 @@ def test_report_lists_lam_restarts(tmp_path: Path) -> None:
     text = write_report(tmp_path / "b", {**metrics, "lam": 0.00278, "lam_restarts": [restart]}).read_text()
     said = "final λ</th><td>0.00278 (after 1 restart(s) with a lower λ; abandoned: 0.0111 at epoch 1 (99.89% dead))"
     assert said in text
+
+
+def test_compression_plot_says_it_is_the_monitor_and_marks_the_final_cut() -> None:
+    """A target job's epochs read ~1× at the monitor threshold, then the cut gives 5×: the plot must say which."""
+    from dwf_core.report_html import _plot_compression
+
+    history = [
+        {"epoch": e, "monitor_threshold": 0.001, "sparsity": 0.0004 * e, "compression_ratio": 1 / (1 - 0.0004 * e)}
+        for e in (1, 2, 3)
+    ]
+    fig = _plot_compression({"history": history, "compression_ratio": 5.0, "target_sparsity": 0.8})
+    ax = fig.axes[0]
+    assert ax.get_title() == "Compression ratio and sparsity per epoch at |w| < 0.001\n(monitor, not the final cut)"
+    legend = ax.get_legend()
+    assert legend is not None
+    assert [t.get_text() for t in legend.get_texts()] == ["monitor CR", "final cut 5.0×"]
+    final = [line for line in ax.get_lines() if line.get_label() == "final cut 5.0×"]
+    assert len(final) == 1 and list(final[0].get_ydata()) == [5.0, 5.0]
+    assert ax.get_ylim()[1] >= 5.0
+    assert fig.axes[1].get_ylabel() == "sparsity at |w| < 0.001 (%)"
