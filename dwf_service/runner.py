@@ -269,6 +269,7 @@ def validate_job(ctx: ServiceContext, job_id: str) -> None:
         return
     scratch = ctx.settings.work_dir / job_id / "validate"
     try:
+    from dwf_service import quotas
         with _Lease(ctx, job_id, owner):
             paths = _materialize(ctx, job, scratch)
             prepared = prepare(_spec(ctx, job, paths, scratch / "out", None))
@@ -286,6 +287,8 @@ def validate_job(ctx: ServiceContext, job_id: str) -> None:
             )
     except SoftTimeLimitExceeded:
         _fail(ctx, job_id, owner, _time_limit(ctx))
+            with ctx.sessions() as session:  # a tarball's examples are known only now (not counted at upload)
+                quotas.check_validated_job(session, ctx.settings, job, len(prepared.data.train.y))
         return
     except DB_ERRORS as exc:
         _retry_after_db_error(ctx, job_id, owner, exc)
@@ -300,6 +303,9 @@ def validate_job(ctx: ServiceContext, job_id: str) -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         with contextlib.suppress(OSError):
+    except quotas.QuotaExceeded as exc:
+        _fail(ctx, job_id, owner, exc.to_dict())
+        return
             scratch.parent.rmdir()  # the job's folder, unless training already keeps checkpoints there
     with session_scope(ctx.sessions) as session:
         if jobs.mark_validated(session, job_id, owner, summary):

@@ -7,7 +7,7 @@ const KEY_STORAGE = "dwf_api_key";
 const ACTIVE = new Set(["validating_files", "queued", "running"]);
 const $ = (sel, root = document) => root.querySelector(sel);
 
-const state = { jobsAfter: null, view: null, jobId: null, stream: null, poll: null, history: [], events: [] };
+const state = { jobsAfter: null, view: null, jobId: null, stream: null, poll: null, history: [], events: [], cut: null };
 
 // ------------------------------------------------------------------------------------------------- API calls
 
@@ -340,12 +340,27 @@ function renderJob(job) {
     card("compression ratio", ratio(m.compression_ratio)),
   );
   if (Array.isArray(m.history) && m.history.length) state.history = [...m.history];
+  state.cut = finalCut(job);
   drawEpochCharts(state.history);
   const layers = Array.isArray(m.layers) ? m.layers : [];
   Charts.bars($("#chart-layers"), layers.map((l) => ({ label: l.name, value: l.sparsity })),
     { title: "Sparsity per layer" });
   drawFrontier(m);
   renderSettings(job);
+}
+
+// The compression the user gets: the final cut's once the job succeeded; while a target-sparsity job runs, the
+// target's (the collapse cuts at the target's quantile). A λ job's cut is searched for only at the end.
+function finalCut(job) {
+  const m = job.metrics || {};
+  if (job.status === "succeeded" && num(m.compression_ratio)) {
+    return { y: m.compression_ratio, label: `final cut ${ratio(m.compression_ratio)}` };
+  }
+  const target = job.method.target_sparsity;
+  if (ACTIVE.has(job.status) && num(target) && target < 1) {
+    return { y: 1 / (1 - target), label: `target ${ratio(1 / (1 - target))}` };
+  }
+  return null;
 }
 
 function drawEpochCharts(history) {
@@ -358,10 +373,17 @@ function drawEpochCharts(history) {
   Charts.line($("#chart-accuracy"), [{ label: "train", points: series("train_accuracy").map(([x, y]) => [x, 100 * y]) },
     { label: "val", points: series("val_accuracy").map(([x, y]) => [x, 100 * y]) }],
   { title: "Accuracy per epoch (%)", band });
+  // The trainer measures each epoch's CR at its monitor threshold (|w| < 1e-3), not at the collapse's cut (a
+  // target's quantile, or the tolerance search): a target job reads ~1× for every epoch and then ends at 5×.
+  // So the chart says what it shows, and marks the final (or target) cut next to it.
+  const threshold = history.map((r) => r.monitor_threshold).find(num);
+  const below = num(threshold) ? `|w| < ${threshold}` : "the monitor threshold";
   const cr = series("compression_ratio");
-  const wide = cr.some(([, y]) => num(y) && y > 20);
-  Charts.line($("#chart-cr"), [{ label: "compression ratio", points: cr, color: "#2da44e" }],
-    { title: "Compression ratio per epoch (×)", ylog: wide, band });
+  const refs = state.cut ? [state.cut] : [];
+  const wide = [...cr.map(([, y]) => y), ...refs.map((r) => r.y)].some((y) => num(y) && y > 20);
+  Charts.line($("#chart-cr"), [{ label: "monitor CR", points: cr, color: "#2da44e" }],
+    { title: `CR per epoch at ${below} (monitor, not the final cut)`, ylabel: "compression ratio (×)", ylog: wide,
+      band, refs });
 }
 
 function drawFrontier(m) {
