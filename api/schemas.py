@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -12,6 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 MAX_DEPTH = 8
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 65_536
+# timm:NAME takes a timm registry name (dwf_core.intake.timm_source.TIMM_NAME_PATTERN, checked equal in the tests):
+# the API refuses a malformed one at once, the worker's validation checks that timm knows it.
+TIMM_PREFIX = "timm:"
+TIMM_NAME_PATTERN = r"[a-z0-9_]{1,100}"
 
 
 class Strict(BaseModel):
@@ -21,13 +26,30 @@ class Strict(BaseModel):
 
 
 class ModelRef(Strict):
-    """Either an uploaded ONNX file or a zoo/torchvision architecture name."""
+    """Either an uploaded ONNX file or a zoo/torchvision/timm architecture name."""
 
     file_id: str | None = Field(default=None, description="An uploaded file with purpose 'model' (ONNX)")
     name: str | None = Field(
-        default=None, max_length=200, description="lenet_300_100, lenet5, vgg16, torchvision:NAME…"
+        default=None,
+        max_length=200,
+        description="lenet_300_100, lenet5, vgg16, torchvision:NAME, timm:NAME (a timm.list_models() name; "
+        "random weights, never pretrained)…",
     )
     num_classes: int | None = Field(default=None, ge=1, le=100_000)
+
+    @field_validator("name")
+    @classmethod
+    def _timm_name(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith(TIMM_PREFIX):
+            arch = value.removeprefix(TIMM_PREFIX)
+            if not re.fullmatch(TIMM_NAME_PATTERN, arch):
+                tag = arch.partition(".")[2]
+                hint = f"drop the pretrained tag '.{tag}' (weights are never downloaded); " if tag else ""
+                raise ValueError(
+                    f"{value!r} is not a timm model name: {hint}timm:NAME takes a name from timm.list_models() "
+                    "(lowercase letters, digits and '_'), e.g. timm:resnet18"
+                )
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelRef:

@@ -390,10 +390,10 @@ class Client:
     ) -> Job:
         """Upload what needs uploading and create a job; returns it at once (``job.wait()`` follows it).
 
-        ``model``: a zoo/torchvision name (``lenet_300_100``, ``torchvision:resnet18``) or an .onnx file path, or a
-        ``file-…`` id already uploaded. ``dataset``: a file path, a ``file-…`` id, or ``mnist-idx:DIR`` (converted
-        here to .npz). ``on_upload(filename, bytes_sent, bytes_total)`` reports upload progress. Other DWF settings
-        (batch_size, optimizer, threshold, …) go in ``method_options``.
+        ``model``: a zoo/torchvision/timm name (``lenet_300_100``, ``torchvision:resnet18``, ``timm:resnet18``: random
+        weights), an .onnx file path, or a ``file-…`` id already uploaded. ``dataset``: a file path, a ``file-…`` id,
+        or ``mnist-idx:DIR`` (converted here to .npz). ``on_upload(filename, bytes_sent, bytes_total)`` reports upload
+        progress. Other DWF settings (batch_size, optimizer, threshold, …) go in ``method_options``.
         """
         model_ref = self._model_ref(model, num_classes, on_upload)
         weights_id = self._file_ref(weights, "weights", on_upload) if weights is not None else None
@@ -433,7 +433,7 @@ class Client:
         text = str(model)
         path = Path(text).expanduser()
         looks_like_file = isinstance(model, Path) or path.suffix.lower() == ".onnx" or os.sep in text
-        if path.is_file() or (looks_like_file and not text.startswith("torchvision:")):
+        if path.is_file() or (looks_like_file and not text.startswith(("torchvision:", "timm:"))):
             return ModelRef(file_id=self._file_ref(path, "model", on_upload), num_classes=num_classes)
         if text.startswith("file-"):
             return ModelRef(file_id=text, num_classes=num_classes)

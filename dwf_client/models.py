@@ -40,7 +40,7 @@ class _Request(BaseModel):
 
 
 class ModelRef(_Request):
-    """Either an uploaded ONNX file (``file_id``) or a zoo/torchvision architecture ``name``."""
+    """Either an uploaded ONNX file (``file_id``) or a zoo/torchvision/timm architecture ``name``."""
 
     file_id: str | None = None
     name: str | None = None

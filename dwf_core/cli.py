@@ -71,7 +71,8 @@ def train(
     model: Annotated[
         str,
         typer.Option(
-            help="Zoo name (lenet_300_100, lenet5, vgg16, vgg19, resnet18), torchvision:NAME, or a .onnx file"
+            help="Zoo name (lenet_300_100, lenet5, vgg16, vgg19, resnet18), torchvision:NAME, timm:NAME (any "
+            "timm.list_models() name, random weights), or a .onnx file"
         ),
     ],
     data: Annotated[

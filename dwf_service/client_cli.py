@@ -246,7 +246,10 @@ def submit(
     ctx: typer.Context,
     model: Annotated[
         str,
-        typer.Argument(help="Zoo name (lenet_300_100, lenet5, vgg16, resnet18), torchvision:NAME, or an .onnx file"),
+        typer.Argument(
+            help="Zoo name (lenet_300_100, lenet5, vgg16, resnet18), torchvision:NAME, timm:NAME (a timm.list_models() "
+            "name, random weights), or an .onnx file"
+        ),
     ],
     data: Annotated[str, typer.Argument(help="Dataset file (.npz, .safetensors, CSV, image .zip…) or mnist-idx:DIR")],
     depth: Annotated[
@@ -275,9 +278,9 @@ def submit(
         list[float] | None, typer.Option(help="Also save the model cut at this compression ratio (repeatable)")
     ] = None,
     weights: Annotated[
-        Path | None, typer.Option(help="Pretrained .safetensors weights for a zoo/torchvision model")
+        Path | None, typer.Option(help="Pretrained .safetensors weights for a zoo/torchvision/timm model")
     ] = None,
-    num_classes: Annotated[int | None, typer.Option(help="Output classes of a zoo/torchvision model")] = None,
+    num_classes: Annotated[int | None, typer.Option(help="Output classes of a zoo/torchvision/timm model")] = None,
     val_fraction: Annotated[float | None, typer.Option(help="Share of training data held out for validation")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed")] = None,
     metadata: Annotated[list[str] | None, typer.Option(help="KEY=VALUE kept with the job (repeatable)")] = None,

@@ -531,7 +531,11 @@ async function submitJob(event) {
 
 function syncForm() {
   const f = $("#job-form").elements;
-  for (const div of document.querySelectorAll("[data-source]")) div.hidden = div.dataset.source !== f.model_source.value;
+  for (const div of document.querySelectorAll("[data-source]")) {
+    div.hidden = div.dataset.source !== f.model_source.value;
+    // a hidden source's inputs are disabled so their checks (the model name's pattern) do not block the submit
+    for (const input of div.querySelectorAll("input")) input.disabled = div.hidden;
+  }
   for (const el of document.querySelectorAll("[data-strength]")) el.hidden = el.dataset.strength !== f.strength.value;
 }
 

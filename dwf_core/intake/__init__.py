@@ -1,10 +1,12 @@
-"""Model intake: the model zoo, safe safetensors weight loading and ONNX import."""
+"""Model intake: the model zoo (with torchvision and timm architectures), safe safetensors weight loading and ONNX
+import."""
 
 from dwf_core.intake.formats import detect_model_format, refuse_unsafe
 from dwf_core.intake.limits import ModelLimits
 from dwf_core.intake.onnx_load import convert_onnx_model, load_onnx, read_onnx_model, verify_onnx_conversion
 from dwf_core.intake.onnx_verify import compare_with_onnxruntime
 from dwf_core.intake.safetensors_header import read_safetensors_header
+from dwf_core.intake.timm_source import list_timm_models
 from dwf_core.intake.weights import load_weights
 from dwf_core.intake.zoo import build_model, list_torchvision_models, list_zoo
 
@@ -14,6 +16,7 @@ __all__ = [
     "compare_with_onnxruntime",
     "convert_onnx_model",
     "detect_model_format",
+    "list_timm_models",
     "list_torchvision_models",
     "list_zoo",
     "load_onnx",

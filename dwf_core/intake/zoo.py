@@ -1,4 +1,4 @@
-"""Built-in model zoo (LeNets, CIFAR VGG/ResNet) and randomly initialised torchvision classifiers."""
+"""Built-in model zoo (LeNets, CIFAR VGG/ResNet) and randomly initialised torchvision and timm classifiers."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torchvision
 from torch import nn
 
 from dwf_core.errors import ModelError
+from dwf_core.intake.timm_source import TIMM_PREFIX, build_timm_model
 
 TORCHVISION_PREFIX = "torchvision:"
 MAX_NUM_CLASSES = 1_000_000
@@ -311,6 +312,14 @@ def _build_torchvision(
     return model
 
 
+def _build_timm(name: str, num_classes: int, in_channels: int | None, input_shape: tuple[int, ...] | None) -> nn.Module:
+    """Build a randomly initialised timm model for the dataset's channels and (fixed-size models) image size."""
+    if input_shape is None:
+        return build_timm_model(name, num_classes=num_classes, in_channels=in_channels)
+    c, h, w = _require_chw(TIMM_PREFIX + name, _resolve_shape((0, 0), 3, in_channels, input_shape))
+    return build_timm_model(name, num_classes=num_classes, in_channels=c, img_size=(h, w))
+
+
 def build_model(
     spec: str,
     *,
@@ -318,14 +327,16 @@ def build_model(
     in_channels: int | None = None,
     input_shape: tuple[int, ...] | None = None,
 ) -> nn.Module:
-    """Build a randomly initialised model from a zoo name or ``torchvision:NAME``.
+    """Build a randomly initialised model from a zoo name, ``torchvision:NAME`` or ``timm:NAME``.
 
     Args:
-        spec: One of ``list_zoo()`` or ``torchvision:NAME`` for a torchvision classification model.
+        spec: One of ``list_zoo()``, ``torchvision:NAME`` for a torchvision classification model or
+            ``timm:NAME`` for a timm architecture (``list_timm_models()``); never with pretrained weights.
         num_classes: Number of output logits.
         in_channels: Input channels; defaults to the model's natural value (1 for LeNets, 3 otherwise).
         input_shape: Per-sample input shape without the batch dim, e.g. (1, 28, 28); sizes the LeNets'
-            first fully connected layer and is checked against the other models' needs.
+            first fully connected layer, gives timm's fixed-size models (ViTs) their ``img_size`` and is
+            checked against the other models' needs.
 
     Returns:
         The model in training mode, producing (N, num_classes) logits.
@@ -333,7 +344,8 @@ def build_model(
     Raises:
         ModelError: ``unknown_model`` for an unknown spec, ``invalid_argument`` for a bad ``num_classes``
             or ``in_channels``, ``invalid_input_shape`` for an unusable ``input_shape``,
-            ``unsupported_in_channels`` when a torchvision stem cannot be adapted.
+            ``unsupported_in_channels`` when a torchvision stem cannot be adapted, ``model_build_failed`` when
+            timm cannot build its architecture for these classes, channels and size.
     """
     if not isinstance(spec, str):
         raise ModelError(f"model spec must be a string, got {type(spec).__name__}", code="unknown_model", param="model")
@@ -355,11 +367,13 @@ def build_model(
         input_shape = tuple(input_shape)
     if spec.startswith(TORCHVISION_PREFIX):
         return _build_torchvision(spec[len(TORCHVISION_PREFIX) :], num_classes, in_channels, input_shape)
+    if spec.startswith(TIMM_PREFIX):
+        return _build_timm(spec[len(TIMM_PREFIX) :], num_classes, in_channels, input_shape)
     builder = _ZOO.get(spec)
     if builder is None:
         raise ModelError(
-            f"unknown model {spec!r}; valid names: {', '.join(_ZOO)}, or torchvision:NAME for a torchvision "
-            "classification model (e.g. torchvision:resnet18)",
+            f"unknown model {spec!r}; valid names: {', '.join(_ZOO)}, torchvision:NAME for a torchvision "
+            "classification model (e.g. torchvision:resnet18) or timm:NAME for a timm one (e.g. timm:resnet18)",
             code="unknown_model",
             param="model",
         )

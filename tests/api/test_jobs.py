@@ -265,3 +265,24 @@ def test_artifact_download_streams_with_etag(client: TestClient, files: dict[str
     assert client.get(f"/v1/jobs/{job_id}/artifacts/nope").json()["error"]["code"] == "artifact_not_found"
     with ctx.sessions() as session:
         assert session.get(Job, job_id) is not None
+
+
+def test_timm_names_are_accepted_and_malformed_ones_refused_at_once(
+    client: TestClient, files: dict[str, Any], published: list[Message]
+) -> None:
+    good = body(files) | {"model": {"name": "timm:resnet18"}}
+    resp = client.post("/v1/jobs", json=good)
+    assert resp.status_code == 200, resp.text
+    assert published == [Message(TASK_VALIDATE, resp.json()["id"])]
+    for name in ("timm:bad name!", "timm:", "timm:hf-hub:timm/resnet18", "timm:resnet18.a1_in1k"):
+        resp = client.post("/v1/jobs", json=body(files) | {"model": {"name": name}})
+        assert resp.status_code == 422, resp.text
+        error = resp.json()["error"]
+        assert (error["code"], error["param"]) == ("invalid_value", "model.name")
+        assert error["type"] == "invalid_request_error"
+        assert "timm.list_models()" in error["message"], error
+    assert "drop the pretrained tag '.a1_in1k'" in error["message"]
+    # pretrained weights cannot be asked for: the model object has no such field
+    resp = client.post("/v1/jobs", json=body(files) | {"model": {"name": "timm:resnet18", "pretrained": True}})
+    assert (resp.status_code, resp.json()["error"]["code"]) == (422, "unknown_field")
+    assert len(published) == 1

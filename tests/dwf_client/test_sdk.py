@@ -111,6 +111,20 @@ def test_create_job_retries_with_the_same_idempotency_key() -> None:
     assert pretrained.method == {"type": "dwf", "target_sparsity": 0.99, "dense_epochs": 30}
 
 
+def test_submit_sends_timm_and_torchvision_names_as_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content)["model"])
+        return httpx.Response(200, json=_job())
+
+    monkeypatch.chdir(tmp_path)  # no local file shadows a name
+    client = _client(handler)
+    for name in ("timm:resnet18", "timm:vit_tiny_patch16_224", "torchvision:resnet18"):
+        client.submit(name, "file-d")
+    assert [m["name"] for m in sent] == ["timm:resnet18", "timm:vit_tiny_patch16_224", "torchvision:resnet18"]
+
+
 def test_retries_stop_after_max_retries_and_long_retry_after_is_not_slept() -> None:
     calls: list[int] = []
 

@@ -71,13 +71,16 @@ def _require_browser() -> None:
 
 def test_dashboard_zoo_names_match_dwf_core() -> None:
     """The form's model-name suggestions are the zoo's names (the API process does not import torch to list them)."""
-    from dwf_core.intake import list_zoo
+    from dwf_core.intake import list_timm_models, list_zoo
 
     html = (STATIC / "index.html").read_text()
     datalist = re.search(r'<datalist id="zoo-names">(.*?)</datalist>', html, re.S)
     assert datalist is not None
     names = re.findall(r'<option value="([^"]+)">', datalist.group(1))
-    assert [n for n in names if not n.startswith("torchvision:")] == list_zoo()
+    assert [n for n in names if not n.startswith(("torchvision:", "timm:"))] == list_zoo()
+    # the timm suggestions are timm architectures (any other timm:NAME may be typed)
+    timm_names = [n.removeprefix("timm:") for n in names if n.startswith("timm:")]
+    assert timm_names and set(timm_names) <= set(list_timm_models())
 
 
 def test_dashboard_is_self_hosted() -> None:
