@@ -37,9 +37,12 @@ ARTIFACTS = ("model.safetensors", "model.sparse.safetensors", "model.onnx", "met
 
 @dataclass
 class RunSpec:
-    """What to sparsify, with what data and settings, and where to write the results."""
+    """What to sparsify, with what data and settings, and where to write the results.
 
-    model: str
+    ``model`` is a zoo name, a ``.onnx`` file, or (library use) any ``nn.Module``, which is trained in place.
+    """
+
+    model: str | nn.Module
     data: str
     out_dir: Path
     weights: str | None = None
@@ -67,7 +70,14 @@ class Prepared:
     init_decision: InitDecision | None = None
 
 
+def model_label(spec: RunSpec) -> str:
+    """How ``spec.model`` is named in metrics and file metadata."""
+    return spec.model if isinstance(spec.model, str) else f"module:{type(spec.model).__name__}"
+
+
 def _load_model(spec: RunSpec, data: DatasetBundle) -> tuple[nn.Module, str]:
+    if isinstance(spec.model, nn.Module):  # a library user's own module (the model suite builds them so)
+        return spec.model, "module"
     path = Path(spec.model)
     if path.is_file():
         refuse_unsafe(path)
@@ -312,7 +322,9 @@ def run(
     save_dense(plain, out / "model.safetensors")
     artifacts["model.safetensors"] = out / "model.safetensors"
     sparse_stats = save_sparse(
-        plain, out / "model.sparse.safetensors", metadata={"model": spec.model, "threshold": repr(collapsed.threshold)}
+        plain,
+        out / "model.sparse.safetensors",
+        metadata={"model": model_label(spec), "threshold": repr(collapsed.threshold)},
     )
     artifacts["model.sparse.safetensors"] = out / "model.sparse.safetensors"
     onnx_info: dict[str, Any] = {"exported": False, "reason": "disabled"}
@@ -332,7 +344,7 @@ def run(
             data.test,
             out_dir=out,
             batch_size=cfg.eval_batch_size,
-            metadata={"model": spec.model},
+            metadata={"model": model_label(spec)},
         )
         for point in frontier:
             artifacts[point["file"]] = out / point["file"]
@@ -385,7 +397,11 @@ def run(
         "dense_start": dense_info,
         "init_stats": result.init_stats,
         "config": cfg.to_dict(),
-        "model": {"spec": spec.model, "source": prepared.model_source, "weights": spec.weights},
+        "model": {"spec": model_label(spec), "source": prepared.model_source, "weights": spec.weights},
+        # What trains and what is factorized, in elements, and a warning when less than half can train.
+        "parameters": prepared.coverage.to_dict(),
+        # Weights that came with the model: their validation accuracy and whether DWF started from them.
+        "init_decision": prepared.init_decision.to_dict() if prepared.init_decision else None,
         "dataset": data.describe(),
         "sparse_file": sparse_stats.to_dict(),
         "onnx": onnx_info,
@@ -408,7 +424,3 @@ def run(
 
     try_write_report(out, metrics)  # report.html + plots/*.png; a failed drawing is logged, never fails the run
     return metrics
-        # What trains and what is factorized, in elements, and a warning when less than half can train.
-        "parameters": prepared.coverage.to_dict(),
-        # Weights that came with the model: their validation accuracy and whether DWF started from them.
-        "init_decision": prepared.init_decision.to_dict() if prepared.init_decision else None,

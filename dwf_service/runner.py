@@ -262,6 +262,7 @@ def validate_job(ctx: ServiceContext, job_id: str) -> None:
     """Load the model safely, parse the dataset, run one forward pass; then queue training or fail the job."""
     from dwf_core.errors import DwfError
     from dwf_core.pipeline import prepare
+    from dwf_service import quotas
 
     owner = worker_id()
     job = _take(ctx, job_id, owner, (jobs.VALIDATING,))
@@ -269,7 +270,6 @@ def validate_job(ctx: ServiceContext, job_id: str) -> None:
         return
     scratch = ctx.settings.work_dir / job_id / "validate"
     try:
-    from dwf_service import quotas
         with _Lease(ctx, job_id, owner):
             paths = _materialize(ctx, job, scratch)
             prepared = prepare(_spec(ctx, job, paths, scratch / "out", None))
@@ -280,6 +280,8 @@ def validate_job(ctx: ServiceContext, job_id: str) -> None:
                     code="num_classes_mismatch",
                     param="model.num_classes",
                 )
+            with ctx.sessions() as session:  # a tarball's examples are known only now (not counted at upload)
+                quotas.check_validated_job(session, ctx.settings, job, len(prepared.data.train.y))
             summary = (
                 f"{prepared.model_source} model ({prepared.coverage.summary()}), {prepared.data.num_classes} classes, "
                 f"{len(prepared.data.train.y)} train / {len(prepared.data.val.y)} val / "
@@ -287,14 +289,15 @@ def validate_job(ctx: ServiceContext, job_id: str) -> None:
             )
     except SoftTimeLimitExceeded:
         _fail(ctx, job_id, owner, _time_limit(ctx))
-            with ctx.sessions() as session:  # a tarball's examples are known only now (not counted at upload)
-                quotas.check_validated_job(session, ctx.settings, job, len(prepared.data.train.y))
         return
     except DB_ERRORS as exc:
         _retry_after_db_error(ctx, job_id, owner, exc)
         return
     except DwfError as err:
         _fail(ctx, job_id, owner, err.to_dict())
+        return
+    except quotas.QuotaExceeded as exc:
+        _fail(ctx, job_id, owner, exc.to_dict())
         return
     except Exception as exc:
         log.exception("validation of %s crashed", job_id)
@@ -303,9 +306,6 @@ def validate_job(ctx: ServiceContext, job_id: str) -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         with contextlib.suppress(OSError):
-    except quotas.QuotaExceeded as exc:
-        _fail(ctx, job_id, owner, exc.to_dict())
-        return
             scratch.parent.rmdir()  # the job's folder, unless training already keeps checkpoints there
     with session_scope(ctx.sessions) as session:
         if jobs.mark_validated(session, job_id, owner, summary):
