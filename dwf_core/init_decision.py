@@ -18,6 +18,7 @@ from torch import nn
 
 from dwf_core.data.common import Split
 from dwf_core.evaluate import accuracy_of, predict_logits
+from dwf_core.factorize import InitName
 
 # Skill = (accuracy - majority share) / (1 - majority share): 0 for a model no better than the majority class,
 # 1 for a perfect one. A quarter of the way from the majority class to perfect is "predicts the data": on 10
@@ -32,7 +33,7 @@ MAX_SAMPLES = 2000
 class InitDecision:
     """What the given weights scored and the init chosen from it."""
 
-    init: str  # "balanced" (start from the weights) or "varmatch" (architecture only)
+    init: InitName  # "balanced" (start from the weights) or "varmatch" (architecture only)
     val_accuracy: float
     majority_share: float
     skill: float
@@ -51,6 +52,7 @@ def decide_init(model: nn.Module, val: Split, *, batch_size: int = 1000) -> Init
     counts = torch.bincount(y) if n else torch.zeros(1)
     majority = float(counts.max()) / n if n else 1.0
     skill = (accuracy - majority) / (1.0 - majority) if majority < 1.0 else 0.0
+    init: InitName
     if skill >= MIN_SKILL:
         init, reason = "balanced", "the given weights predict the data: DWF starts from them"
     else:
