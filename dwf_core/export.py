@@ -8,6 +8,7 @@ Nothing here uses pickle. The sparse file format is documented in ``dwf_core.spa
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import math
 import os
@@ -339,6 +340,22 @@ def _compare_with_onnxruntime(model: nn.Module, example_input: torch.Tensor, onn
     return worst, scale
 
 
+def _onnx2torch_export_shim() -> None:
+    """Let onnx2torch's modules (Gather, Shape, Squeeze, Reduce…) find the export opset while they are exported.
+
+    They read ``torch.onnx.symbolic_helper.GLOBALS``. onnx2torch binds whatever ``torch.onnx.symbolic_helper`` is
+    when it is imported: torch's internal module (which has GLOBALS), or, once anything imported the
+    ``torch.onnx.symbolic_helper`` backward-compatibility module (torchvision does), that module, which lacks it;
+    then re-exporting an ONNX graph with a Gather (every token model) failed depending on import order.
+    """
+    # The backward-compatibility module itself (sys.modules), whichever one torch.onnx's attribute names now.
+    compat = importlib.import_module("torch.onnx.symbolic_helper")
+    if not hasattr(compat, "GLOBALS"):
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+
+        compat.GLOBALS = GLOBALS  # type: ignore[attr-defined]
+
+
 def _failure(reason: str, opset: int, max_abs_diff: float | None = None) -> OnnxExportResult:
     """An ``exported=False`` result with a bounded reason."""
     return OnnxExportResult(
@@ -404,6 +421,7 @@ def export_onnx(
                 # The TorchScript exporter is chosen on purpose (dynamo=False); its deprecation is known.
                 warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
                 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")
+                _onnx2torch_export_shim()
                 torch.onnx.export(
                     model,
                     (example_input,),

@@ -186,9 +186,12 @@ def _npy_rows(fh: BinaryIO) -> int | None:
 
 def _count_npz(fh: BinaryIO) -> int | None:
     with zipfile.ZipFile(fh) as zf:
-        if "y_train.npy" not in zf.namelist():
+        names = set(zf.namelist())
+        # x_*/y_* arrays, or a token dataset's input_ids_*/labels_* (dwf_core.data.tokens).
+        labels = next((n for n in ("y_train.npy", "labels_train.npy") if n in names), None)
+        if labels is None:
             return None
-        with zf.open("y_train.npy") as member:
+        with zf.open(labels) as member:
             return _npy_rows(member)  # type: ignore[arg-type]
 
 

@@ -41,7 +41,7 @@ DEFAULT_LIMITS = DataLimits()
 
 @dataclass
 class Split:
-    """One split held in memory: float32 inputs and int64 class labels."""
+    """One split held in memory: float32 inputs (int64 for token ids) and int64 class labels."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -66,6 +66,8 @@ class DatasetBundle:
     normalization: dict[str, list[float]] | None
     class_names: list[str] | None = None
     test_from_train: bool = False
+    # Token ids (dwf_core.data.tokens): x is int64 (N, L), or (N, 2, L) with the attention mask stacked on the ids.
+    tokens: bool = False
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary: sizes, shapes, classes, format and normalization."""
@@ -83,6 +85,7 @@ class DatasetBundle:
             "test_from_train": self.test_from_train,
             "normalization": self.normalization,
             "class_names": self.class_names,
+            "tokens": self.tokens,
         }
 
 
@@ -98,6 +101,8 @@ class RawDataset:
     class_names: list[str] | None = None
     # How to name an array in errors, e.g. {"x_train": "train-images.idx3-ubyte.gz"}.
     params: dict[str, str] = field(default_factory=dict)
+    # x holds int64 token ids (dwf_core.data.tokens): kept as integers, never normalized.
+    tokens: bool = False
 
     def param(self, kind: str, split: str) -> str:
         """The user-facing name of array `kind` ("x"/"y") of `split`."""

@@ -1,4 +1,8 @@
-"""Turn a reader's raw arrays into a DatasetBundle: validate, carve missing splits, convert, normalize."""
+"""Turn a reader's raw arrays into a DatasetBundle: validate, carve missing splits, convert, normalize.
+
+Inputs become float32 (uint8 scaled by 1/255), except token ids (RawDataset.tokens), which stay int64 and are
+never normalized.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from dwf_core.data.common import (
     Split,
     check_counts,
 )
-from dwf_core.errors import DatasetError
+from dwf_core.errors import ConfigError, DatasetError
 
 # Samples per chunk when computing normalization statistics in float64 (bounds the temporary copy).
 _STATS_CHUNK = 4096
@@ -250,10 +254,22 @@ def finalize(
         xs["val"], labels["val"] = xs["train"][cut], labels["train"][cut]
         xs["train"], labels["train"] = xs["train"][keep], labels["train"][keep]
 
-    from_uint8 = all(x.dtype == np.uint8 for x in xs.values())
-    tensors = {s: Split(_to_tensor(xs[s]), torch.from_numpy(labels[s])) for s in SPLITS}
+    if raw.tokens:
+        # Token ids stay int64 and are never normalized: an embedding looks them up.
+        if normalize == "standardize":
+            raise ConfigError(
+                "normalize='standardize' does not apply to token ids (input_ids_*); use 'auto' or 'none'",
+                param="normalize",
+            )
+        tensors = {
+            s: Split(torch.from_numpy(np.ascontiguousarray(xs[s], dtype=np.int64)), torch.from_numpy(labels[s]))
+            for s in SPLITS
+        }
+    else:
+        tensors = {s: Split(_to_tensor(xs[s]), torch.from_numpy(labels[s])) for s in SPLITS}
+    from_uint8 = not raw.tokens and all(x.dtype == np.uint8 for x in xs.values())
     normalization: dict[str, list[float]] | None = None
-    if normalize == "standardize" or (normalize == "auto" and from_uint8):
+    if not raw.tokens and (normalize == "standardize" or (normalize == "auto" and from_uint8)):
         # Histograms are exact and much faster than float sums when the source is uint8 images.
         small = len(sample_shape) != 1 or sample_shape[0] <= _HISTOGRAM_MAX_CHANNELS
         if from_uint8 and small:
@@ -275,4 +291,5 @@ def finalize(
         normalization=normalization,
         class_names=raw.class_names,
         test_from_train=test_from_train,
+        tokens=raw.tokens,
     )

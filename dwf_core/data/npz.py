@@ -1,4 +1,8 @@
-"""Reader for .npz archives holding x_train, y_train, x_test, y_test and optionally x_val, y_val."""
+"""Reader for .npz archives: x_train, y_train, x_test, y_test and optionally x_val, y_val; or token ids.
+
+Token ids use their own names (dwf_core.data.tokens): input_ids_<split>, labels_<split> and optionally
+attention_mask_<split>, for the same splits.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,9 @@ import numpy as np
 
 from dwf_core.data.common import Array, ByteBudget, DataLimits, RawDataset, check_counts
 from dwf_core.data.safety import check_zip, open_zip
+from dwf_core.data.tokens import OPTIONAL as TOKEN_OPTIONAL
+from dwf_core.data.tokens import REQUIRED as TOKEN_REQUIRED
+from dwf_core.data.tokens import check_token_names, is_token_layout, token_inputs
 from dwf_core.errors import DatasetError
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
@@ -105,11 +112,44 @@ def _load(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) -> Array:
     return arr
 
 
+def _read_tokens(
+    zf: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], filename: str, limits: DataLimits, budget: ByteBudget
+) -> RawDataset:
+    """Read a token .npz: every header checked first, then each split's ids (and mask) as one int64 x."""
+    check_token_names(members, filename)
+    keys = [k for k in (*TOKEN_REQUIRED, *TOKEN_OPTIONAL) if k in members]
+    sizes = {key: _check(zf, members[key], key, limits) for key in keys}
+    budget.check(sum(sizes.values()), filename)
+    splits = [s for s in ("train", "val", "test") if f"input_ids_{s}" in members]
+    raw = RawDataset(
+        fmt="npz",
+        x={},
+        y={},
+        tokens=True,
+        params={f"{kind}_{s}": f"{name}_{s}" for s in splits for kind, name in (("x", "input_ids"), ("y", "labels"))},
+    )
+    for split in splits:
+        arrays = {}
+        for name in ("input_ids", "attention_mask", "labels"):
+            key = f"{name}_{split}"
+            if key in members:
+                budget.take(sizes[key], key)
+                arrays[name] = _load(zf, members[key], key)
+        ids, mask = arrays["input_ids"], arrays.get("attention_mask")
+        # The int64 x built below is decoded data too (twice the ids with a mask stacked on them).
+        budget.take(ids.size * 8 * (1 if mask is None else 2), f"input_ids_{split}")
+        raw.x[split] = token_inputs(ids, mask, split)
+        raw.y[split] = arrays["labels"]
+    return raw
+
+
 def read_npz(path: Path, limits: DataLimits, budget: ByteBudget) -> RawDataset:
     """Read the split arrays of an .npz file, checking every header before loading any data."""
     with open_zip(path, limits) as zf:
         infos = check_zip(zf, limits, path.name)
         members = {i.filename.removesuffix(".npy"): i for i in infos if i.filename.endswith(".npy")}
+        if is_token_layout(members):
+            return _read_tokens(zf, members, path.name, limits, budget)
         check_split_names(members, path.name, "array")
         # Check every header first so a bad last array fails before gigabytes are loaded.
         keys = [k for k in (*REQUIRED, *OPTIONAL) if k in members]
