@@ -28,7 +28,9 @@ class Strict(BaseModel):
 class ModelRef(Strict):
     """Either an uploaded ONNX file or a zoo/torchvision/timm architecture name."""
 
-    file_id: str | None = Field(default=None, description="An uploaded file with purpose 'model' (ONNX)")
+    file_id: str | None = Field(
+        default=None, description="An uploaded file with purpose 'model' (ONNX, or a transformers config.json)"
+    )
     name: str | None = Field(
         default=None,
         max_length=200,

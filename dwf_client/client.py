@@ -327,7 +327,8 @@ class Client:
     def upload_file(
         self, path: str | Path, purpose: Purpose, *, on_progress: UploadProgress | None = None
     ) -> FileObject:
-        """Upload a model (.onnx), weights (.safetensors) or dataset; streamed from disk, never read whole."""
+        """Upload a model (.onnx or a transformers config.json), weights (.safetensors) or dataset; streamed from disk,
+        never read whole."""
         path = Path(path)
         if not path.is_file():
             raise DwfError(f"{path}: no such file")
@@ -432,7 +433,7 @@ class Client:
     ) -> ModelRef:
         text = str(model)
         path = Path(text).expanduser()
-        looks_like_file = isinstance(model, Path) or path.suffix.lower() == ".onnx" or os.sep in text
+        looks_like_file = isinstance(model, Path) or path.suffix.lower() in (".onnx", ".json") or os.sep in text
         if path.is_file() or (looks_like_file and not text.startswith(("torchvision:", "timm:"))):
             return ModelRef(file_id=self._file_ref(path, "model", on_upload), num_classes=num_classes)
         if text.startswith("file-"):

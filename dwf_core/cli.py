@@ -72,7 +72,7 @@ def train(
         str,
         typer.Option(
             help="Zoo name (lenet_300_100, lenet5, vgg16, vgg19, resnet18), torchvision:NAME, timm:NAME (any "
-            "timm.list_models() name, random weights), or a .onnx file"
+            "timm.list_models() name, random weights), a .onnx file or a transformers config.json"
         ),
     ],
     data: Annotated[
@@ -90,7 +90,9 @@ def train(
         int | None,
         typer.Option(help="Number of factors D (≥ 2 for DWF; 1 = dense with L2); default 3, or 4 for a target ≥ 0.995"),
     ] = None,
-    weights: Annotated[Path | None, typer.Option(help="Pretrained weights (.safetensors) for a zoo model")] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Pretrained weights (.safetensors) for a zoo model or a config.json")
+    ] = None,
     lam: Annotated[float | None, typer.Option(help="λ; default depends on D (see docs/defaults.md)")] = None,
     target_sparsity: Annotated[
         float | None,

@@ -248,7 +248,7 @@ def submit(
         str,
         typer.Argument(
             help="Zoo name (lenet_300_100, lenet5, vgg16, resnet18), torchvision:NAME, timm:NAME (a timm.list_models() "
-            "name, random weights), or an .onnx file"
+            "name, random weights), an .onnx file or a transformers config.json"
         ),
     ],
     data: Annotated[str, typer.Argument(help="Dataset file (.npz, .safetensors, CSV, image .zip…) or mnist-idx:DIR")],
@@ -278,7 +278,7 @@ def submit(
         list[float] | None, typer.Option(help="Also save the model cut at this compression ratio (repeatable)")
     ] = None,
     weights: Annotated[
-        Path | None, typer.Option(help="Pretrained .safetensors weights for a zoo/torchvision/timm model")
+        Path | None, typer.Option(help="Pretrained .safetensors weights for a zoo/torchvision/timm/config.json model")
     ] = None,
     num_classes: Annotated[int | None, typer.Option(help="Output classes of a zoo/torchvision/timm model")] = None,
     val_fraction: Annotated[float | None, typer.Option(help="Share of training data held out for validation")] = None,

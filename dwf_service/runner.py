@@ -45,7 +45,14 @@ _SAFE_SUFFIX = re.compile(r"^(\.[A-Za-z0-9]{1,10}){1,2}$")
 DB_ERRORS = (OperationalError, InterfaceError)
 # Test-only fault injection (tests/fault), read from the worker's environment only; see _test_fault.
 TEST_FAULTS_ENV = "DWF_TEST_FAULTS"
-_FORMAT_SUFFIX = {"onnx": ".onnx", "safetensors": ".safetensors", "npz": ".npz", "csv": ".csv", "zip": ".zip"}
+_FORMAT_SUFFIX = {
+    "onnx": ".onnx",
+    "hf-config": ".json",
+    "safetensors": ".safetensors",
+    "npz": ".npz",
+    "csv": ".csv",
+    "zip": ".zip",
+}
 
 
 def worker_id() -> str:

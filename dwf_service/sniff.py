@@ -9,6 +9,10 @@ refused at upload, before a job exists, all without decoding any payload:
   structure and seeking over payloads);
 - safetensors whose header is malformed, too large, overlapping or has holes: 422 ``corrupt_file`` / 413
   ``too_large`` (dwf_core's bounded header parser, which reads the header only);
+- a Hugging Face ``config.json`` (a JSON object, format ``hf-config``) that is not valid JSON, lacks ``model_type``
+  (422), is over 4 MiB (413), names remote code with ``auto_map`` (415 ``remote_code_refused``) or asks for a
+  download or quantization (422 ``hf_config_unsupported``) (dwf_core.hf_config; whether transformers knows the
+  ``model_type`` is the worker's check);
 - zip and plain tar archives with too many members, too many bytes, bomb ratios, escaping paths or links:
   422 ``archive_unsafe`` / 413 ``too_large`` (central directory / member headers only).
 
@@ -25,6 +29,7 @@ from typing import BinaryIO
 
 from dwf_core.archives import ArchiveLimits, ArchiveSummary, check_tar_stream, check_zip_stream
 from dwf_core.errors import DwfError
+from dwf_core.hf_config import FORMAT_HF_CONFIG, MAX_CONFIG_BYTES, looks_like_json_object, parse_config
 from dwf_core.safetensors_header import DTYPE_ITEMSIZE, parse_safetensors_header
 
 # Formats that execute code when loaded: refused at upload, whatever the purpose.
@@ -32,17 +37,19 @@ UNSAFE = frozenset({"pickle", "torch-zip", "torchscript", "pt2"})
 # Extensions that always mean pickle or TorchScript, whatever the bytes look like (as dwf_core.intake).
 UNSAFE_EXTENSIONS = frozenset({".pt", ".pth", ".pt2", ".pkl", ".pickle", ".ckpt", ".jit", ".torchscript"})
 ACCEPTED = {
-    "model": frozenset({"onnx"}),
+    "model": frozenset({"onnx", FORMAT_HF_CONFIG}),
     "weights": frozenset({"safetensors"}),
     "dataset": frozenset({"npz", "safetensors", "csv", "zip", "tar", "tar.gz", "gzip"}),
 }
 HINTS = {
-    "model": "a model must be a self-contained ONNX graph (.onnx, exported with external_data=False)",
-    "weights": "weights must be a .safetensors file for a zoo or torchvision architecture",
+    "model": "a model must be a self-contained ONNX graph (.onnx, exported with external_data=False) or a Hugging "
+    "Face transformers config.json",
+    "weights": "weights must be a .safetensors file for a zoo, torchvision or config.json architecture",
     "dataset": "a dataset must be .npz, .safetensors, CSV, an image-folder .zip or a CIFAR tarball",
 }
 ACCEPTED_FORMATS = (
-    "accepted formats: model = self-contained ONNX (.onnx); weights = safetensors (.safetensors); "
+    "accepted formats: model = self-contained ONNX (.onnx) or transformers config.json (.json); weights = "
+    "safetensors (.safetensors); "
     "dataset = .npz, .safetensors, CSV, image-folder .zip or CIFAR .tar/.tar.gz"
 )
 # The same numbers as dwf_core's DataLimits and ModelLimits defaults (a test keeps them equal).
@@ -53,7 +60,13 @@ MAX_ELEMENTS = 2_000_000_000
 # Protobuf fields visited when looking for ONNX external data; a bigger graph is left to the worker's check.
 MAX_ONNX_FIELDS = 2_000_000
 
-_STATUS = {"too_large": 413, "unsafe_format": 415, "unsupported_format": 415, "onnx_external_data": 415}
+_STATUS = {
+    "too_large": 413,
+    "unsafe_format": 415,
+    "unsupported_format": 415,
+    "onnx_external_data": 415,
+    "remote_code_refused": 415,
+}
 
 
 class UploadRefused(DwfError):
@@ -90,7 +103,7 @@ def _is_safetensors(head: bytes) -> bool:
 
 
 def sniff(fh: BinaryIO, filename: str, size: int) -> str:
-    """The format of the seekable stream ``fh`` (left at position 0): onnx, safetensors, npz, csv, zip, pt2…
+    """The format of the seekable stream ``fh`` (left at position 0): onnx, hf-config, safetensors, npz, csv, zip…
 
     A zip that breaks an archive limit is just "zip" here; ``inspect_upload`` says what is wrong with it.
     """
@@ -110,6 +123,9 @@ def sniff(fh: BinaryIO, filename: str, size: int) -> str:
             return "safetensors"
         if head[257:262] == b"ustar":
             return "tar"
+        # Before CSV: a one-line JSON object has commas too. Its content is checked by inspect_upload.
+        if looks_like_json_object(head):
+            return FORMAT_HF_CONFIG
         # ModelProto's first field is ir_version (field 1, varint): tag byte 0x08, then a small version.
         if head[:1] == b"\x08" and len(head) > 1 and 1 <= head[1] <= 64:
             return "onnx"
@@ -256,6 +272,25 @@ def _check_archive(fh: BinaryIO, fmt: str, filename: str, size: int) -> ArchiveS
     return None
 
 
+def _check_hf_config(fh: BinaryIO, filename: str, size: int) -> None:
+    """Parse a config.json upload (at most MAX_CONFIG_BYTES are read) and refuse what the worker would refuse."""
+    try:
+        if size > MAX_CONFIG_BYTES:
+            raise UploadRefused(
+                f"{filename}: {size} bytes, more than the {MAX_CONFIG_BYTES} bytes a model config.json may have",
+                code="too_large",
+            )
+        parse_config(fh.read(size), filename)
+    except DwfError as err:
+        if isinstance(err, UploadRefused):
+            raise
+        # A key of the config (model_type, auto_map…) is named; anything else is about the file.
+        param = err.param if err.param not in (None, "model") else "file"
+        raise UploadRefused(err.message, code=err.code, param=param) from err
+    finally:
+        fh.seek(0)
+
+
 def inspect_upload(fh: BinaryIO, filename: str, purpose: str) -> str:
     """The format of an upload for ``purpose``, or UploadRefused saying why it cannot be accepted.
 
@@ -265,8 +300,9 @@ def inspect_upload(fh: BinaryIO, filename: str, purpose: str) -> str:
         purpose: ``model``, ``weights`` or ``dataset``.
 
     Raises:
-        UploadRefused: with ``status`` 415 (``unsafe_format``, ``unsupported_format``, ``onnx_external_data``),
-            413 (``too_large``) or 422 (``archive_unsafe``, ``corrupt_file``, ``dtype_not_allowed``).
+        UploadRefused: with ``status`` 415 (``unsafe_format``, ``unsupported_format``, ``onnx_external_data``,
+            ``remote_code_refused``), 413 (``too_large``) or 422 (``archive_unsafe``, ``corrupt_file``,
+            ``dtype_not_allowed``, ``hf_config_invalid``, ``hf_config_unsupported``).
     """
     size = fh.seek(0, os.SEEK_END)
     fh.seek(0)
@@ -301,6 +337,8 @@ def inspect_upload(fh: BinaryIO, filename: str, purpose: str) -> str:
         raise UploadRefused(
             f"{filename}: detected {fmt}; {HINTS[purpose]}; {ACCEPTED_FORMATS}", code="unsupported_format"
         )
+    if fmt == FORMAT_HF_CONFIG:
+        _check_hf_config(fh, filename, size)
     if fmt == "onnx":
         tensor = onnx_external_tensor(fh, size)
         if tensor is not None:

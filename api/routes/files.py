@@ -40,7 +40,8 @@ def upload_file(
     file: UploadFile,
     purpose: Annotated[Purpose, Form()],
 ) -> FileOut:
-    """Upload a model (ONNX), weights (safetensors) or dataset; streamed to the blob store with a size cap."""
+    """Upload a model (ONNX or transformers config.json), weights (safetensors) or dataset; streamed to the blob
+    store with a size cap."""
     filename = (file.filename or "upload").replace("/", "_").replace("\\", "_")[:255]
     # The size first, so a file over the cap is 413 whatever it holds. The body cap (api/limits.py) allows the
     # multipart framing on top, so a file up to that much over the cap reaches this route, already spooled whole.

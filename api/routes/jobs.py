@@ -21,6 +21,7 @@ from api.deps import ContextDep, CurrentJob, CurrentTenant, SessionDep, bearer_k
 from api.errors import ApiError, ErrorResponse
 from api.render import JobFields, artifact_out, event_out, job_out
 from api.schemas import ArtifactList, EventList, JobCreate, JobList, JobOut
+from dwf_core.hf_config import FORMAT_HF_CONFIG
 from dwf_service import jobs, quotas
 from dwf_service.auth import key_matches, lookup_prefix
 from dwf_service.context import ServiceContext
@@ -89,8 +90,9 @@ def create_job(
                 )
             return job_out(existing)
     if body.model.file_id is not None:
-        _check_file(session, tenant, body.model.file_id, "model", "model.file_id")
-        if body.weights_file_id is not None:
+        model_file = _check_file(session, tenant, body.model.file_id, "model", "model.file_id")
+        # A transformers config.json is an architecture only: its weights may come as a file; an ONNX graph has its own.
+        if body.weights_file_id is not None and model_file.format != FORMAT_HF_CONFIG:
             raise ApiError(
                 422,
                 "weights_with_onnx",

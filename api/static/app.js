@@ -502,7 +502,7 @@ async function submitJob(event) {
     if (!dataset) throw new Error("choose a dataset file");
     if (source === "file") {
       const model = f.model_file.files[0];
-      if (!model) throw new Error("choose an ONNX model file");
+      if (!model) throw new Error("choose an ONNX model or config.json file");
       status.textContent = `uploading ${model.name}…`;
       body.model.file_id = await uploadFile(model, "model");
     } else {

@@ -12,6 +12,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from onnx import ModelProto
 
 from dwf_core.errors import ModelError
+from dwf_core.hf_config import FORMAT_HF_CONFIG, looks_like_json_object
 
 FORMAT_ONNX = "onnx"
 FORMAT_SAFETENSORS = "safetensors"
@@ -21,8 +22,9 @@ FORMAT_PT2 = "pt2"
 FORMAT_UNKNOWN = "unknown"
 
 ACCEPTED_FORMATS_HINT = (
-    "accepted formats: an ONNX graph (.onnx) for an architecture with weights, or safetensors "
-    "(.safetensors) weights for a zoo/torchvision architecture"
+    "accepted formats: an ONNX graph (.onnx) for an architecture with weights, a Hugging Face transformers "
+    "config.json (.json) for an architecture built into transformers, or safetensors (.safetensors) weights for "
+    "a zoo/torchvision/config.json architecture"
 )
 
 # Extensions that always mean pickle or TorchScript, whatever the bytes look like.
@@ -125,7 +127,8 @@ def detect_model_format(path: str | os.PathLike[str]) -> str:
         path: File to inspect.
 
     Returns:
-        ``"onnx"``, ``"safetensors"``, ``"pickle"`` (raw pickle or a ``torch.save`` zip),
+        ``"onnx"``, ``"safetensors"``, ``"hf-config"`` (a JSON object: a transformers config.json, checked
+        when it is built), ``"pickle"`` (raw pickle or a ``torch.save`` zip),
         ``"torchscript-zip"``, ``"pt2"`` (a ``torch.export.save`` archive) or ``"unknown"``.
 
     Raises:
@@ -133,7 +136,7 @@ def detect_model_format(path: str | os.PathLike[str]) -> str:
     """
     p, size = _stat_file(path)
     with p.open("rb") as f:
-        head = f.read(16)
+        head = f.read(64)
         if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
             return FORMAT_PICKLE
         if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
@@ -143,6 +146,8 @@ def detect_model_format(path: str | os.PathLike[str]) -> str:
             # safetensors: u64 header length, then a JSON object that fits in the file.
             if 2 <= header_len <= size - 8 and head[8:9] == b"{":
                 return FORMAT_SAFETENSORS
+        if looks_like_json_object(head):
+            return FORMAT_HF_CONFIG
         if size > 0 and _looks_like_onnx(f, size):
             return FORMAT_ONNX
     return FORMAT_UNKNOWN
