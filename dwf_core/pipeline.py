@@ -78,25 +78,56 @@ def model_label(spec: RunSpec) -> str:
 def _load_model(spec: RunSpec, data: DatasetBundle) -> tuple[nn.Module, str]:
     if isinstance(spec.model, nn.Module):  # a library user's own module (the model suite builds them so)
         return spec.model, "module"
+    # Inputs follow the model: token datasets (int64 x) need a model that takes ids; an ONNX graph with an integer
+    # input gets x_* values back as int64 (read as float32, exact up to 2**24); every other model takes floats.
+    from dwf_core.data.tokens import as_integer_inputs, max_token_id
+    from dwf_core.hf_config import FORMAT_HF_CONFIG
+    from dwf_core.intake import build_hf_model
+    from dwf_core.intake.input_types import onnx_takes_integers
+
     path = Path(spec.model)
+    needs_ids = ModelError(
+        f"the dataset holds token ids (input_ids_*), which need a model that takes them: a transformers "
+        f"config.json or an ONNX graph with an integer input; {path.name if path.is_file() else spec.model} "
+        "takes float inputs",
+        code="token_input_unsupported",
+        param="model",
+    )
     if path.is_file():
         refuse_unsafe(path)
         fmt = detect_model_format(path)
+        if fmt == FORMAT_HF_CONFIG:
+            hf = build_hf_model(
+                path,
+                num_classes=data.num_classes,
+                input_shape=data.input_shape,
+                tokens=data.tokens,
+                max_token_id=max_token_id(data) if data.tokens else None,
+            )
+            return hf, "hf-config"
         if fmt != "onnx":
             raise ModelError(
-                f"{path.name}: a model file must be a self-contained .onnx graph (got {fmt}); a .safetensors file "
-                "holds weights only: pass it as weights with a zoo model",
+                f"{path.name}: a model file must be a self-contained .onnx graph or a transformers config.json "
+                f"(got {fmt}); a .safetensors file holds weights only: pass it as weights with a zoo model or a "
+                "config.json",
                 code="unsupported_format",
                 param="model",
             )
-        return load_onnx(path, allow_external_data=spec.allow_onnx_external_data), "onnx"
+        graph = load_onnx(path, allow_external_data=spec.allow_onnx_external_data)
+        if onnx_takes_integers(path):
+            as_integer_inputs(data, path.name)
+        elif data.tokens:
+            raise needs_ids
+        return graph, "onnx"
+    if data.tokens:
+        raise needs_ids
     model = build_model(
         spec.model,
         num_classes=data.num_classes,
         in_channels=data.input_shape[0] if len(data.input_shape) == 3 else None,
         input_shape=data.input_shape,
     )
-    return model, "zoo"
+    return model, "timm" if spec.model.startswith("timm:") else "zoo"
 
 
 def check_forward(model: nn.Module, data: DatasetBundle, batch: int = 8) -> None:
