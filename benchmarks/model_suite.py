@@ -1,0 +1,304 @@
+"""The model suite: the default DWF job against the simple baselines on models nobody tuned the defaults for.
+
+    python -m benchmarks.model_suite --smoke                 # CI: 3 pairs, tiny data, 1 epoch, 90% only
+    python -m benchmarks.model_suite --full [--jobs 2]       # the table: every pair, 2 seeds, 90% and 99%
+    python -m benchmarks.model_suite --full --pairs gru,bert --seeds 0    # a subset (cells already done are kept)
+    python -m benchmarks.model_suite --render                # only rewrite README.md/table.png from cells.json
+
+Pairs (benchmarks/suite_models.py): MLP-Mixer, a small ViT via ONNX from both exporters, a ResNet with BatchNorm
+via timm, a MobileNet-style depthwise CNN, a 1-D CNN, a GRU (its weights chosen by include globs), a BERT-style
+encoder from a transformers config.json, and LeNet-300-100 started from uploaded trained weights.
+Methods, each with **the same total epochs**: dense (method "dense"), magnitude pruning + fine-tuning
+("magnitude-ft"), GMP ("gmp") and the default DWF job: nothing but the target sparsity (every other setting at its
+default, as a user who gives only model, data and target gets). Target sparsities 0.9 and 0.99.
+Results: benchmarks/results/model-suite/ (cells.json, README.md with the table and the command, table.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from benchmarks.stamp import ROOT, stamp, stamp_line
+from benchmarks.suite_models import PAIR_BY_NAME, PAIRS, available, dataset, dense_epochs_share, model_for
+
+METHODS = ("dense", "magnitude-ft", "gmp", "dwf")
+METHOD_TITLES = {"dense": "dense", "magnitude-ft": "magnitude + FT", "gmp": "GMP", "dwf": "DWF (default job)"}
+MODES: dict[str, dict[str, Any]] = {
+    "smoke": {"pairs": ("mixer", "vit-ts", "gru"), "epochs": 1, "seeds": (0,), "sparsities": (0.9,),
+              "train": 256, "test": 128},
+    "full": {"pairs": tuple(p.name for p in PAIRS), "epochs": 10, "seeds": (0, 1), "sparsities": (0.9, 0.99),
+             "train": 5000, "test": 2000},
+}  # fmt: skip
+DEFAULT_OUT = ROOT / "results" / "model-suite"
+
+
+@dataclass(frozen=True)
+class Cell:
+    pair: str
+    method: str
+    sparsity: float | None  # None for dense
+    seed: int
+    epochs: int
+    n_train: int
+    n_test: int
+
+    @property
+    def key(self) -> str:
+        target = "dense" if self.sparsity is None else f"{self.sparsity:g}"
+        return f"{self.pair}/{self.method}/{target}/seed{self.seed}/{self.epochs}ep/{self.n_train}"
+
+
+def plan(mode: dict[str, Any]) -> list[Cell]:
+    cells = []
+    for pair in mode["pairs"]:
+        for seed in mode["seeds"]:
+            cells.append(Cell(pair, "dense", None, seed, mode["epochs"], mode["train"], mode["test"]))
+            for sparsity in mode["sparsities"]:
+                for method in METHODS[1:]:
+                    cells.append(Cell(pair, method, sparsity, seed, mode["epochs"], mode["train"], mode["test"]))
+    return cells
+
+
+def _trained_weights(cell: Cell, data: Path, work: Path) -> Path:
+    """LeNet-300-100 trained densely (half the budget, cached per seed) — the "uploaded trained weights"."""
+    from dwf_core.config import TrainConfig
+    from dwf_core.pipeline import RunSpec, run
+
+    epochs = dense_epochs_share(cell.epochs)
+    out = work / f"lenet300-dense-seed{cell.seed}-{epochs}ep-{cell.n_train}"
+    weights = out / "model.safetensors"
+    if not weights.exists():
+        config = TrainConfig(method="dense", epochs=epochs, seed=100 + cell.seed)
+        run(RunSpec("lenet_300_100", str(data), out, train=config, export_onnx=False))
+    return weights
+
+
+def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
+    """Train one cell in this process (one torch thread) and return its row."""
+    import torch
+
+    from dwf_core.config import TrainConfig
+    from dwf_core.pipeline import RunSpec, run
+
+    torch.set_num_threads(1)
+    pair = PAIR_BY_NAME[cell.pair]
+    work.mkdir(parents=True, exist_ok=True)
+    data = dataset(pair.data, cell.n_train, cell.n_test, work / "data")
+    weights = str(_trained_weights(cell, data, work)) if pair.source == "weights" else None
+    settings: dict[str, Any] = {"epochs": cell.epochs, "seed": cell.seed, "method": cell.method}
+    if cell.method == "dwf":
+        settings.pop("method")  # the default job: DWF with nothing but the target
+    if cell.sparsity is not None:
+        settings["target_sparsity"] = cell.sparsity
+    if pair.include:
+        settings["include"] = list(pair.include)
+    out = work / "runs" / cell.key.replace("/", "-")
+    started = time.monotonic()
+    spec = RunSpec(model_for(pair, cell.seed, work), str(data), out, weights=weights,
+                   train=TrainConfig(**settings), export_onnx=False)  # fmt: skip
+    metrics = run(spec)
+    return {
+        "key": cell.key,
+        **asdict(cell),
+        "test_accuracy": metrics["test_accuracy"],
+        "sparsity_achieved": metrics["sparsity"],
+        "compression_ratio": metrics["compression_ratio"],
+        "trainable_share": metrics["parameters"]["trainable_share"],
+        "factorized_share": metrics["parameters"]["factorized_share"],
+        "weights_total": metrics["total"],
+        "init": metrics["config"]["init"],
+        "lr": metrics.get("lr"),
+        "max_grad_norm": metrics.get("max_grad_norm"),
+        "divergence_restarts": len(metrics.get("divergence_restarts") or []),
+        "lam_restarts": len(metrics.get("lam_restarts") or []),
+        "finetune_epochs": (metrics.get("finetune") or {}).get("epochs"),
+        "non_finite": any(not math.isfinite(h.get("train_loss", 0.0)) for h in metrics.get("history") or []),
+        "seconds": time.monotonic() - started,
+    }
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean test accuracy per (pair, method, sparsity), and where the default DWF job stands against the best of
+    magnitude + FT and GMP."""
+    cells: dict[tuple[str, str, float | None], list[float]] = {}
+    for r in rows:
+        cells.setdefault((r["pair"], r["method"], r["sparsity"]), []).append(r["test_accuracy"])
+    table: dict[str, dict[str, Any]] = {}
+    wins: dict[str, list[bool]] = {}
+    for (pair, method, sparsity), accs in cells.items():
+        column = "dense" if sparsity is None else f"{method}@{sparsity:g}"
+        table.setdefault(pair, {})[column] = {"mean": _mean(accs), "n": len(accs)}
+    for columns in table.values():
+        for sparsity in sorted({float(c.split("@")[1]) for c in columns if "@" in c}):
+            dwf = columns.get(f"dwf@{sparsity:g}")
+            best = [columns[c]["mean"] for c in (f"magnitude-ft@{sparsity:g}", f"gmp@{sparsity:g}") if c in columns]
+            if dwf and best:
+                won = dwf["mean"] >= max(best)
+                columns[f"dwf@{sparsity:g}"]["vs_best"] = dwf["mean"] - max(best)
+                wins.setdefault(f"{sparsity:g}", []).append(won)
+    return {"table": table, "wins": {s: {"won": sum(w), "of": len(w)} for s, w in wins.items()}}
+
+
+def markdown(header: dict[str, Any], summary: dict[str, Any], sparsities: tuple[float, ...]) -> str:
+    lines = [
+        "# Model suite: the default DWF job vs magnitude + fine-tuning and GMP at the same total epochs",
+        "",
+        stamp_line(header),
+        "",
+        f"{header['epochs']} epochs for every method; seeds {', '.join(map(str, header['seeds']))}; test accuracy, "
+        "mean over the seeds (n = seeds that finished). ✓: the DWF job is at least as accurate as the best of "
+        "magnitude + FT and GMP at that sparsity.",
+        "",
+    ]
+    head = ["pair", "dense"]
+    for s in sparsities:
+        head += [f"{METHOD_TITLES[m]} {100 * s:g}%" for m in METHODS[1:]]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for pair in [p.name for p in PAIRS]:
+        columns = summary["table"].get(pair)
+        if not columns:
+            continue
+        row = [PAIR_BY_NAME[pair].title, _fmt(columns.get("dense"))]
+        for s in sparsities:
+            for m in METHODS[1:]:
+                cell = columns.get(f"{m}@{s:g}")
+                mark = ""
+                if m == "dwf" and cell and "vs_best" in cell:
+                    mark = f" {'✓' if cell['vs_best'] >= 0 else '✗'} ({100 * cell['vs_best']:+.1f} pp)"
+                row.append(_fmt(cell) + mark)
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    for s, w in sorted(summary["wins"].items()):
+        lines.append(f"- At {100 * float(s):g}% sparsity the default DWF job matches or beats the best baseline on "
+                     f"{w['won']} of {w['of']} pairs.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(cell: dict[str, Any] | None) -> str:
+    if not cell:
+        return "—"
+    n = f" (n={cell['n']})" if cell["n"] > 1 else ""
+    return f"{100 * cell['mean']:.2f}%{n}"
+
+
+def plot(path: Path, summary: dict[str, Any], sparsities: tuple[float, ...]) -> None:
+    """DWF minus the best baseline, per pair and sparsity (bars; above zero DWF wins)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = [p.name for p in PAIRS if p.name in summary["table"]]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(pairs)), 3.6))
+    width = 0.8 / max(1, len(sparsities))
+    for i, s in enumerate(sparsities):
+        values = [100 * (summary["table"][p].get(f"dwf@{s:g}") or {}).get("vs_best", math.nan) for p in pairs]
+        ax.bar([k + i * width for k in range(len(pairs))], values, width, label=f"{100 * s:g}% sparsity")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks([k + width * (len(sparsities) - 1) / 2 for k in range(len(pairs))], pairs, rotation=30, ha="right")
+    ax.set_ylabel("DWF − best baseline (pp)")
+    ax.set_title("Default DWF job vs the best of magnitude + FT and GMP (same epochs)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(out: Path, header: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    summary = summarize(rows)
+    sparsities = tuple(header["sparsities"])
+    (out / "README.md").write_text(markdown(header, summary, sparsities))
+    (out / "table.json").write_text(json.dumps({"header": header, "summary": summary}, indent=1) + "\n")
+    plot(out / "table.png", summary, sparsities)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_mutually_exclusive_group(required=True)
+    for name in MODES:
+        group.add_argument(f"--{name}", dest="mode", action="store_const", const=name)
+    group.add_argument("--render", dest="mode", action="store_const", const="render")
+    parser.add_argument("--pairs", help="comma-separated subset of the mode's pairs")
+    parser.add_argument("--seeds", help="override the mode's seeds, e.g. 0")
+    parser.add_argument("--epochs", type=int, help="override the mode's epochs")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
+    parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/model-suite[-smoke])")
+    args = parser.parse_args(argv)
+    out = args.out or (DEFAULT_OUT if args.mode in ("full", "render") else DEFAULT_OUT.with_name("model-suite-smoke"))
+    out.mkdir(parents=True, exist_ok=True)
+    cells_path = out / "cells.json"
+    previous = json.loads(cells_path.read_text()) if cells_path.exists() else {"header": {}, "rows": []}
+    rows: list[dict[str, Any]] = previous["rows"]
+    if args.mode == "render":
+        write_outputs(out, previous["header"], rows)
+        print(f"rendered {out}/README.md from {len(rows)} runs")
+        return 0
+    mode = dict(MODES[args.mode])
+    if args.pairs:
+        unknown = set(args.pairs.split(",")) - set(PAIR_BY_NAME)
+        if unknown:
+            parser.error(f"unknown pairs: {', '.join(sorted(unknown))}")
+        mode["pairs"] = tuple(args.pairs.split(","))
+    if args.seeds:
+        mode["seeds"] = tuple(int(s) for s in args.seeds.split(","))
+    if args.epochs:
+        mode["epochs"] = args.epochs
+    skipped = [p for p in mode["pairs"] if not available(PAIR_BY_NAME[p])]
+    mode["pairs"] = tuple(p for p in mode["pairs"] if p not in skipped)
+    header = {
+        **stamp("benchmarks.model_suite", threads=1, argv=sys.argv[1:] if argv is None else argv),
+        "mode": args.mode,
+        "epochs": mode["epochs"],
+        "seeds": list(mode["seeds"]),
+        "sparsities": list(mode["sparsities"]),
+        "train": mode["train"],
+        "test": mode["test"],
+    }
+    before = previous["header"].get("commands") or []
+    header["commands"] = [*before, header["command"]] if header["command"] not in before else before
+    done = {r["key"] for r in rows}
+    todo = [c for c in plan(mode) if c.key not in done]
+    print(f"{len(todo)} runs to do, {len(done)} already in {cells_path}"
+          + (f"; skipped (packages missing): {', '.join(skipped)}" if skipped else ""), flush=True)  # fmt: skip
+    work = out / "work"
+    failed = 0
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=get_context("spawn")) as pool:
+        pending: dict[Future[dict[str, Any]], Cell] = {pool.submit(run_cell, c, work): c for c in todo}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                cell = pending.pop(future)
+                try:
+                    row = future.result()
+                except Exception as exc:  # a failed cell is reported and skipped; the others go on
+                    print(f"FAILED {cell.key}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                    failed += 1
+                    continue
+                rows.append(row)
+                cells_path.write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
+                write_outputs(out, header, rows)
+                print(f"{cell.key}: acc {100 * row['test_accuracy']:.2f}% sparsity "
+                      f"{100 * row['sparsity_achieved']:.2f}% ({row['seconds']:.0f}s)", flush=True)  # fmt: skip
+    summary = write_outputs(out, header, rows) if rows else {"wins": {}}
+    for s, w in sorted(summary["wins"].items()):
+        print(f"sparsity {s}: DWF ≥ best baseline on {w['won']} of {w['of']} pairs")
+    print(f"wrote {out}/README.md, table.json, table.png" + (f"; {failed} run(s) FAILED" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""The model suite's smoke mode (the CI tier of `python -m benchmarks.model_suite`): every method runs on a module,
+an ONNX export and a GRU chosen by include globs, and the table, plot and resume work. Structure only: the
+accuracies of a 1-epoch run on 256 samples say nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from benchmarks import model_suite, suite_models
+
+
+def test_smoke_runs_every_method_writes_the_table_and_resumes(tmp_path: Path) -> None:
+    assert model_suite.main(["--smoke", "--jobs", "2", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "cells.json").read_text())["rows"]
+    assert {(r["pair"], r["method"]) for r in rows} == {
+        (pair, method) for pair in ("mixer", "vit-ts", "gru") for method in model_suite.METHODS
+    }
+    for row in rows:
+        assert 0.0 <= row["test_accuracy"] <= 1.0 and not row["non_finite"]
+        if row["method"] != "dense":
+            assert abs(row["sparsity_achieved"] - 0.9) <= 0.01, row
+        # Every weight matrix is factorized: the GRU's through its include globs, the ONNX ViT's MatMuls by default.
+        assert row["factorized_share"] >= 0.9 and row["trainable_share"] == 1.0, row
+    readme = (tmp_path / "README.md").read_text()
+    assert "MLP-Mixer" in readme and "DWF (default job) 90%" in readme and "pairs." in readme
+    assert (tmp_path / "table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A second invocation finds every cell done and trains nothing.
+    assert model_suite.main(["--smoke", "--out", str(tmp_path)]) == 0
+    assert len(json.loads((tmp_path / "cells.json").read_text())["rows"]) == len(rows)
+
+
+def test_suite_models_take_their_datasets_shapes(tmp_path: Path) -> None:
+    for name, shape in (("mixer", (1, 28, 28)), ("dwcnn", (1, 28, 28)), ("cnn1d", (1, 128)), ("gru", (24, 8))):
+        logits = suite_models.MODULES[name]()(torch.zeros(3, *shape))
+        assert logits.shape[0] == 3, name
+    x, y = suite_models.waves(10, 0)
+    assert x.shape == (10, 1, 128) and set(y.tolist()) <= {0, 1, 2, 3}
+    x, y = suite_models.motifs(10, 0)
+    assert x.shape == (10, 24, 8)
