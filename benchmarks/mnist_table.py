@@ -15,6 +15,7 @@ x) under benchmarks/results/mnist-table/MODEL-MODE/, each stamped with the comma
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -26,12 +27,11 @@ import sys
 import tempfile
 import textwrap
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from benchmarks.pool import run_cells
 from benchmarks.stamp import MNIST_DIR, ROOT, stamp, stamp_line
 
 MODELS = {"lenet300": "lenet_300_100", "lenet5": "lenet5"}
@@ -423,28 +423,19 @@ def main(argv: list[str] | None = None) -> int:
         if c.key not in done and (c.cr is None or c.cr in run_crs)
     ]
     print(f"{len(todo)} runs to do, {len(done)} already in {cells_path}", flush=True)
-    failed = 0
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=get_context("spawn")) as pool:
-        pending: dict[Future[dict[str, Any]], Cell] = {pool.submit(run_cell, c, crs): c for c in todo}
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                cell = pending.pop(future)
-                try:
-                    row = future.result()
-                except Exception as exc:  # a failed cell is reported and skipped; the others go on
-                    print(f"FAILED {cell.key}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-                    failed += 1
-                    continue
-                rows.append(row)
-                cells_path.write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
-                write_outputs(out, header, rows, crs)
-                cr = row["compression_ratio"]
-                print(
-                    f"{cell.method:>12} CR {cell.cr or 0:>5g} seed {cell.seed}: acc {100 * row['test_accuracy']:.2f}% "
-                    f"CR {cr if math.isfinite(cr) else float('inf'):.1f} ({row['seconds']:.0f}s)",
-                    flush=True,
-                )
+
+    def keep(cell: Cell, row: dict[str, Any]) -> None:
+        rows.append(row)
+        cells_path.write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
+        write_outputs(out, header, rows, crs)
+        cr = row["compression_ratio"]
+        print(
+            f"{cell.method:>12} CR {cell.cr or 0:>5g} seed {cell.seed}: acc {100 * row['test_accuracy']:.2f}% "
+            f"CR {cr if math.isfinite(cr) else float('inf'):.1f} ({row['seconds']:.0f}s)",
+            flush=True,
+        )
+
+    failed = run_cells(todo, functools.partial(run_cell, crs=crs), args.jobs, keep)
     write_outputs(out, header, rows, crs)
     print(f"wrote {out}/table.md, table.json, table.png" + (f"; {failed} run(s) FAILED" if failed else ""), flush=True)
     return 1 if failed else 0

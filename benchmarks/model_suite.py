@@ -17,16 +17,18 @@ Results: benchmarks/results/model-suite/ (cells.json, README.md with the table a
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import os
+import shutil
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from benchmarks.pool import run_cells
 from benchmarks.stamp import ROOT, stamp, stamp_line
 from benchmarks.suite_models import PAIR_BY_NAME, PAIRS, available, dataset, dense_epochs_share, model_for
 
@@ -75,11 +77,17 @@ def _trained_weights(cell: Cell, data: Path, work: Path) -> Path:
 
     epochs = dense_epochs_share(cell.epochs)
     out = work / f"lenet300-dense-seed{cell.seed}-{epochs}ep-{cell.n_train}"
-    weights = out / "model.safetensors"
-    if not weights.exists():
+    if not (out / "model.safetensors").exists():
+        # Several worker processes may need the same weights at once: each trains in a folder of its own, the
+        # first to finish moves it into place (the runs are identical: same seed, data and settings).
+        part = out.with_name(f"{out.name}.part-{os.getpid()}")
         config = TrainConfig(method="dense", epochs=epochs, seed=100 + cell.seed)
-        run(RunSpec("lenet_300_100", str(data), out, train=config, export_onnx=False))
-    return weights
+        run(RunSpec("lenet_300_100", str(data), part, train=config, export_onnx=False))
+        try:
+            part.rename(out)
+        except OSError:  # another process got there first
+            shutil.rmtree(part, ignore_errors=True)
+    return out / "model.safetensors"
 
 
 def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
@@ -275,24 +283,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(todo)} runs to do, {len(done)} already in {cells_path}"
           + (f"; skipped (packages missing): {', '.join(skipped)}" if skipped else ""), flush=True)  # fmt: skip
     work = out / "work"
-    failed = 0
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=get_context("spawn")) as pool:
-        pending: dict[Future[dict[str, Any]], Cell] = {pool.submit(run_cell, c, work): c for c in todo}
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                cell = pending.pop(future)
-                try:
-                    row = future.result()
-                except Exception as exc:  # a failed cell is reported and skipped; the others go on
-                    print(f"FAILED {cell.key}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-                    failed += 1
-                    continue
-                rows.append(row)
-                cells_path.write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
-                write_outputs(out, header, rows)
-                print(f"{cell.key}: acc {100 * row['test_accuracy']:.2f}% sparsity "
-                      f"{100 * row['sparsity_achieved']:.2f}% ({row['seconds']:.0f}s)", flush=True)  # fmt: skip
+
+    def keep(cell: Cell, row: dict[str, Any]) -> None:
+        rows.append(row)
+        cells_path.write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
+        write_outputs(out, header, rows)
+        print(f"{cell.key}: acc {100 * row['test_accuracy']:.2f}% sparsity "
+              f"{100 * row['sparsity_achieved']:.2f}% ({row['seconds']:.0f}s)", flush=True)  # fmt: skip
+
+    failed = run_cells(todo, functools.partial(run_cell, work=work), args.jobs, keep)
     summary = write_outputs(out, header, rows) if rows else {"wins": {}}
     for s, w in sorted(summary["wins"].items()):
         print(f"sparsity {s}: DWF ≥ best baseline on {w['won']} of {w['of']} pairs")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,7 +67,8 @@ def dataset(name: str, n_train: int, n_test: int, cache: Path) -> Path:
     path = cache / f"{name}-{n_train}-{n_test}.npz"
     if path.exists():
         return path
-    partial = path.with_suffix(".part.npz")
+    # Worker processes make the same dataset at once: each writes its own file, the rename is atomic.
+    partial = path.with_name(f"{path.stem}.part-{os.getpid()}.npz")
     if name == "mnist":
         mnist_npz(partial, n_train, n_test)
     elif name == "waves":
@@ -81,7 +83,7 @@ def dataset(name: str, n_train: int, n_test: int, cache: Path) -> Path:
         np.savez(partial, input_ids_train=x, labels_train=y, input_ids_test=xt, labels_test=yt)
     else:
         raise ValueError(f"unknown dataset {name!r}")
-    partial.replace(path)
+    os.replace(partial, path)
     return path
 
 
@@ -217,7 +219,9 @@ def bert_config(path: Path) -> Path:
         "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0,
     }
-    path.write_text(json.dumps(config))
+    part = path.with_name(f"{path.stem}.part-{os.getpid()}.json")
+    part.write_text(json.dumps(config))
+    os.replace(part, path)
     return path
 
 
@@ -285,8 +289,10 @@ def model_for(pair: Pair, seed: int, work: Path) -> str | nn.Module:
         return MODULES[pair.name]()
     if pair.source.startswith("onnx-"):
         path = work / f"{pair.name}-seed{seed}.onnx"
-        if not path.exists():
-            export_onnx(MODULES[pair.name](), INPUT_SHAPES[pair.name], path, pair.source.removeprefix("onnx-"))
+        if not path.exists():  # written under a name of this process's own, then renamed (atomic)
+            part = path.with_name(f"{path.stem}.part-{os.getpid()}.onnx")
+            export_onnx(MODULES[pair.name](), INPUT_SHAPES[pair.name], part, pair.source.removeprefix("onnx-"))
+            os.replace(part, path)
         return str(path)
     if pair.source == "timm":
         return "timm:resnet10t"
