@@ -17,8 +17,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy import bindparam, select, update
 
+from api import idempotency
 from api.deps import ContextDep, CurrentJob, CurrentTenant, SessionDep, bearer_key, check_key, owned_file
 from api.errors import ApiError, ErrorResponse
+from api.idempotency import IdempotencyKey
 from api.render import JobFields, artifact_out, event_out, job_out
 from api.schemas import ArtifactList, EventList, JobCreate, JobList, JobOut
 from dwf_core.hf_config import FORMAT_HF_CONFIG
@@ -60,23 +62,27 @@ def _job_of_key(session: SessionDep, settings: Settings, tenant: Tenant, key: st
 
 @router.post("", response_model=JobOut, responses={429: {"model": ErrorResponse}})
 def create_job(
+    idempotency_key: IdempotencyKey,  # first: on SQLite its claim is taken before the session and freed after it
     ctx: ContextDep,
     session: SessionDep,
     tenant: CurrentTenant,
     body: JobCreate,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobOut:
     """Create a DWF job; it is validated first (status validating_files), then queued for training.
 
     Answers 404 for a file id the caller does not own and 429 (with Retry-After) over one of the tenant's quotas.
     A repeat of an ``Idempotency-Key`` within DWF_IDEMPOTENCY_KEY_TTL_SECONDS (24 h) of its job's creation answers
-    that job (409 ``idempotency_key_reused`` with another body), also when it arrives while the first request is
-    still being submitted: it waits for that commit. An older key is new again.
+    that job (409 ``idempotency_key_reused`` with another body); an older key is new again. A repeat that arrives
+    while the first request with the key is still being processed answers 409 ``idempotency_key_in_use`` with
+    Retry-After: 1 at once, creating nothing (api/idempotency.py).
     """
     request = body.model_dump(mode="json", exclude_none=True)
     request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+    if idempotency_key is not None:
+        # PostgreSQL: the key's claim, before any other lock (on SQLite claim_sqlite took it before the session).
+        idempotency.lock_claim(session, tenant.id, idempotency_key)
     # A tenant's submits take turns from here to the commit, so the key lookup, the quota check and the insert see
-    # every submit that went before: a repeat of a key still being submitted waits for that commit and replays it.
+    # every submit that went before (a repeat that got the key's claim after the first committed replays its job).
     quotas.lock_tenant(session, tenant)
     if idempotency_key is not None:
         existing = _job_of_key(session, ctx.settings, tenant, idempotency_key)

@@ -1,4 +1,5 @@
-"""Concurrent job submits of one tenant, on SQLite and on a real PostgreSQL: the active-jobs quota holds exactly.
+"""Concurrent job submits of one tenant, on SQLite and on a real PostgreSQL: the active-jobs quota holds exactly, and
+a repeat of an Idempotency-Key while its first request is in flight is 409 idempotency_key_in_use, then the replay.
 
 The PostgreSQL case uses the integration tier's server (skipped locally without PostgreSQL 15, required on CI).
 """
@@ -102,52 +103,100 @@ def test_concurrent_submits_take_exactly_the_quota(tenancy: Tenancy, monkeypatch
     assert all(r.json()["status"] == jobs.VALIDATING for r in responses if r.is_success)
 
 
-def test_a_concurrent_repeat_of_a_key_waits_for_the_first_and_replays_it(
-    tenancy: Tenancy, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The repeat creates nothing: it waits until the first request committed, then answers the first's job."""
-    with session_scope(tenancy.ctx.sessions) as session:  # no quota: the submits take turns all the same
-        session.execute(update(Tenant).where(Tenant.id == tenancy.tenant_id).values(max_active_jobs=0))
+def _hold_first_create(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Stop the first request inside its create (before the insert, its transaction and key claim held) until
+    ``release`` is set; returns (inside, release). Later creates pass straight through."""
     create = jobs.create_job
     calls: list[str] = []
     inside, release = threading.Event(), threading.Event()
 
     def held_open(*args: Any, **kwargs: Any) -> Job:
         calls.append(threading.current_thread().name)
-        if len(calls) == 1:  # the first request stops here, before its insert, its transaction still open
+        if len(calls) == 1:
             inside.set()
             assert release.wait(30)
         return create(*args, **kwargs)
 
     monkeypatch.setattr(jobs, "create_job", held_open)
+    return inside, release
+
+
+def _in_use(response: Any) -> bool:
+    """A 409 idempotency_key_in_use with the envelope's param and Retry-After: 1."""
+    if response.status_code != 409:
+        return False
+    error = response.json()["error"]
+    return (
+        error["code"] == "idempotency_key_in_use"
+        and error["type"] == "conflict_error"
+        and error["param"] == "Idempotency-Key"
+        and "retry" in error["message"]
+        and response.headers.get("retry-after") == "1"
+    )
+
+
+def test_a_repeat_while_the_first_is_in_flight_gets_409_then_the_replay(
+    tenancy: Tenancy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the first request has not committed, a repeat of its key is 409 idempotency_key_in_use at once;
+    after the commit the repeat answers the first's job. Another key is not held up by the claim."""
+    with session_scope(tenancy.ctx.sessions) as session:
+        session.execute(update(Tenant).where(Tenant.id == tenancy.tenant_id).values(max_active_jobs=0))
+    inside, release = _hold_first_create(monkeypatch)
     headers = {"Idempotency-Key": "overlap"}
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(3) as pool:
         first = pool.submit(tenancy.client.post, "/v1/jobs", json=body(tenancy.files), headers=headers)
         assert inside.wait(30)
-        repeat = pool.submit(tenancy.client.post, "/v1/jobs", json=body(tenancy.files), headers=headers)
-        threading.Event().wait(0.5)
-        assert not repeat.done()  # waiting for the first request's commit
+        repeat = tenancy.client.post("/v1/jobs", json=body(tenancy.files), headers=headers)
+        assert _in_use(repeat), (repeat.status_code, repeat.text, dict(repeat.headers))
+        # Another body with the key in flight is also "in use": the first has not stored its body yet.
+        assert _in_use(tenancy.client.post("/v1/jobs", json=body(tenancy.files, epochs=3), headers=headers))
+        other_key = pool.submit(
+            tenancy.client.post, "/v1/jobs", json=body(tenancy.files), headers={"Idempotency-Key": "another"}
+        )
+        assert not first.done()
         release.set()
-        answers = [first.result(timeout=60), repeat.result(timeout=60)]
-    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
-    assert answers[0].json() == answers[1].json()
-    assert len(calls) == 1 and tenancy.jobs() == 1  # the repeat did no work of its own
-    assert [m.job_id for m in tenancy.published] == [answers[0].json()["id"]]
-    # After the commit a repeat is a plain replay; another body with the key is a conflict.
-    assert tenancy.client.post("/v1/jobs", json=body(tenancy.files), headers=headers).json() == answers[0].json()
-    other = tenancy.client.post("/v1/jobs", json=body(tenancy.files, epochs=3), headers=headers)
-    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
+        answer, other = first.result(timeout=60), other_key.result(timeout=60)
+    assert answer.status_code == 200 and other.status_code == 200, (answer.text, other.text)
+    assert other.json()["id"] != answer.json()["id"]
+    # After the commit a repeat is the replay (200, the same job, nothing new); another body is a conflict.
+    again = tenancy.client.post("/v1/jobs", json=body(tenancy.files), headers=headers)
+    assert again.status_code == 200 and again.json() == answer.json()
+    assert tenancy.jobs() == 2
+    assert sorted(m.job_id for m in tenancy.published) == sorted([answer.json()["id"], other.json()["id"]])
+    reused = tenancy.client.post("/v1/jobs", json=body(tenancy.files, epochs=3), headers=headers)
+    assert reused.status_code == 409 and reused.json()["error"]["code"] == "idempotency_key_reused"
+    # A request that failed (here: an unknown file) frees its key for the next one.
+    bad = {**body(tenancy.files), "dataset": {"file_id": "file-missing"}}
+    assert tenancy.client.post("/v1/jobs", json=bad, headers={"Idempotency-Key": "k2"}).status_code == 404
+    assert tenancy.client.post("/v1/jobs", json=body(tenancy.files), headers={"Idempotency-Key": "k2"}).is_success
 
 
-def test_twenty_concurrent_posts_with_one_key_make_one_job(tenancy: Tenancy) -> None:
-    """The fault tier's T10 in process: every answer is 200 with the one job, whichever request got in first."""
+def test_twenty_concurrent_posts_with_one_key_make_one_job(tenancy: Tenancy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fault tier's T10 in process: the request that got in holds its create open until the other 19 have
+    answered; they are 409 idempotency_key_in_use, and each one sent again after the commit is the one job."""
+    with session_scope(tenancy.ctx.sessions) as session:
+        session.execute(update(Tenant).where(Tenant.id == tenancy.tenant_id).values(max_active_jobs=0))
+    inside, release = _hold_first_create(monkeypatch)
     start = threading.Barrier(20)
+    answered = threading.Semaphore(0)
+    headers = {"Idempotency-Key": "t10"}
 
     def submit(_: int) -> Any:
         start.wait()
-        return tenancy.client.post("/v1/jobs", json=body(tenancy.files), headers={"Idempotency-Key": "t10"})
+        response = tenancy.client.post("/v1/jobs", json=body(tenancy.files), headers=headers)
+        answered.release()
+        return response
 
     with ThreadPoolExecutor(20) as pool:
-        answers = list(pool.map(submit, range(20)))
-    assert [a.status_code for a in answers] == [200] * 20, [a.text for a in answers if a.status_code != 200]
-    assert len({a.json()["id"] for a in answers}) == 1 and tenancy.jobs() == 1 and len(tenancy.published) == 1
+        futures = [pool.submit(submit, i) for i in range(20)]
+        assert inside.wait(30)
+        arrived = sum(answered.acquire(timeout=10) for _ in range(19))  # the 19 others, while the first is held
+        release.set()
+        answers = [f.result(timeout=60) for f in futures]
+    assert arrived == 19
+    ok = [a for a in answers if a.status_code == 200]
+    assert len(ok) == 1 and all(_in_use(a) for a in answers if a.status_code != 200), [a.text for a in answers]
+    retried = [tenancy.client.post("/v1/jobs", json=body(tenancy.files), headers=headers) for _ in range(19)]
+    assert {(r.status_code, r.json()["id"]) for r in retried} == {(200, ok[0].json()["id"])}
+    assert tenancy.jobs() == 1 and len(tenancy.published) == 1

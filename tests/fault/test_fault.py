@@ -297,7 +297,9 @@ def test_t9_enqueue_after_commit(harness: Harness, tiny_inputs: dict[str, Path])
 
 
 def test_t10_idempotent_submit(harness: Harness, tiny_inputs: dict[str, Path]) -> None:
-    """T10: 20 concurrent POSTs with one Idempotency-Key → one job; the same key with another body → 409."""
+    """T10: 20 concurrent POSTs with one Idempotency-Key → one job. Each answer is 200 with that job, or 409
+    idempotency_key_in_use (Retry-After: 1) when it arrived while the first was still in flight; each 409 sent again
+    after the first committed is 200 with the job. The same key with another body → 409 idempotency_key_reused."""
     s = start_stack(harness, tiny_inputs)
     key = {"Idempotency-Key": "fault-t10-key"}
 
@@ -307,13 +309,23 @@ def test_t10_idempotent_submit(harness: Harness, tiny_inputs: dict[str, Path]) -
 
     with ThreadPoolExecutor(20) as pool:
         responses = list(pool.map(post, range(20)))
-    assert [r.status_code for r in responses] == [200] * 20, [r.text for r in responses if r.status_code != 200]
-    ids = {r.json()["id"] for r in responses}
+    ok = [r for r in responses if r.status_code == 200]
+    busy = [r for r in responses if r.status_code == 409]
+    assert len(ok) + len(busy) == 20, [r.text for r in responses if r.status_code not in (200, 409)]
+    assert ok, "no request got the key"
+    for r in busy:
+        assert r.json()["error"]["code"] == "idempotency_key_in_use", r.text
+        assert r.json()["error"]["param"] == "Idempotency-Key" and r.headers["retry-after"] == "1"
+    ids = {r.json()["id"] for r in ok}
     assert len(ids) == 1
+    # Every 200 came after the first request's commit, so each 409 sent again now is the replay.
+    retried = [s.client.post("/v1/jobs", json=s.body(), headers=key) for _ in busy]
+    assert all(r.status_code == 200 and r.json()["id"] in ids for r in retried), [r.text for r in retried]
     other = s.client.post("/v1/jobs", json=s.body(seed=1), headers=key)
-    assert other.status_code == 409, other.text
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused", other.text
+    summary = f"{len(ok)} × 200, {len(busy)} × 409 idempotency_key_in_use (then 200 on retry)"
     harness.wait_terminal(list(ids), 90)
-    harness.table("T10 20 concurrent POSTs with one Idempotency-Key")
+    harness.table(f"T10 20 concurrent POSTs with one Idempotency-Key: {summary}")
     with harness.engine.connect() as conn:
         assert conn.execute(sa.text("select count(*) from jobs")).scalar_one() == 1
     _check_all_succeeded_once(harness, list(ids))
