@@ -50,6 +50,9 @@ RETRY_STATUSES_UNSAFE = frozenset({429, 503})
 MAX_BACKOFF_S = 8.0
 # A longer Retry-After (a tenant quota, say) is reported to the caller instead of slept through.
 MAX_RETRY_AFTER_S = 10.0
+# A 409 with this code: the first request with the same Idempotency-Key is still being processed and nothing was
+# done for this one; sent again (same key) after the server's Retry-After (1 s), it answers the first one's result.
+IN_USE_CODE = "idempotency_key_in_use"
 UPLOAD_READ_TIMEOUT_S = 600.0
 # The server sends a keep-alive comment every 15 s while a stream is idle.
 SSE_READ_TIMEOUT_S = 60.0
@@ -106,6 +109,17 @@ def _backoff(attempt: int, retry_after: str | None) -> float:
     if delay is not None:
         return min(delay, MAX_RETRY_AFTER_S)
     return float(min(MAX_BACKOFF_S, 0.5 * 2**attempt)) * (0.5 + random.random() / 2)
+
+
+def _key_in_use(response: httpx.Response) -> bool:
+    """A 409 ``idempotency_key_in_use``: the key's first request is still in flight, this one did nothing."""
+    if response.status_code != 409:
+        return False
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(error, dict) and error.get("code") == IN_USE_CODE
 
 
 def _json(response: httpx.Response) -> Any:
@@ -281,7 +295,9 @@ class Client:
         timeout: httpx.Timeout | float | None = None,
     ) -> httpx.Response:
         """Send with retries: ``safe`` requests (GETs, idempotent POSTs) on any transport error or 408/429/5xx;
-        others only when nothing was sent (connect errors) or the server says it did not process them (429, 503)."""
+        others only when nothing was sent (connect errors) or the server says it did not process them (429, 503).
+        A 409 ``idempotency_key_in_use`` (the key's first request, an earlier attempt say, not finished yet) is sent
+        again with the same key after its Retry-After, which then answers the first request's job."""
         attempt = 0
         while True:
             close: Callable[[], None] = _noop
@@ -305,7 +321,8 @@ class Client:
             retryable = RETRY_STATUSES if safe else RETRY_STATUSES_UNSAFE
             wait = _retry_after(response.headers.get("retry-after"))
             patient = wait is None or wait <= MAX_RETRY_AFTER_S
-            if response.status_code in retryable and attempt < self.max_retries and patient:
+            again = response.status_code in retryable or _key_in_use(response)
+            if again and attempt < self.max_retries and patient:
                 self._sleep(_backoff(attempt, response.headers.get("retry-after")))
                 attempt += 1
                 continue

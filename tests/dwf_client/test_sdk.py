@@ -111,6 +111,35 @@ def test_create_job_retries_with_the_same_idempotency_key() -> None:
     assert pretrained.method == {"type": "dwf", "target_sparsity": 0.99, "dense_epochs": 30}
 
 
+def test_a_key_in_use_409_is_retried_with_the_same_key_and_gets_the_replay() -> None:
+    """409 idempotency_key_in_use (the key's first request still in flight): sent again after Retry-After, same key;
+    409 idempotency_key_reused (another body) is the caller's mistake and raised at once."""
+    keys: list[str | None] = []
+    busy = _envelope(409, "idempotency_key_in_use", "retry after a moment", "Idempotency-Key", **{"Retry-After": "1"})
+    answers = [busy]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers.get("idempotency-key"))
+        return answers.pop(0) if answers else httpx.Response(200, json=_job())
+
+    slept: list[float] = []
+    client = Client("http://dwf.test", "key-1", transport=httpx.MockTransport(handler), sleep=slept.append)
+    assert client.submit("lenet_300_100", "file-d", idempotency_key="run-1").id == "job-1"
+    assert keys == ["run-1", "run-1"] and slept == [1.0]
+
+    keys.clear()
+    answers.append(_envelope(409, "idempotency_key_reused", "another body", "Idempotency-Key"))
+    with pytest.raises(DwfApiError) as info:
+        client.submit("lenet_300_100", "file-d", idempotency_key="run-1")
+    assert info.value.code == "idempotency_key_reused" and keys == ["run-1"]
+
+    keys.clear()
+    answers.extend([busy] * 3)
+    with pytest.raises(DwfApiError) as info:  # still in flight after max_retries: the 409 is the caller's to handle
+        client.submit("lenet_300_100", "file-d", idempotency_key="run-2")
+    assert info.value.code == "idempotency_key_in_use" and keys == ["run-2"] * 3
+
+
 def test_submit_sends_timm_and_torchvision_names_as_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sent: list[dict[str, Any]] = []
 
