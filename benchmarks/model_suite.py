@@ -4,6 +4,7 @@
     python -m benchmarks.model_suite --full [--jobs 2]       # the table: every pair, 2 seeds, 90% and 99%
     python -m benchmarks.model_suite --full --pairs gru,bert --seeds 0    # a subset (cells already done are kept)
     python -m benchmarks.model_suite --render                # only rewrite README.md/table.png from cells.json
+    python -m benchmarks.model_suite --readme                # copy the table into the repo's README
 
 Pairs (benchmarks/suite_models.py): MLP-Mixer, a small ViT via ONNX from both exporters, a ResNet with BatchNorm
 via timm, a MobileNet-style depthwise CNN, a 1-D CNN, a GRU (its weights chosen by include globs), a BERT-style
@@ -30,7 +31,7 @@ from typing import Any
 
 from benchmarks.pool import run_cells
 from benchmarks.stamp import ROOT, stamp, stamp_line
-from benchmarks.suite_models import PAIR_BY_NAME, PAIRS, available, dataset, dense_epochs_share, model_for
+from benchmarks.suite_models import CLASSES, PAIR_BY_NAME, PAIRS, available, dataset, dense_epochs_share, model_for
 
 METHODS = ("dense", "magnitude-ft", "gmp", "dwf")
 METHOD_TITLES = {"dense": "dense", "magnitude-ft": "magnitude + FT", "gmp": "GMP", "dwf": "DWF (default job)"}
@@ -41,6 +42,8 @@ MODES: dict[str, dict[str, Any]] = {
              "train": 5000, "test": 2000},
 }  # fmt: skip
 DEFAULT_OUT = ROOT / "results" / "model-suite"
+# A cell where the best method is within this of chance accuracy tells nothing about DWF vs the baselines.
+CHANCE_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -149,15 +152,24 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for (pair, method, sparsity), accs in cells.items():
         column = "dense" if sparsity is None else f"{method}@{sparsity:g}"
         table.setdefault(pair, {})[column] = {"mean": _mean(accs), "n": len(accs)}
-    for columns in table.values():
+    at_chance: dict[str, list[str]] = {}
+    for pair, columns in table.items():
+        chance = 1.0 / CLASSES[PAIR_BY_NAME[pair].data]
         for sparsity in sorted({float(c.split("@")[1]) for c in columns if "@" in c}):
             dwf = columns.get(f"dwf@{sparsity:g}")
             best = [columns[c]["mean"] for c in (f"magnitude-ft@{sparsity:g}", f"gmp@{sparsity:g}") if c in columns]
             if dwf and best:
-                won = dwf["mean"] >= max(best)
                 columns[f"dwf@{sparsity:g}"]["vs_best"] = dwf["mean"] - max(best)
-                wins.setdefault(f"{sparsity:g}", []).append(won)
-    return {"table": table, "wins": {s: {"won": sum(w), "of": len(w)} for s, w in wins.items()}}
+                if max(dwf["mean"], *best) <= chance + CHANCE_MARGIN:  # no method learned: says nothing about DWF
+                    columns[f"dwf@{sparsity:g}"]["at_chance"] = True
+                    at_chance.setdefault(f"{sparsity:g}", []).append(pair)
+                    continue
+                wins.setdefault(f"{sparsity:g}", []).append(dwf["mean"] >= max(best))
+    return {
+        "table": table,
+        "wins": {s: {"won": sum(w), "of": len(w)} for s, w in wins.items()},
+        "at_chance": at_chance,
+    }
 
 
 def markdown(header: dict[str, Any], summary: dict[str, Any], sparsities: tuple[float, ...]) -> str:
@@ -184,14 +196,22 @@ def markdown(header: dict[str, Any], summary: dict[str, Any], sparsities: tuple[
             for m in METHODS[1:]:
                 cell = columns.get(f"{m}@{s:g}")
                 mark = ""
-                if m == "dwf" and cell and "vs_best" in cell:
+                if m == "dwf" and cell and cell.get("at_chance"):
+                    mark = " (every method at chance)"
+                elif m == "dwf" and cell and "vs_best" in cell:
                     mark = f" {'✓' if cell['vs_best'] >= 0 else '✗'} ({100 * cell['vs_best']:+.1f} pp)"
                 row.append(_fmt(cell) + mark)
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     for s, w in sorted(summary["wins"].items()):
+        chance = summary.get("at_chance", {}).get(s, [])
         lines.append(f"- At {100 * float(s):g}% sparsity the default DWF job matches or beats the best baseline on "
-                     f"{w['won']} of {w['of']} pairs.")  # fmt: skip
+                     f"{w['won']} of {w['of']} pairs"
+                     + (f" (not counted: {', '.join(chance)}, where every method stayed within "
+                        f"{100 * CHANCE_MARGIN:g} pp of chance)." if chance else "."))  # fmt: skip
+    commands = header.get("commands") or [header["command"]]
+    lines += ["", "Made by these commands, in this order (cells already done are kept):", ""]
+    lines += [f"- `{c}`" for c in commands]
     return "\n".join(lines) + "\n"
 
 
@@ -234,18 +254,38 @@ def write_outputs(out: Path, header: dict[str, Any], rows: list[dict[str, Any]])
     return summary
 
 
+README = ROOT.parent / "README.md"
+README_START = "<!-- model-suite:start: written by `python -m benchmarks.model_suite --readme` -->"
+README_END = "<!-- model-suite:end -->"
+
+
+def update_readme(readme: Path = README, results: Path = DEFAULT_OUT) -> None:
+    """Put the suite's table (its README.md without the title) and plot between the README's markers."""
+    table = (results / "README.md").read_text().split("\n", 2)[2].strip()
+    plot_path = (results / "table.png").relative_to(readme.parent)
+    block = f"{README_START}\n{table}\n\n![model suite: DWF minus the best baseline]({plot_path})\n{README_END}"
+    text = readme.read_text()
+    start, end = text.index(README_START), text.index(README_END) + len(README_END)
+    readme.write_text(text[:start] + block + text[end:])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_mutually_exclusive_group(required=True)
     for name in MODES:
         group.add_argument(f"--{name}", dest="mode", action="store_const", const=name)
     group.add_argument("--render", dest="mode", action="store_const", const="render")
+    group.add_argument("--readme", dest="mode", action="store_const", const="readme")
     parser.add_argument("--pairs", help="comma-separated subset of the mode's pairs")
     parser.add_argument("--seeds", help="override the mode's seeds, e.g. 0")
     parser.add_argument("--epochs", type=int, help="override the mode's epochs")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/model-suite[-smoke])")
     args = parser.parse_args(argv)
+    if args.mode == "readme":
+        update_readme()
+        print(f"README now shows {DEFAULT_OUT / 'README.md'}")
+        return 0
     out = args.out or (DEFAULT_OUT if args.mode in ("full", "render") else DEFAULT_OUT.with_name("model-suite-smoke"))
     out.mkdir(parents=True, exist_ok=True)
     cells_path = out / "cells.json"

@@ -264,6 +264,8 @@ PAIRS: tuple[Pair, ...] = (
     Pair("lenet300-trained", "LeNet-300-100 from uploaded trained weights, MNIST", "mnist", "weights"),
 )
 PAIR_BY_NAME = {p.name: p for p in PAIRS}
+# Classes of each dataset: chance accuracy is 1 / classes (all are balanced).
+CLASSES = {"mnist": 10, "waves": 4, "motifs": 4, "tokens": TOKEN_CLASSES, "token-ids": TOKEN_CLASSES}
 MODULES: dict[str, Callable[[], nn.Module]] = {
     "mixer": MLPMixer,
     "vit-ts": TinyViT,

@@ -13,6 +13,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from benchmarks.transformer_onnx import SEQ, VOCAB, WIDTH, TinyEncoder
 from dwf_core.coverage import coverage
 from dwf_core.errors import ModelError
 from dwf_core.factorize import WEIGHT_FAN_IN_ATTR, factorize, select_parameters
@@ -20,25 +21,6 @@ from dwf_core.intake import load_onnx
 from dwf_core.intake.onnx_batch import batch_dim_of_target
 from dwf_core.intake.onnx_trainable import _einsum_fan_in
 from dwf_core.intake.onnx_verify import check_batch_independence
-
-VOCAB, SEQ, WIDTH, CLASSES = 50, 16, 32, 4
-
-
-class TinyEncoder(nn.Module):
-    """Token embedding + learned positions, a 2-layer transformer encoder, mean pooling, a linear head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(VOCAB, WIDTH)
-        self.pos = nn.Parameter(torch.randn(1, SEQ, WIDTH) * 0.02)
-        layer = nn.TransformerEncoderLayer(WIDTH, 4, 64, dropout=0.0, batch_first=True)
-        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(WIDTH)
-        self.head = nn.Linear(WIDTH, CLASSES)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.head(self.norm(self.enc(self.emb(tokens) + self.pos)).mean(1))
-        return out
 
 
 def _weight_matrices(model: nn.Module) -> int:
@@ -50,7 +32,7 @@ def _weight_matrices(model: nn.Module) -> int:
 @pytest.fixture(scope="module")
 def encoder_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, nn.Module]]:
     torch.manual_seed(0)
-    model = TinyEncoder().eval()
+    model = TinyEncoder().eval()  # the transformer of benchmarks.transformer_onnx
     tokens = torch.randint(0, VOCAB, (2, SEQ))  # batch 2, no dynamic axes: the exports bake it in
     root = tmp_path_factory.mktemp("encoder")
     with warnings.catch_warnings():
