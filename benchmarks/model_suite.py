@@ -233,12 +233,14 @@ def plot(path: Path, summary: dict[str, Any], sparsities: tuple[float, ...]) -> 
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(pairs)), 3.6))
     width = 0.8 / max(1, len(sparsities))
     for i, s in enumerate(sparsities):
-        values = [100 * (summary["table"][p].get(f"dwf@{s:g}") or {}).get("vs_best", math.nan) for p in pairs]
+        cells = [summary["table"][p].get(f"dwf@{s:g}") or {} for p in pairs]
+        # A cell where every method stayed at chance says nothing: no bar.
+        values = [math.nan if c.get("at_chance") else 100 * c.get("vs_best", math.nan) for c in cells]
         ax.bar([k + i * width for k in range(len(pairs))], values, width, label=f"{100 * s:g}% sparsity")
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks([k + width * (len(sparsities) - 1) / 2 for k in range(len(pairs))], pairs, rotation=30, ha="right")
     ax.set_ylabel("DWF − best baseline (pp)")
-    ax.set_title("Default DWF job vs the best of magnitude + FT and GMP (same epochs)")
+    ax.set_title("Default DWF job vs the best of magnitude + FT and GMP (same epochs; no bar: all at chance)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
