@@ -18,9 +18,11 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
+import torch
 from torch import nn
 
 from dwf_core.errors import ModelError
+from dwf_core.intake.limits import DEFAULT_LIMITS
 
 TIMM_PREFIX = "timm:"
 # Every timm registry name is lowercase letters, digits and "_" (39 characters at most in timm 1.0.31); the
@@ -90,8 +92,24 @@ def _hub_offline() -> Iterator[None]:
             setattr(constants, "HF_HUB_OFFLINE", old_constant)  # noqa: B010
 
 
+def _parameters_on_meta(timm: ModuleType, name: str, kwargs: dict[str, Any]) -> int | None:
+    """How many parameters the model would have, built on the meta device (no memory, no RNG work); None when a
+    constructor needs real tensors."""
+    try:
+        with torch.device("meta"):
+            model: nn.Module = timm.create_model(name, pretrained=False, **kwargs)
+    except Exception:  # e.g. a constructor that reads a tensor's value: the real build decides
+        return None
+    return sum(p.numel() for p in model.parameters())
+
+
 def build_timm_model(
-    name: str, *, num_classes: int, in_channels: int | None = None, img_size: tuple[int, int] | None = None
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int | None = None,
+    img_size: tuple[int, int] | None = None,
+    max_params: int = DEFAULT_LIMITS.max_params,
 ) -> nn.Module:
     """Build timm's ``name`` with random weights for ``num_classes`` outputs and ``in_channels`` inputs.
 
@@ -101,13 +119,15 @@ def build_timm_model(
         in_channels: Input channels (timm adapts the stem); None keeps the model's default (3).
         img_size: (H, W) of the inputs; given to models with a fixed input size (ViTs and other transformers
             size their patch grid and position embeddings from it), ignored by size-agnostic ones (CNNs).
+        max_params: Most parameters (elements) allowed; counted on the meta device before anything is allocated,
+            so a giant architecture is refused without taking the worker's memory.
 
     Returns:
         The model in training mode.
 
     Raises:
         ModelError: ``unknown_model`` for a malformed or unknown name, ``model_build_failed`` when timm cannot
-            build the architecture with these classes, channels and size.
+            build the architecture with these classes, channels and size, ``too_large`` over ``max_params``.
     """
     check_timm_name(name)
     timm = _timm()
@@ -118,6 +138,13 @@ def build_timm_model(
     if img_size is not None and cfg is not None and cfg.fixed_input_size:
         kwargs["img_size"] = img_size
     with _hub_offline():
+        planned = _parameters_on_meta(timm, name, kwargs)
+        if planned is not None and planned > max_params:
+            raise ModelError(
+                f"{TIMM_PREFIX}{name} has {planned:,} parameters for this data, limit is {max_params:,}",
+                code="too_large",
+                param="model",
+            )
         try:
             model: nn.Module = timm.create_model(name, pretrained=False, **kwargs)
         except Exception as exc:  # a model constructor may refuse a size or channel count with any exception
@@ -127,4 +154,11 @@ def build_timm_model(
                 code="model_build_failed",
                 param="model",
             ) from exc
+    built = sum(p.numel() for p in model.parameters())
+    if built > max_params:  # a model the meta device could not build is counted here instead
+        raise ModelError(
+            f"{TIMM_PREFIX}{name} has {built:,} parameters for this data, limit is {max_params:,}",
+            code="too_large",
+            param="model",
+        )
     return model.train()

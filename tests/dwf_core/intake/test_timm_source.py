@@ -115,7 +115,8 @@ def test_pretrained_cannot_be_requested(monkeypatch: pytest.MonkeyPatch) -> None
 
     monkeypatch.setattr(timm, "create_model", spy)
     build_model("timm:resnet10t", num_classes=4, input_shape=(1, 16, 16))
-    assert calls == [{"name": "resnet10t", "pretrained": False, "num_classes": 4, "in_chans": 1}]
+    # Twice: on the meta device to count the parameters against the limit, then for real.
+    assert calls == [{"name": "resnet10t", "pretrained": False, "num_classes": 4, "in_chans": 1}] * 2
 
 
 def test_hub_is_offline_while_building_and_restored_after(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,7 +133,7 @@ def test_hub_is_offline_while_building_and_restored_after(monkeypatch: pytest.Mo
     monkeypatch.setattr(timm, "create_model", spy)
     before = hub.is_offline_mode()
     build_model("timm:resnet10t")
-    assert seen == [True]
+    assert seen == [True, True]  # the meta-device count and the real build
     assert hub.is_offline_mode() is before
 
 
@@ -182,3 +183,21 @@ def test_pipeline_sparsifies_a_timm_model(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert saved["sparsity"] == metrics["sparsity"] > 0.5
     assert metrics["parameters"]["factorized_share"] >= 0.95
+
+
+def test_a_model_over_the_parameter_limit_is_refused_before_it_is_allocated(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dwf_core.intake.timm_source import build_timm_model
+
+    devices: list[str] = []
+    real = timm.create_model
+
+    def spy(name: str, **kwargs: Any) -> nn.Module:
+        devices.append(str(torch.get_default_device()))
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", spy)
+    with pytest.raises(ModelError) as err:
+        build_timm_model("resnet18", num_classes=10, max_params=1_000_000)
+    assert (err.value.code, err.value.param) == ("too_large", "model")
+    assert "timm:resnet18 has 11,181,642 parameters" in err.value.message and "1,000,000" in err.value.message
+    assert devices == ["meta"]  # counted without building it for real
