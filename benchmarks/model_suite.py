@@ -55,21 +55,30 @@ class Cell:
     epochs: int
     n_train: int
     n_test: int
+    # Settings every method of the run gets instead of its default (--optimizer/--lr), for what-if tables.
+    optimizer: str | None = None
+    lr: float | None = None
 
     @property
     def key(self) -> str:
         target = "dense" if self.sparsity is None else f"{self.sparsity:g}"
-        return f"{self.pair}/{self.method}/{target}/seed{self.seed}/{self.epochs}ep/{self.n_train}"
+        what_if = "".join(f"/{k}={v:g}" if isinstance(v, float) else f"/{k}={v}"
+                          for k, v in (("optimizer", self.optimizer), ("lr", self.lr)) if v is not None)  # fmt: skip
+        return f"{self.pair}/{self.method}/{target}/seed{self.seed}/{self.epochs}ep/{self.n_train}{what_if}"
 
 
 def plan(mode: dict[str, Any]) -> list[Cell]:
     cells = []
+    methods = mode.get("methods", METHODS)
+    common = {"epochs": mode["epochs"], "n_train": mode["train"], "n_test": mode["test"]}
+    common |= {"optimizer": mode.get("optimizer"), "lr": mode.get("lr")}
     for pair in mode["pairs"]:
         for seed in mode["seeds"]:
-            cells.append(Cell(pair, "dense", None, seed, mode["epochs"], mode["train"], mode["test"]))
+            if "dense" in methods:
+                cells.append(Cell(pair, "dense", None, seed, **common))
             for sparsity in mode["sparsities"]:
-                for method in METHODS[1:]:
-                    cells.append(Cell(pair, method, sparsity, seed, mode["epochs"], mode["train"], mode["test"]))
+                for method in (m for m in methods if m != "dense"):
+                    cells.append(Cell(pair, method, sparsity, seed, **common))
     return cells
 
 
@@ -112,6 +121,7 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
         settings["target_sparsity"] = cell.sparsity
     if pair.include:
         settings["include"] = list(pair.include)
+    settings |= {k: v for k, v in (("optimizer", cell.optimizer), ("lr", cell.lr)) if v is not None}
     out = work / "runs" / cell.key.replace("/", "-")
     started = time.monotonic()
     spec = RunSpec(model_for(pair, cell.seed, work), str(data), out, weights=weights,
@@ -178,6 +188,15 @@ def markdown(header: dict[str, Any], summary: dict[str, Any], sparsities: tuple[
         "",
         stamp_line(header),
         "",
+        *(
+            [
+                f"**What-if table:** every method ran with {', '.join(f'{k} {v}' for k, v in what_if.items())} "
+                "instead of its default.",
+                "",
+            ]
+            if (what_if := {k: v for k, v in (header.get("what_if") or {}).items() if v is not None})
+            else []
+        ),
         f"{header['epochs']} epochs for every method; seeds {', '.join(map(str, header['seeds']))}; test accuracy, "
         "mean over the seeds (n = seeds that finished). ✓: the DWF job is at least as accurate as the best of "
         "magnitude + FT and GMP at that sparsity.",
@@ -281,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", help="comma-separated subset of the mode's pairs")
     parser.add_argument("--seeds", help="override the mode's seeds, e.g. 0")
     parser.add_argument("--epochs", type=int, help="override the mode's epochs")
+    parser.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
+    parser.add_argument("--sparsities", help="override the mode's target sparsities, e.g. 0.9")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), help="what-if: every method uses this optimizer")
+    parser.add_argument("--lr", type=float, help="what-if: every method uses this peak LR")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/model-suite[-smoke])")
     args = parser.parse_args(argv)
@@ -307,6 +330,14 @@ def main(argv: list[str] | None = None) -> int:
         mode["seeds"] = tuple(int(s) for s in args.seeds.split(","))
     if args.epochs:
         mode["epochs"] = args.epochs
+    if args.methods:
+        unknown = set(args.methods.split(",")) - set(METHODS)
+        if unknown:
+            parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
+        mode["methods"] = tuple(args.methods.split(","))
+    if args.sparsities:
+        mode["sparsities"] = tuple(float(x) for x in args.sparsities.split(","))
+    mode |= {"optimizer": args.optimizer, "lr": args.lr}
     skipped = [p for p in mode["pairs"] if not available(PAIR_BY_NAME[p])]
     mode["pairs"] = tuple(p for p in mode["pairs"] if p not in skipped)
     header = {
@@ -315,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": mode["epochs"],
         "seeds": list(mode["seeds"]),
         "sparsities": list(mode["sparsities"]),
+        "what_if": {"optimizer": args.optimizer, "lr": args.lr},
         "train": mode["train"],
         "test": mode["test"],
     }

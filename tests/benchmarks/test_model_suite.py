@@ -40,3 +40,12 @@ def test_suite_models_take_their_datasets_shapes(tmp_path: Path) -> None:
     assert x.shape == (10, 1, 128) and set(y.tolist()) <= {0, 1, 2, 3}
     x, y = suite_models.motifs(10, 0)
     assert x.shape == (10, 24, 8)
+
+
+def test_what_if_cells_carry_their_settings_in_the_key() -> None:
+    mode = {**model_suite.MODES["smoke"], "methods": ("gmp", "dwf"), "optimizer": "adam", "lr": 0.003}
+    cells = model_suite.plan(mode)
+    assert {c.method for c in cells} == {"gmp", "dwf"}  # no dense cell unless asked for
+    assert all(c.key.endswith("/optimizer=adam/lr=0.003") and c.optimizer == "adam" for c in cells)
+    default = model_suite.plan(model_suite.MODES["smoke"])
+    assert all("optimizer=" not in c.key for c in default) and {c.method for c in default} == set(model_suite.METHODS)
