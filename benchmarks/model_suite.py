@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ def plan(mode: dict[str, Any]) -> list[Cell]:
     return cells
 
 
-def _trained_weights(cell: Cell, data: Path, work: Path) -> Path:
+def trained_weights(cell: Cell, data: Path, work: Path) -> Path:
     """LeNet-300-100 trained densely (half the budget, cached per seed) — the "uploaded trained weights"."""
     from dwf_core.config import TrainConfig
     from dwf_core.pipeline import RunSpec, run
@@ -113,7 +114,7 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
     pair = PAIR_BY_NAME[cell.pair]
     work.mkdir(parents=True, exist_ok=True)
     data = dataset(pair.data, cell.n_train, cell.n_test, work / "data")
-    weights = str(_trained_weights(cell, data, work)) if pair.source == "weights" else None
+    weights = str(trained_weights(cell, data, work)) if pair.source == "weights" else None
     settings: dict[str, Any] = {"epochs": cell.epochs, "seed": cell.seed, "method": cell.method}
     if cell.method == "dwf":
         settings.pop("method")  # the default job: DWF with nothing but the target
@@ -290,6 +291,15 @@ def update_readme(readme: Path = README, results: Path = DEFAULT_OUT) -> None:
     readme.write_text(text[:start] + block + text[end:])
 
 
+def _names(parser: argparse.ArgumentParser, text: str, known: Iterable[str], what: str) -> tuple[str, ...]:
+    """A comma-separated option's names, or a usage error naming the unknown ones."""
+    names = tuple(text.split(","))
+    unknown = set(names) - set(known)
+    if unknown:
+        parser.error(f"unknown {what}: {', '.join(sorted(unknown))}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_mutually_exclusive_group(required=True)
@@ -322,19 +332,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     mode = dict(MODES[args.mode])
     if args.pairs:
-        unknown = set(args.pairs.split(",")) - set(PAIR_BY_NAME)
-        if unknown:
-            parser.error(f"unknown pairs: {', '.join(sorted(unknown))}")
-        mode["pairs"] = tuple(args.pairs.split(","))
+        mode["pairs"] = _names(parser, args.pairs, PAIR_BY_NAME, "pairs")
     if args.seeds:
         mode["seeds"] = tuple(int(s) for s in args.seeds.split(","))
     if args.epochs:
         mode["epochs"] = args.epochs
     if args.methods:
-        unknown = set(args.methods.split(",")) - set(METHODS)
-        if unknown:
-            parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
-        mode["methods"] = tuple(args.methods.split(","))
+        mode["methods"] = _names(parser, args.methods, METHODS, "methods")
     if args.sparsities:
         mode["sparsities"] = tuple(float(x) for x in args.sparsities.split(","))
     mode |= {"optimizer": args.optimizer, "lr": args.lr}

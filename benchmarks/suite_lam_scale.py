@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.model_suite import MODES, _trained_weights
+from benchmarks.model_suite import MODES, trained_weights
 from benchmarks.model_suite import Cell as SuiteCell
 from benchmarks.pool import run_cells
 from benchmarks.stamp import ROOT, stamp, stamp_line
@@ -56,7 +56,7 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
     full = MODES["full"]
     data = dataset(pair.data, full["train"], full["test"], work / "data")
     suite_cell = SuiteCell(cell.pair, "dense", None, cell.seed, full["epochs"], full["train"], full["test"])
-    weights = str(_trained_weights(suite_cell, data, work)) if pair.source == "weights" else None
+    weights = str(trained_weights(suite_cell, data, work)) if pair.source == "weights" else None
     settings: dict[str, Any] = {"epochs": full["epochs"], "seed": cell.seed, "target_sparsity": cell.sparsity}
     if pair.include:
         settings["include"] = list(pair.include)
