@@ -114,7 +114,7 @@ def _atomic_target(path: PathLike) -> Iterator[Path]:
 # --------------------------------------------------------------------------------------------- dense
 
 
-def save_dense(model: nn.Module, path: PathLike) -> int:
+def save_dense(model: nn.Module, path: PathLike, *, metadata: Mapping[str, str] | None = None) -> int:
     """Save ``model.state_dict()`` as a plain safetensors file.
 
     Every tensor is saved as a contiguous CPU clone, so tied/shared parameters are written once per key
@@ -123,6 +123,7 @@ def save_dense(model: nn.Module, path: PathLike) -> int:
     Args:
         model: The (collapsed) model.
         path: Destination file; parent directories are created.
+        metadata: Extra str -> str safetensors metadata (``format`` is always "pt").
 
     Returns:
         Bytes written.
@@ -143,7 +144,7 @@ def save_dense(model: nn.Module, path: PathLike) -> int:
         tensors[name] = value.detach().to("cpu").clone(memory_format=torch.contiguous_format)
     with _atomic_target(path) as tmp:
         try:
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
+            save_file(tensors, str(tmp), metadata={**(metadata or {}), "format": "pt"})
         except (SafetensorError, ValueError, TypeError, KeyError) as exc:
             raise ExportError(
                 f"safetensors cannot store this state dict: {exc}", code="unsupported_dtype", param=str(path)

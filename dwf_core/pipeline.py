@@ -32,7 +32,15 @@ from dwf_core.init_decision import InitDecision, decide_init
 from dwf_core.intake import build_model, detect_model_format, load_onnx, load_weights, refuse_unsafe
 from dwf_core.train import ProgressEvent, Trainer
 
-ARTIFACTS = ("model.safetensors", "model.sparse.safetensors", "model.onnx", "metrics.json")
+ARTIFACTS = (
+    "model.safetensors",
+    "model.sparse.safetensors",
+    "model.onnx",
+    # dwf_core.compact: the model without its dead units; absent when it could not be built (metrics say why)
+    "model.compact.safetensors",
+    "model.compact.onnx",
+    "metrics.json",
+)
 
 
 @dataclass
@@ -210,6 +218,22 @@ def _train_dense_first(
     return plain, info
 
 
+def _compact_and_measure(
+    spec: RunSpec, plain: nn.Module, data: DatasetBundle, out: Path, artifacts: dict[str, Path]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write the compact model's artifacts (added to ``artifacts``); measure both models' inference cost."""
+    from dwf_core.compact import write_compact
+    from dwf_core.inference import measure
+
+    example = data.train.x[:16].contiguous()
+    compact = write_compact(plain, example, out, metadata={"model": model_label(spec)}, onnx=spec.export_onnx)
+    artifacts.update(compact.files)
+    models = {"dense": (plain, artifacts.get("model.onnx"))}
+    if compact.result is not None:
+        models["compact"] = (compact.result.model, artifacts.get("model.compact.onnx"))
+    return compact.info, measure({k: (m, p) for k, (m, p) in models.items() if p is not None}, example)
+
+
 def prepare(spec: RunSpec) -> Prepared:
     """Load and check everything that can fail before training (seconds, CPU only).
 
@@ -364,6 +388,7 @@ def run(
         onnx_info = {k: v for k, v in onnx_result.to_dict().items() if k != "path"}
         if onnx_result.exported:
             artifacts["model.onnx"] = out / "model.onnx"
+    compact_info, inference_info = _compact_and_measure(spec, plain, data, out, artifacts)
 
     frontier: list[dict[str, Any]] | None = None
     if cfg.frontier:
@@ -436,6 +461,10 @@ def run(
         "dataset": data.describe(),
         "sparse_file": sparse_stats.to_dict(),
         "onnx": onnx_info,
+        # The model rebuilt without its dead units (dwf_core.compact), or {"skipped": reason}.
+        "compact": compact_info,
+        # MACs, parameters, ONNX bytes and onnxruntime latency of the dense and compact models (dwf_core.inference).
+        "inference": inference_info,
         "device": result.device,
         "train_seconds": result.train_seconds,
         "total_seconds": time.monotonic() - started,

@@ -24,6 +24,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from dwf_core.inference_html import inference_html
+
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "report.html"
@@ -473,6 +475,7 @@ def render_html(metrics: dict[str, Any], plots: dict[str, Path], out_dir: Path, 
 <h2>Per-layer sparsity</h2>
 {_layers_table(metrics)}
 {_frontier_table(metrics)}
+{inference_html(metrics)}
 <h2>Settings</h2>
 {_table(_settings_rows(metrics))}
 <h2>Artifacts</h2>

@@ -63,9 +63,12 @@ def test_validate_then_train_stores_artifacts_and_result(
         artifacts = {a.name: a for a in session.scalars(select(Artifact).where(Artifact.job_id == job_id))}
         result = session.scalars(select(JobResult).where(JobResult.job_id == job_id)).one()
         types = session.scalars(select(JobEvent.type).where(JobEvent.job_id == job_id)).all()
-    assert set(artifacts) == {"model.safetensors", "model.sparse.safetensors", "model.onnx", "metrics.json"} | set(
-        REPORT_ARTIFACTS
-    )
+    assert set(artifacts) == {
+        *("model.safetensors", "model.sparse.safetensors", "model.onnx", "metrics.json"),
+        *("model.compact.safetensors", "model.compact.onnx"),  # dwf_core.compact: the MLP graph compacts
+        *REPORT_ARTIFACTS,
+    }
+    assert job.metrics["inference"]["compact"]["macs"] <= job.metrics["inference"]["dense"]["macs"]
     for art in artifacts.values():
         blob = b"".join(ctx.storage.open(art.storage_key))
         assert (len(blob), hashlib.sha256(blob).hexdigest()) == (art.bytes, art.sha256)

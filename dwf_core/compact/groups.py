@@ -1,0 +1,244 @@
+"""Remove dead channels across layer dependencies with Torch-Pruning's dependency graph (DepGraph).
+
+Torch-Pruning finds which channels are coupled (a conv's outputs, its BatchNorm, the next layers' inputs, every
+branch of a residual add or a concatenation, the columns a flatten feeds into a Linear) and removes them
+physically; it does not know which ones are dead. A channel of a group is dead when removing it keeps the
+function exactly:
+
+- *unread*: every layer that reads it (Linear/conv input) has zero weights for it, or
+- *constant*: every layer that writes it (Linear/conv output, depthwise filter) has zero weights for it, so it
+  carries only biases; each reader then gets its measured value folded into the reader's bias. A conv reader
+  with zero padding would see the constant only inside the image, so such a channel is kept unless its value
+  is exactly zero.
+
+Groups holding anything else (LayerNorm, attention, grouped convs, the model's own inputs or outputs) are left
+whole; the caller checks the final model against the original anyway.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch_pruning.ops import OPTYPE
+
+from dwf_core.compact.stats import input_ranges
+
+Role = Literal["writer", "reader", "depthwise", "pass"]
+_PASS_TYPES = {OPTYPE.BN, OPTYPE.ELEMENTWISE, OPTYPE.RESHAPE, OPTYPE.CONCAT, OPTYPE.SPLIT}
+_LAYER_TYPES = {OPTYPE.CONV, OPTYPE.LINEAR}
+MAX_ROUNDS = 20
+
+
+@dataclass
+class _Member:
+    """One entry of a group: a module, what it does with the group's channels, and its indices per root channel.
+
+    ``zero[i]``: for a writer or depthwise conv, whether output channel ``i``'s weights are all zero; for a
+    reader, whether input column/channel ``i``'s are.
+    """
+
+    module: nn.Module
+    role: Role
+    by_root: dict[int, list[int]]
+    zero: list[bool]
+
+
+@dataclass
+class ChannelReport:
+    """What the dead-channel pass removed and what it had to leave."""
+
+    rounds: int = 0
+    removed: dict[str, int] = field(default_factory=dict)  # root layer -> output channels removed
+    folded: int = 0  # channels whose constant went into a reader's bias
+    skipped: Counter[str] = field(default_factory=Counter)  # why groups were left whole
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "rounds": self.rounds,
+            "removed_channels": dict(self.removed),
+            "folded_channels": self.folded,
+            "groups_left_whole": dict(self.skipped),
+        }
+
+
+def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    """Trace ``model`` on ``example`` (Torch-Pruning follows autograd, so gradients must be on)."""
+    for param in model.parameters():
+        param.requires_grad_(True)
+    with torch.enable_grad():
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+
+
+def _boundary(graph: tp.DependencyGraph) -> tuple[set[Any], set[Any]]:
+    """Nodes whose channels are the model's outputs: (pass-through nodes, layers whose outputs are).
+
+    Found by walking back from the graph's ends through everything but Linear/conv layers. The model's inputs
+    need no such walk: they carry no gradient, so the traced graph never reaches them (a group coupled to them,
+    as in ``x + conv(x)``, fails the caller's final check instead).
+    """
+    passing: set[Any] = set()
+    out_layers: set[Any] = set()
+    stack = [node for node in graph.module2node.values() if not node.outputs]
+    seen: set[Any] = set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.type in _LAYER_TYPES:
+            out_layers.add(node)  # its outputs are the model's; its input side stays free
+            continue
+        passing.add(node)
+        stack.extend(node.inputs)
+    return passing, out_layers
+
+
+def _role(graph: tp.DependencyGraph, item: Any) -> Role | str:
+    """The member's role, or why the group cannot be handled."""
+    node, module = item.dep.target, item.dep.target.module
+    if node.type == OPTYPE.DEPTHWISE_CONV:
+        return "depthwise"
+    if node.type in _PASS_TYPES:
+        return "pass"
+    if node.type not in _LAYER_TYPES:
+        return f"unsupported {node.type.name}"
+    if isinstance(module, nn.modules.conv._ConvNd) and (module.transposed or module.groups != 1):
+        return "grouped or transposed conv"
+    return "writer" if graph.is_out_channel_pruning_fn(item.dep.handler) else "reader"
+
+
+def _members(graph: tp.DependencyGraph, group: Any, boundary: tuple[set[Any], set[Any]]) -> list[_Member] | str:
+    """The group's members, or why it is left whole."""
+    passing, out_layers = boundary
+    members: list[_Member] = []
+    for item in group:
+        node = item.dep.target
+        role = _role(graph, item)
+        if node in passing or (role == "writer" and node in out_layers):
+            return "model input or output"
+        if role not in ("writer", "reader", "depthwise", "pass"):
+            return role
+        by_root: dict[int, list[int]] = {}
+        for idx, root in zip(item.idxs, item.root_idxs, strict=True):
+            by_root.setdefault(int(root), []).append(int(idx))
+        zero: list[bool] = []
+        if role != "pass":
+            weight = _weight(node.module)
+            per = weight.transpose(0, 1) if role == "reader" else weight
+            zero = (~per.reshape(per.shape[0], -1).ne(0).any(dim=1)).tolist()
+        members.append(_Member(node.module, role, by_root, zero))  # type: ignore[arg-type]
+    return members
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    """The layer's weight, detached."""
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(module).__name__} has no weight tensor")
+    return weight.detach()
+
+
+def _unpadded(conv: nn.modules.conv._ConvNd) -> bool:
+    """True if the conv sees no zero padding (so a constant input channel gives a constant contribution)."""
+    padding = conv.padding
+    return padding == "valid" if isinstance(padding, str) else all(p == 0 for p in padding)
+
+
+def _fold_delta(reader: nn.Module, col: int, value: float) -> torch.Tensor:
+    """What a constant ``value`` on input column/channel ``col`` adds to each of the reader's outputs."""
+    weight = _weight(reader)[:, col]
+    if weight.dim() > 1:  # conv: the constant meets every kernel tap
+        weight = weight.flatten(1).sum(dim=1)
+    return weight * value
+
+
+def _plan_channel(
+    members: list[_Member], root: int, constants: dict[nn.Module, list[float | None]]
+) -> list[tuple[nn.Module, torch.Tensor]] | None:
+    """The bias updates that make root channel ``root`` removable ([] if none are needed), or None to keep it."""
+    live_readers = [
+        (m.module, col) for m in members if m.role == "reader" for col in m.by_root.get(root, []) if not m.zero[col]
+    ]
+    if not live_readers:
+        return []
+    writers = [m for m in members if m.role in ("writer", "depthwise")]
+    if not writers or not all(m.zero[i] for m in writers for i in m.by_root.get(root, [])):
+        return None
+    folds: list[tuple[nn.Module, torch.Tensor]] = []
+    for reader, col in live_readers:
+        seen = constants.get(reader, [])
+        value = seen[col] if col < len(seen) else None
+        if value is None:
+            return None
+        if value != 0.0 and isinstance(reader, nn.modules.conv._ConvNd) and not _unpadded(reader):
+            return None
+        folds.append((reader, _fold_delta(reader, col, value)))
+    return folds
+
+
+def _add_to_bias(module: nn.Module, delta: torch.Tensor) -> None:
+    """Add ``delta`` to the layer's bias, creating a zero bias where the layer had none."""
+    bias = module.bias
+    base = bias.detach() if isinstance(bias, torch.Tensor) else torch.zeros_like(delta)
+    module.bias = nn.Parameter(base + delta.to(base.dtype))
+
+
+def remove_dead_channels(model: nn.Module, batches: Sequence[torch.Tensor]) -> ChannelReport:
+    """Remove dead channels of ``model`` in place, repeating until a round removes nothing.
+
+    Args:
+        model: a plain (collapsed) module in eval mode.
+        batches: inputs to trace with (the first) and to measure constant channels on (all); real samples
+            and random ones, so a channel is called constant only if it was on both.
+
+    Returns:
+        What was removed, folded and left whole.
+    """
+    report = ChannelReport()
+    while report.rounds < MAX_ROUNDS:
+        report.rounds += 1
+        graph = build_graph(model, batches[0])
+        boundary = _boundary(graph)
+        planned: list[tuple[Any, list[_Member]]] = []
+        skipped: Counter[str] = Counter()
+        for group in list(graph.get_all_groups()):
+            members = _members(graph, group, boundary)
+            if isinstance(members, str):
+                skipped[members] += 1
+            else:
+                planned.append((group, members))
+        report.skipped = skipped
+        readers = [m.module for _, members in planned for m in members if m.role == "reader"]
+        constants = {module: seen.constants() for module, seen in input_ranges(model, readers, batches).items()}
+        prunes: list[tuple[nn.Module, Any, list[int]]] = []
+        folds: list[tuple[nn.Module, torch.Tensor]] = []
+        for group, members in planned:
+            roots = sorted({r for m in members for r in m.by_root})
+            dead: list[tuple[int, list[tuple[nn.Module, torch.Tensor]]]] = []
+            for root in roots:
+                plan = _plan_channel(members, root, constants)
+                if plan is not None:
+                    dead.append((root, plan))
+            if len(dead) == len(roots):
+                dead = dead[:-1]  # keep one channel: empty tensors break exporters and runtimes
+            if dead:
+                head = group[0].dep
+                prunes.append((head.target.module, head.handler, [root for root, _ in dead]))
+                folds.extend(fold for _, plan in dead for fold in plan)
+                report.folded += sum(1 for _, plan in dead if plan)
+        if not prunes:
+            break
+        for module, delta in folds:  # before any pruning: the deltas are in today's column coordinates
+            _add_to_bias(module, delta)
+        for module, handler, idxs in prunes:
+            name = graph._module2name.get(module, type(module).__name__)
+            graph.get_pruning_group(module, handler, idxs).prune()
+            report.removed[name] = report.removed.get(name, 0) + len(idxs)
+    return report

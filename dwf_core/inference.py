@@ -1,0 +1,158 @@
+"""What a model costs at inference: multiply-accumulates, parameters, file bytes, onnxruntime CPU latency.
+
+Latency is measured for the dense ``model.onnx`` and the compact ``model.compact.onnx`` side by side in one
+process, one thread (intra- and inter-op), runs alternating between the models so that a busy machine slows
+both alike; the median of the runs is reported per batch size.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+BATCHES = (1, 64)
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one sample through ``model`` (matmuls, convolutions, attention; from torch's counter).
+
+    Zeros inside dense weights are counted like any value: that is what a dense runtime executes.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(example[:1])
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops()) // 2
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(parameters, non-zero parameters)."""
+    total = sum(p.numel() for p in model.parameters())
+    nonzero = sum(int(p.detach().count_nonzero()) for p in model.parameters())
+    return total, nonzero
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _feeds(session: Any, x: np.ndarray) -> dict[str, np.ndarray]:
+    inputs = session.get_inputs()
+    return {inputs[0].name: x} if inputs else {}  # a graph that never reads its input declares none
+
+
+def onnx_latency(
+    paths: Mapping[str, Path],
+    sample: torch.Tensor,
+    *,
+    batches: Sequence[int] = BATCHES,
+    seconds: float = 1.0,
+    min_runs: int = 5,
+    max_runs: int = 500,
+) -> dict[str, dict[str, Any]]:
+    """Median onnxruntime CPU latency (ms) per model and batch size, one thread, runs alternating.
+
+    Args:
+        paths: model name -> ONNX file (all take the same input).
+        sample: one input sample (batch axis first); batches are random tensors of its shape and dtype.
+        batches: batch sizes.
+        seconds: time per batch size after ``min_runs`` runs of each model; at most ``max_runs`` each.
+
+    Returns:
+        ``{name: {"<batch>": median_ms, ...}, "runs": {"<batch>": runs per model}}``.
+    """
+    from dwf_core.compact.model import random_like
+
+    sessions = {name: _session(path) for name, path in paths.items()}
+    result: dict[str, dict[str, Any]] = {name: {} for name in sessions}
+    runs: dict[str, int] = {}
+    for batch in batches:
+        x = random_like(sample, batch, seed=batch).numpy()
+        feeds = {name: _feeds(s, x) for name, s in sessions.items()}
+        times: dict[str, list[float]] = {name: [] for name in sessions}
+        for name, session in sessions.items():  # warm-up: first runs allocate and pick kernels
+            for _ in range(2):
+                session.run(None, feeds[name])
+        start = time.perf_counter()
+        count = 0
+        while count < max_runs and (count < min_runs or time.perf_counter() - start < seconds):
+            for name, session in sessions.items():
+                t0 = time.perf_counter()
+                session.run(None, feeds[name])
+                times[name].append(time.perf_counter() - t0)
+            count += 1
+        for name in sessions:
+            result[name][str(batch)] = 1000 * statistics.median(times[name])
+        runs[str(batch)] = count
+    result["runs"] = runs
+    return result
+
+
+def measure(
+    models: Mapping[str, tuple[nn.Module, Path]], example: torch.Tensor, *, seconds: float = 0.5
+) -> dict[str, Any]:
+    """``metrics["inference"]``: MACs, parameters, ONNX bytes and latency per model, and compact/dense ratios.
+
+    Args:
+        models: name ("dense", "compact") -> (torch model, its ONNX file); models without a file are skipped.
+        example: input samples (batch first).
+        seconds: latency time per batch size (see ``onnx_latency``).
+    """
+    present = {name: pair for name, pair in models.items() if pair[1].is_file()}
+    out: dict[str, Any] = {"runtime": _runtime(), "threads": 1, "batches": list(BATCHES)}
+    if not present:
+        return {**out, "skipped": "no ONNX model was exported"}
+    try:
+        latency = onnx_latency({name: path for name, (_, path) in present.items()}, example[:1], seconds=seconds)
+    except Exception as exc:  # onnxruntime raises its own types; numbers are a report, never a reason to fail a job
+        return {**out, "skipped": f"onnxruntime could not run the models: {type(exc).__name__}: {exc}"[:500]}
+    for name, (model, path) in present.items():
+        params, nonzero = count_params(model)
+        out[name] = {
+            "file": path.name,
+            "bytes": path.stat().st_size,
+            "params": params,
+            "nonzero_params": nonzero,
+            "macs": _macs_or_none(model, example),
+            "latency_ms": latency[name],
+        }
+    out["runs"] = latency["runs"]
+    if "dense" in out and "compact" in out:
+        dense, compact = out["dense"], out["compact"]
+        out["speedup"] = {b: dense["latency_ms"][b] / compact["latency_ms"][b] for b in dense["latency_ms"]}
+        if dense["macs"] and compact["macs"]:
+            out["mac_reduction"] = dense["macs"] / compact["macs"]
+    return out
+
+
+def _macs_or_none(model: nn.Module, example: torch.Tensor) -> int | None:
+    """``count_macs``, or None where torch's counter cannot trace the model."""
+    try:
+        return count_macs(model, example)
+    except Exception:  # the counter dispatches every op; an exotic one may not be supported
+        return None
+
+
+def _runtime() -> str:
+    import onnxruntime as ort
+
+    return f"onnxruntime {ort.__version__} CPU"
+

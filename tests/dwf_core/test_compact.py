@@ -1,0 +1,227 @@
+"""dwf_core.compact: the compact model computes what the sparse one does, is smaller, and rebuilds from its file."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from dwf_core.compact import CompactionSkipped, IndexedLinear, compact_model, load_compact, save_compact, write_compact
+from dwf_core.errors import WeightsError
+from dwf_core.intake import build_model, load_onnx
+
+MNIST = (1, 28, 28)
+
+
+def _assert_same(reference: nn.Module, compact: nn.Module, shape: tuple[int, ...], atol: float = 1e-4) -> None:
+    """The compact model's logits equal the reference's on fresh random inputs."""
+    x = torch.randn(7, *shape, generator=torch.Generator().manual_seed(123))
+    with torch.no_grad():
+        torch.testing.assert_close(compact.eval()(x), reference.eval()(x), atol=atol, rtol=0)
+
+
+def _lenet_300_100() -> nn.Module:
+    """LeNet-300-100 with 90% random zeros, 100 dead inputs, 60 fc1 units without inputs (their constant ReLU(bias)
+    must reach fc2's bias: half of the biases are positive), 40 fc2 units nobody reads."""
+    torch.manual_seed(0)
+    model = build_model("lenet_300_100", num_classes=10, in_channels=1, input_shape=MNIST).eval()
+    with torch.no_grad():
+        for layer in (model.fc1, model.fc2, model.fc3):
+            layer.weight.mul_(torch.rand_like(layer.weight) > 0.9)
+        model.fc1.weight[:, 200:300] = 0
+        model.fc1.weight[:60] = 0
+        model.fc1.bias[:60] = torch.linspace(-1, 1, 60)
+        model.fc3.weight[:, :40] = 0
+    return model
+
+
+def test_lenet_300_100_loses_dead_units_and_inputs_with_the_same_outputs() -> None:
+    model = _lenet_300_100()
+    result = compact_model(model, torch.randn(8, *MNIST))
+    compact = result.model
+    assert compact.fc1.out_features <= 300 - 60 and compact.fc2.out_features <= 100 - 40
+    assert isinstance(compact.fc1, IndexedLinear) and compact.fc1.in_features <= 784 - 100
+    assert compact.fc3.out_features == 10  # the logits are never touched
+    assert result.channels.folded >= 30  # the positive-bias units' constants went into fc2's bias
+    assert result.max_abs_diff < 1e-4
+    _assert_same(model, compact, MNIST)
+
+
+def test_compact_file_rebuilds_the_model_from_the_original_architecture(tmp_path: Path) -> None:
+    model = _lenet_300_100()
+    result = compact_model(model, torch.randn(8, *MNIST))
+    path = tmp_path / "model.compact.safetensors"
+    save_compact(result.model, result.spec, path, metadata={"model": "lenet_300_100"})
+    fresh = build_model("lenet_300_100", num_classes=10, in_channels=1, input_shape=MNIST)
+    rebuilt = load_compact(fresh, path)
+    assert rebuilt.fc1.weight.shape == result.model.fc1.weight.shape
+    _assert_same(model, rebuilt, MNIST)
+
+
+def test_lenet5_folds_dead_filters_through_the_pool_and_drops_flattened_columns() -> None:
+    torch.manual_seed(1)
+    model = build_model("lenet5", num_classes=10, in_channels=1, input_shape=MNIST).eval()
+    with torch.no_grad():
+        model.conv1.weight[:5] = 0  # constant (bias) maps: max-pooled, then folded into conv2's bias (no padding)
+        model.conv2.weight[:, 5:8] = 0  # conv1 channels 5..7 unread
+        model.fc1.weight[:, : 16 * 10] = 0  # conv2 channels 0..9 feed only zero columns after the flatten
+        model.fc1.weight[100:200] = 0
+    result = compact_model(model, torch.randn(8, *MNIST))
+    compact = result.model
+    assert compact.conv1.out_channels == 20 - 8
+    assert compact.conv2.out_channels == 50 - 10 and compact.fc1.in_features == (50 - 10) * 16
+    assert compact.fc1.out_features == 400
+    _assert_same(model, compact, MNIST)
+
+
+def _resnet18() -> tuple[nn.Module, dict[str, int]]:
+    """torchvision ResNet-18 with BatchNorm statistics and dead channels of three kinds."""
+    torch.manual_seed(2)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    with torch.no_grad():
+        for bn in model.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.5, 2)
+                bn.bias.uniform_(-1, 1)
+        # Residual stream of layer1, channels 0..7: every reader (both blocks' conv1, layer2's entry) ignores them,
+        # so they go from the stem conv, bn1, both blocks' conv2/bn2 at once.
+        for conv in (model.layer1[0].conv1, model.layer1[1].conv1, model.layer2[0].conv1):
+            conv.weight[:, :8] = 0
+        model.layer2[0].downsample[0].weight[:, :8] = 0
+        # layer3.0.conv1 filters 0..15 die; bn1's bias makes ReLU's output 0 for 0..7 (removable through the
+        # padded conv2) and positive for 8..15 (kept: at the border the padding would see another value).
+        model.layer3[0].conv1.weight[:16] = 0
+        model.layer3[0].bn1.running_mean[:16] = 0
+        model.layer3[0].bn1.bias[:8] = -1.0
+        model.layer3[0].bn1.bias[8:16] = 1.0
+    return model, {"stem": 64 - 8, "layer3.0.conv1": 256 - 8}
+
+
+def test_resnet18_removes_residual_groups_and_zero_constants_but_keeps_padded_constants() -> None:
+    model, expected = _resnet18()
+    shape = (3, 16, 16)
+    result = compact_model(model, torch.randn(4, *shape))
+    compact = result.model
+    assert compact.conv1.out_channels == expected["stem"]
+    assert compact.layer1[1].bn2.num_features == expected["stem"]
+    assert compact.layer3[0].conv1.out_channels == expected["layer3.0.conv1"]
+    _assert_same(model, compact, shape)
+
+
+class _DepthwiseNet(nn.Module):
+    """conv → BN → ReLU → depthwise 3×3 → BN → ReLU → pointwise → pool → Linear (a MobileNet block)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU())
+        self.pw = nn.Conv2d(16, 32, 1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pw(self.dw(self.stem(x)))
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+def test_depthwise_conv_ties_its_input_and_output_channels() -> None:
+    torch.manual_seed(3)
+    model = _DepthwiseNet().eval()
+    with torch.no_grad():
+        model.pw.weight[:, :5] = 0  # depthwise outputs 0..4 unread: stem and depthwise channels 0..4 go
+        model.fc.weight[:, 20:] = 0  # pointwise outputs 20..31 unread
+    compact = compact_model(model, torch.randn(4, 3, 16, 16)).model
+    assert compact.stem[0].out_channels == 11 and compact.dw[0].groups == 11 and compact.pw.out_channels == 20
+    _assert_same(model, compact, (3, 16, 16))
+
+
+def test_onnx_intake_graph_is_compacted(tmp_path: Path) -> None:
+    """An onnx2torch graph (the service's upload path) goes through the same dependency graph."""
+    model = _lenet_300_100()
+    path = tmp_path / "mlp.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (torch.zeros(1, *MNIST),), str(path), dynamo=False, input_names=["x"],
+                          output_names=["logits"], dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}})  # fmt: skip
+    graph = load_onnx(path)
+    result = compact_model(graph, torch.randn(8, *MNIST))
+    same_in_torch = compact_model(model, torch.randn(8, *MNIST)).model
+    assert sum(p.numel() for p in result.model.parameters()) == sum(p.numel() for p in same_in_torch.parameters())
+    _assert_same(graph, result.model, MNIST)
+
+
+def test_write_compact_exports_an_onnx_graph_with_the_same_outputs(tmp_path: Path) -> None:
+    model = _lenet_300_100()
+    outcome = write_compact(model, torch.randn(8, *MNIST), tmp_path, metadata={"model": "lenet_300_100"})
+    assert set(outcome.files) == {"model.compact.safetensors", "model.compact.onnx"}
+    assert outcome.info["params"] < outcome.info["dense_params"] and outcome.info["onnx"]["exported"]
+    x = torch.randn(5, *MNIST)
+    session = ort.InferenceSession(str(tmp_path / "model.compact.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4, rtol=0)
+
+
+class _TupleOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fc(x), x
+
+
+class _ChannelMix(nn.Module):
+    """``y.sum(1)`` reads every channel of ``y`` into one: Torch-Pruning takes the sum for an elementwise op."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 8)
+        self.b = nn.Linear(8, 3)
+        self.c = nn.Linear(1, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.a(x))
+        return self.b(y) + self.c(y.sum(dim=1, keepdim=True))
+
+
+@pytest.mark.parametrize("model", [_TupleOut(), _ChannelMix()], ids=["tuple-output", "channel-mixing-sum"])
+def test_unsupported_models_are_skipped_with_a_reason(model: nn.Module, tmp_path: Path) -> None:
+    first = next(model.children())
+    with torch.no_grad():
+        getattr(model, "b", first).weight[:, :2] = 0  # something that looks dead
+    outcome = write_compact(model.eval(), torch.randn(4, first.in_features), tmp_path, metadata={})
+    assert outcome.result is None and outcome.info["skipped"]
+    assert not list(tmp_path.iterdir())  # no compact artifacts
+    with pytest.raises(CompactionSkipped):
+        compact_model(model, torch.randn(4, first.in_features))
+
+
+def test_load_compact_refuses_files_that_do_not_fit(tmp_path: Path) -> None:
+    model = _lenet_300_100()
+    result = compact_model(model, torch.randn(8, *MNIST))
+    path = tmp_path / "c.safetensors"
+    save_compact(result.model, result.spec, path, metadata={})
+    with pytest.raises(WeightsError, match="does not have") as info:
+        load_compact(build_model("lenet5", num_classes=10, in_channels=1, input_shape=MNIST), path)
+    assert info.value.code == "invalid_compact_file"
+    plain = tmp_path / "plain.safetensors"
+    from dwf_core.export import save_dense
+
+    save_dense(model, plain)
+    with pytest.raises(WeightsError, match="no compact-model spec"):
+        load_compact(copy.deepcopy(model), plain)
+    bad = tmp_path / "bad.safetensors"
+    save_compact(result.model, {"fc1": {"attrs": {"padding": 3}}}, bad, metadata={})
+    with pytest.raises(WeightsError, match="cannot set"):
+        load_compact(build_model("lenet_300_100", num_classes=10), bad)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    with pytest.raises(WeightsError, match="not a readable"):
+        load_compact(model, tmp_path / "junk.safetensors")

@@ -1,0 +1,37 @@
+"""report.html's Inference section: drawn from metrics.json alone, with the compaction's outcome."""
+
+from __future__ import annotations
+
+from dwf_core.inference_html import inference_html
+
+
+def _entry(file: str, macs: int, ms1: float, ms64: float) -> dict[str, object]:
+    return {"file": file, "macs": macs, "params": 10, "nonzero_params": 5, "bytes": 1000,
+            "latency_ms": {"1": ms1, "64": ms64}}  # fmt: skip
+
+
+def test_section_shows_both_models_and_the_speedup() -> None:
+    metrics = {
+        "inference": {
+            "runtime": "onnxruntime 1.0 CPU",
+            "batches": [1, 64],
+            "dense": _entry("model.onnx", 266200, 0.03, 0.4),
+            "compact": _entry("model.compact.onnx", 20000, 0.01, 0.05),
+            "mac_reduction": 13.31,
+            "speedup": {"1": 3.0, "64": 8.0},
+        },
+        "compact": {"max_abs_diff": 2e-6},
+    }
+    page = inference_html(metrics)
+    assert "266,200" in page and "20,000" in page and "0.05 ms" in page
+    assert "13.3× fewer MACs" in page and "batch 64: 8×" in page and "2e-06" in page
+
+
+def test_section_says_why_there_is_no_compact_model_and_is_absent_without_numbers() -> None:
+    metrics = {
+        "inference": {"batches": [1, 64], "dense": _entry("model.onnx", 5, 0.1, 0.2)},
+        "compact": {"skipped": "the model returns <tuple>"},
+    }
+    page = inference_html(metrics)
+    assert "No compact model: the model returns &lt;tuple&gt;" in page and "model.compact.onnx" not in page
+    assert inference_html({"test_accuracy": 0.9}) == ""
