@@ -105,6 +105,16 @@ class DwfMethod(Strict):
     finetune_epochs: int | None = Field(default=None, ge=0, le=MAX_EPOCHS)
     # DWF: epochs of plain (dense) training first; DWF then starts from those weights (dwf_core TrainConfig).
     dense_epochs: int = Field(default=0, ge=0, le=MAX_EPOCHS)
+    # DWF: "weights" (every weight factorized), "units" (D-Gating: gates per Linear neuron / conv channel remove whole
+    # units) or "both" (dwf_core.structured; dwf_core TrainConfig.structure).
+    structure: Literal["weights", "units", "both"] = "weights"
+    # units/both: the fraction of the dense model's Linear/Conv MACs the collapsed model may keep.
+    target_macs: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    # units/both: MAC fractions at which the trained model is also cut and evaluated (metrics structured.mac_frontier);
+    # None: dwf_core's default budgets, []: none.
+    mac_frontier: list[Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]] | None = Field(
+        default=None, max_length=32
+    )
 
     @field_validator("threshold")
     @classmethod
@@ -127,6 +137,17 @@ class DwfMethod(Strict):
             raise ValueError(f"method type {self.type!r} needs target_sparsity (the fraction to prune)")
         if self.dense_epochs and self.type != "dwf":
             raise ValueError("dense_epochs applies to method type 'dwf' only")
+        structured = self.structure != "weights"
+        if structured and self.type != "dwf":
+            raise ValueError(f"structure {self.structure!r} applies to method type 'dwf' only")
+        if not structured and (self.target_macs is not None or self.mac_frontier):
+            raise ValueError("target_macs and mac_frontier need structure 'units' or 'both'")
+        if self.structure == "units" and self.target_sparsity is not None:
+            raise ValueError("structure 'units' takes target_macs, not target_sparsity")
+        if structured and self.frontier:
+            raise ValueError("a structured run cuts at MAC budgets: use mac_frontier instead of frontier")
+        if structured and self.depth is not None and self.depth < 2:
+            raise ValueError("structure 'units'/'both' needs depth ≥ 2")
         return self
 
 

@@ -80,6 +80,12 @@ class DwfMethod(_Request):
     finetune_epochs: int | None = None
     # DWF: plain training epochs first, DWF then starts from those weights (0 / None: from scratch).
     dense_epochs: int | None = None
+    # "weights" (DWF), "units" (D-Gating: whole Linear neurons / conv channels removed) or "both".
+    structure: Literal["weights", "units", "both"] | None = None
+    # units/both: fraction of the dense model's Linear/Conv MACs to keep, in (0, 1].
+    target_macs: float | None = None
+    # units/both: MAC fractions at which the model is also cut and evaluated ([]: none).
+    mac_frontier: list[float] | None = None
 
 
 class JobCreate(_Request):

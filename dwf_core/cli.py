@@ -60,6 +60,20 @@ def _parse_frontier(value: str | None) -> list[float] | None:
     return check_frontier(ratios)
 
 
+def _parse_mac_frontier(text: str | None) -> list[float] | None:
+    """``--mac-frontier 0.5,0.1`` → [0.5, 0.1]; 'none' → [] (no cuts); None → the default budgets."""
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return []
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"--mac-frontier takes comma-separated MAC fractions, got {text!r}", param="mac_frontier"
+        ) from None
+
+
 def _fmt_cr(value: float | None) -> str:
     if value is None or math.isinf(value):
         return "∞"
@@ -116,6 +130,27 @@ def train(
             "DWF from its weights; LeNet-300-100 at CR 100: 98.17% vs 97.63% from scratch (twice the training)"
         ),
     ] = 0,
+    structure: Annotated[
+        str,
+        typer.Option(
+            help="weights (DWF: every weight factorized), units (D-Gating: D-1 gates per Linear neuron / conv "
+            "channel, whole units removed) or both"
+        ),
+    ] = "weights",
+    target_macs: Annotated[
+        float | None,
+        typer.Option(
+            help="--structure units/both: fraction of the dense model's Linear/Conv MACs to keep, in (0, 1]; the "
+            "collapse removes the weakest units until it fits"
+        ),
+    ] = None,
+    mac_frontier: Annotated[
+        str | None,
+        typer.Option(
+            help="--structure units/both: also cut at these MAC fractions, e.g. 0.5,0.2,0.1 (default "
+            "0.5,0.25,0.1,0.05; 'none' for no cut): metrics.json structured.mac_frontier"
+        ),
+    ] = None,
     lr: Annotated[float | None, typer.Option(help="Peak LR (SGD: 0.3 DWF, 0.1 baselines; Adam 1e-3)")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size")] = defaults.DEFAULT_BATCH_SIZE,
     optimizer: Annotated[str, typer.Option(help="sgd or adam")] = defaults.DEFAULT_OPTIMIZER,
@@ -208,6 +243,9 @@ def _train(**kw: Any) -> dict[str, Any]:
         finetune_epochs=kw["finetune_epochs"],
         frontier=_parse_frontier(kw["frontier"]),
         dense_epochs=kw["dense_epochs"],
+        structure=kw["structure"],
+        target_macs=kw["target_macs"],
+        mac_frontier=_parse_mac_frontier(kw["mac_frontier"]),
     )
     config.validate()
     out: Path = kw["out"]
@@ -303,6 +341,11 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     if metrics.get("target_sparsity") is not None:
         table.add_row("sparsity (requested)", f"{100 * metrics['target_sparsity']:.3f}%")
         table.add_row("final λ" if method == "dwf" else "L2 λ", f"{metrics['lam']:.3g}")
+    structured = metrics.get("structured")
+    if structured:
+        kept = ", ".join(f"{layer['name']} {layer['units']}/{layer['units_total']}" for layer in structured["layers"])
+        table.add_row("MACs kept (of dense)", f"{100 * structured['mac_fraction']:.2f}%")
+        table.add_row("units kept", kept)
     table.add_row("sparsity", f"{100 * metrics['sparsity']:.3f}%")
     table.add_row("non-zeros / weights", f"{metrics['nnz']:,} / {metrics['total']:,}")
     table.add_row("threshold", f"{metrics['threshold']:.3g} ({metrics['threshold_mode']})")

@@ -69,6 +69,17 @@ class TrainConfig:
     # epochs vs 97.63% from scratch (benchmarks/results/mnist-table/lenet300-full/). 0: start from the given
     # weights (or a fresh init).
     dense_epochs: int = 0
+    # "weights": DWF, every selected weight factorized. "units": D-Gating (dwf_core.structured): each Linear neuron
+    # and conv output channel gets D−1 scalar gates on its output, and L2 on gates and weights equals a group
+    # L_{2/D} penalty that removes whole units. "both": factorized weights and gated units.
+    structure: Literal["weights", "units", "both"] = "weights"
+    # Structured runs: the fraction of the dense model's Linear/Conv MACs the collapsed model may keep. λ (from lam or
+    # the default) then follows the live units' MACs toward it each epoch (dwf_core.structured.control) and the
+    # collapse removes the weakest units until it fits. None: fixed λ, only units that reached zero are removed.
+    target_macs: float | None = None
+    # Structured runs: MAC fractions at which the trained model is also cut and evaluated (metrics "mac_frontier");
+    # None: dwf_core.structured.settings.MAC_FRONTIER, []: none.
+    mac_frontier: list[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -93,8 +104,12 @@ class TrainConfig:
             depth=depth,
             # With a target, λ is the controller's state (it starts from the default for the depth), not a setting;
             # a baseline keeps λ as its L2 strength whatever its target.
-            lam=None if targeted and dwf else (defaults.default_lam(depth) if self.lam is None else self.lam),
-            lr=(defaults.DEFAULT_LR if dwf else defaults.DEFAULT_BASELINE_LR)[self.optimizer]
+            lam=None if targeted and dwf else (self._default_lam(depth) if self.lam is None else self.lam),
+            # "units" trains plain weights times gates: DWF's 0.3 made LeNet-5's loss explode in the first epoch, the
+            # baselines' 0.1 trains it (benchmarks/results/structured/README.md).
+            lr=(defaults.DEFAULT_LR if dwf and self.structure != "units" else defaults.DEFAULT_BASELINE_LR)[
+                self.optimizer
+            ]
             if self.lr is None
             else self.lr,
             init=self.init or "varmatch",
@@ -102,6 +117,15 @@ class TrainConfig:
         )
         cfg.validate()
         return cfg
+
+    def _default_lam(self, depth: int) -> float:
+        # "both" keeps DWF's per-weight λ: its factor penalty acts on every weight and would prune far too hard at
+        # the group λ; "units" needs the larger group λ.
+        if self.method == "dwf" and self.structure == "units":
+            from dwf_core.structured.settings import structured_lam
+
+            return structured_lam(depth)
+        return defaults.default_lam(depth)
 
     def validate(self) -> None:
         """Check ranges; raises ConfigError with ``param`` set to the field name."""
@@ -206,6 +230,9 @@ class TrainConfig:
             from dwf_core.frontier import check_frontier
 
             check_frontier(self.frontier)
+        from dwf_core.structured.settings import check_structure
+
+        check_structure(self)
         for name in ("include", "exclude"):
             value = getattr(self, name)
             need(

@@ -14,6 +14,7 @@ from torch import nn
 
 from dwf_core.errors import ConfigError
 from dwf_core.factorize import factorized_tensors
+from dwf_core.structured.gates import group_parameters
 
 
 def factor_weight_decay(lam: float, depth: int) -> float:
@@ -46,6 +47,11 @@ def param_groups(model: nn.Module, lam: float, *, other_weight_decay: float = 0.
             if id(factor) not in factor_ids:
                 factor_ids.add(id(factor))
                 by_depth.setdefault(tensor.depth, []).append(factor)
+    # Structured DWF: gates and the weights/biases of gated units take the same 2λ/D (dwf_core.structured).
+    for depth, param in group_parameters(model):
+        if id(param) not in factor_ids:
+            factor_ids.add(id(param))
+            by_depth.setdefault(depth, []).append(param)
     others = [p for p in model.parameters() if id(p) not in factor_ids]
     groups: list[dict[str, Any]] = [
         {"params": params, "weight_decay": factor_weight_decay(lam, depth), "dwf": "factors", "depth": depth}

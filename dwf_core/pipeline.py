@@ -308,6 +308,7 @@ def run(
 
     phase("pretraining" if cfg.method == "dwf" and cfg.dense_epochs else "training")
     baseline_info: dict[str, Any] | None = None
+    structured_info: dict[str, Any] | None = None
     finetune_info: dict[str, Any] | None = None
     dense_info: dict[str, Any] | None = None
     hooks: dict[str, Any] = {
@@ -337,20 +338,29 @@ def run(
             )
 
         phase("collapsing")
-        collapsed = collapse_and_verify(
-            result.model,
-            data.val,
-            cfg.threshold,
-            tolerance=cfg.tolerance,
-            batch_size=cfg.eval_batch_size,
-            target_sparsity=cfg.target_sparsity,
-        )
-        ft_epochs = dwf_finetune_epochs(cfg, collapsed)
-        if ft_epochs:
-            from dwf_core.baselines.run import finetune_collapsed
+        if cfg.structure != "weights":
+            from dwf_core.structured.run import collapse_structured, structured_finetune_epochs
+            from dwf_core.structured.run import finetune_units as finetune
 
+            collapsed, structured_info = collapse_structured(
+                result.model, data.val, data.test, cfg, example=data.train.x[:2]
+            )
+            ft_epochs = structured_finetune_epochs(cfg, collapsed)
+        else:
+            from dwf_core.baselines.run import finetune_collapsed as finetune
+
+            collapsed = collapse_and_verify(
+                result.model,
+                data.val,
+                cfg.threshold,
+                tolerance=cfg.tolerance,
+                batch_size=cfg.eval_batch_size,
+                target_sparsity=cfg.target_sparsity,
+            )
+            ft_epochs = dwf_finetune_epochs(cfg, collapsed)
+        if ft_epochs:
             phase("finetuning")
-            ft, collapsed, finetune_info = finetune_collapsed(
+            ft, collapsed, finetune_info = finetune(
                 collapsed,
                 data.train,
                 data.val,
@@ -445,6 +455,11 @@ def run(
         "history": result.history,
         # Several collapsed models from this run along the accuracy–CR curve (config.frontier), or None.
         "frontier": frontier,
+        # "weights" (DWF), "units" or "both" (dwf_core.structured); for the latter two, "structured" holds the MACs
+        # (dense, kept, per layer), units kept per layer, the target_macs and the MAC frontier.
+        "structure": cfg.structure,
+        "mac_fraction": structured_info["mac_fraction"] if structured_info else None,
+        "structured": structured_info,
         # Baselines: their details (depth 1, L2 λ, mask sparsity, fine-tuning, GMP window…); None for DWF.
         "baseline": baseline_info,
         # DWF with finetune_epochs: the masked fine-tuning after the collapse (epochs, lr, val before/after).

@@ -36,6 +36,8 @@ from dwf_core.factorize import factorize, init_stats, is_factorized
 from dwf_core.penalty import factor_penalty, factor_weight_decay, misalignment, param_groups
 from dwf_core.report import sparsity_report
 from dwf_core.schedule import lr_at
+from dwf_core.structured.control import control_lam
+from dwf_core.structured.gates import attach_gates, has_gates
 
 
 class TrainingCancelled(DwfError):
@@ -185,7 +187,7 @@ class Trainer:
     def _prepare(self) -> None:
         cfg = self.config
         torch.manual_seed(cfg.seed)
-        if not is_factorized(self.model):
+        if cfg.structure != "units" and not is_factorized(self.model):
             factorize(
                 self.model,
                 cfg.effective_depth,
@@ -196,6 +198,9 @@ class Trainer:
                 epsilon=cfg.epsilon,
                 seed=cfg.seed,
             )
+        if cfg.method == "dwf" and cfg.structure != "weights" and not has_gates(self.model):
+            # D-Gating: gates on unit outputs; their decay joins the factor groups (penalty.param_groups).
+            attach_gates(self.model, cfg.effective_depth, self.train_data.x[:2], cfg.include, cfg.exclude)
         self.init_stats = init_stats(self.model)
         # Restarts: λ over-pruned (_restart_if_over_pruned), loss became non-finite (_restart_after_divergence).
         self.restarts: list[dict[str, Any]] = []
@@ -541,6 +546,13 @@ class Trainer:
             metrics = self._epoch_metrics(epoch, sums, seen, lr, time.monotonic() - epoch_start)
             if cfg.target_sparsity is not None:
                 self._control(epoch, metrics)
+            elif cfg.target_macs is not None:
+                # Structured DWF: λ follows the MACs of the live units toward the budget (dwf_core.structured.control).
+                self.lam, mac_seen = control_lam(
+                    self.model, self.x_train[:2], cfg.target_macs, epoch, cfg.epochs, self.lam, self.lam0
+                )
+                set_lam(self.optimizer, self.lam)
+                metrics.update(mac_seen)
             if self._restart_if_over_pruned(epoch, metrics):
                 # The epoch event still goes out (with metrics["restart"]): a watcher sees why epochs start over.
                 self._emit("epoch", epoch, self.steps_per_epoch, metrics["train_loss"], lr, t0, metrics)

@@ -273,6 +273,13 @@ def submit(
         int | None, typer.Option(help="DWF: train the plain model this many epochs first, then DWF from it")
     ] = None,
     optimizer: Annotated[str | None, typer.Option(help="sgd or adam")] = None,
+    structure: Annotated[
+        str | None,
+        typer.Option(help="weights (DWF), units (D-Gating: remove whole neurons / conv channels) or both"),
+    ] = None,
+    target_macs: Annotated[
+        float | None, typer.Option(help="--structure units/both: fraction of the dense model's MACs to keep")
+    ] = None,
     threshold: Annotated[str | None, typer.Option(help="Collapse threshold: 'auto' or a number")] = None,
     frontier: Annotated[
         list[float] | None, typer.Option(help="Also save the model cut at this compression ratio (repeatable)")
@@ -308,6 +315,10 @@ def submit(
         options["frontier"] = list(frontier)
     if dense_epochs:
         options["dense_epochs"] = dense_epochs
+    if structure is not None:
+        options["structure"] = structure
+    if target_macs is not None:
+        options["target_macs"] = target_macs
     pairs = _parse_metadata(metadata)
     with _errors(), _client(ctx, server) as client:
         if data.startswith("mnist-idx:"):

@@ -94,6 +94,8 @@ function settingsText(method) {
   const parts = [`depth ${method.depth ?? "auto"}`, `${method.epochs} ep`];
   if (num(method.target_sparsity)) parts.push(`target ${pct(method.target_sparsity, 1)}`);
   else if (num(method.lam)) parts.push(`λ ${method.lam}`);
+  if (method.structure && method.structure !== "weights") parts.push(`structure ${method.structure}`);
+  if (num(method.target_macs)) parts.push(`MACs ≤ ${pct(method.target_macs, 1)}`);
   return parts.join(", ");
 }
 
@@ -498,6 +500,9 @@ async function submitJob(event) {
     if (frontier.length) body.method.frontier = frontier;
     const denseEpochs = numberOrNull(f.dense_epochs.value);
     if (denseEpochs) body.method.dense_epochs = denseEpochs;
+    if (f.structure.value !== "weights") body.method.structure = f.structure.value;
+    const targetMacs = numberOrNull(f.target_macs.value);
+    if (targetMacs) body.method.target_macs = targetMacs / 100;
     const dataset = f.dataset_file.files[0];
     if (!dataset) throw new Error("choose a dataset file");
     if (source === "file") {

@@ -1,0 +1,127 @@
+"""Collapse a gated model into a plain one and remove units: those the penalty zeroed, then to a MAC budget.
+
+Collapse = multiply any DWF factors back, fold the gates into rows and biases (``fold_gates``): the plain model
+computes what the gated one did. A unit's size is ‖(ŵ_row, b̂)‖₂ of its folded weights. Units below ``EPSILON``
+(float32 machine epsilon, the D-Gating paper's ε for filters and features) are removed always; with a budget, the
+smallest remaining units go next, smallest first across all layers, until the kept MACs fit. Removing sets the
+unit's row and bias to exact zeros, so its output is exactly zero and a compaction can drop it with the next
+layer's input columns. Each gated layer keeps at least its largest unit, so a cut never disconnects the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dwf_core.collapse import collapse_and_verify
+from dwf_core.factorize import factorized_tensors
+from dwf_core.structured.gates import bias_of, fold_gates, weight_of
+from dwf_core.structured.macs import MacReport, count_macs
+
+EPSILON = float(torch.finfo(torch.float32).eps)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One removable unit: its layer, index and size ‖(ŵ_row, b̂)‖₂."""
+
+    layer: str
+    index: int
+    size: float
+
+
+def plain_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """A plain copy of a gated (and possibly factorized) model: factors multiplied, gates folded.
+
+    Returns the copy (original classes and state_dict keys) and the names of the modules that were gated.
+    """
+    if factorized_tensors(model):
+        plain = collapse_and_verify(model, None, 0.0).model
+    else:
+        import copy
+
+        plain = copy.deepcopy(model)
+    return plain, fold_gates(plain)
+
+
+def unit_sizes(model: nn.Module, layers: list[str]) -> list[Unit]:
+    """Every unit of the named (plain) layers with its size, in layer order."""
+    units: list[Unit] = []
+    with torch.no_grad():
+        for name in layers:
+            module = model.get_submodule(name)
+            weight, bias = weight_of(module).detach(), bias_of(module)
+            squares = weight.double().pow(2).reshape(weight.shape[0], -1).sum(dim=1)
+            if bias is not None:
+                squares = squares + bias.detach().double().pow(2)
+            units.extend(Unit(name, i, float(s)) for i, s in enumerate(squares.sqrt()))
+    return units
+
+
+class UnitCutter:
+    """Removes units of a plain model in a fixed order; ``cut(k)`` restores the weights, then removes the first k.
+
+    The order: units below ``EPSILON`` (always removed), then the rest by size, smallest first, leaving out each
+    layer's largest unit.
+    """
+
+    def __init__(self, model: nn.Module, layers: list[str], probe: torch.Tensor) -> None:
+        self.model = model
+        self.probe = probe
+        self.modules = {name: model.get_submodule(name) for name in layers}
+        self.saved: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        for name, module in self.modules.items():
+            bias = bias_of(module)
+            self.saved[name] = (weight_of(module).detach().clone(), None if bias is None else bias.detach().clone())
+        units = unit_sizes(model, layers)
+        largest = {name: max((u for u in units if u.layer == name), key=lambda u: u.size) for name in layers}
+        keep = {(u.layer, u.index) for u in largest.values()}
+        self.natural = [u for u in units if u.size < EPSILON and (u.layer, u.index) not in keep]
+        rest = [u for u in units if u.size >= EPSILON and (u.layer, u.index) not in keep]
+        self.order = sorted(rest, key=lambda u: u.size)
+        self.removed = 0
+
+    def cut(self, k: int) -> MacReport:
+        """Remove the natural units and the ``k`` smallest others (from the saved weights); returns the MACs."""
+        with torch.no_grad():
+            for name, module in self.modules.items():
+                weight, bias = self.saved[name]
+                weight_of(module).copy_(weight)
+                live_bias = bias_of(module)
+                if bias is not None and live_bias is not None:
+                    live_bias.copy_(bias)
+            for unit in self.natural + self.order[:k]:
+                module = self.modules[unit.layer]
+                weight_of(module)[unit.index].zero_()
+                live_bias = bias_of(module)
+                if live_bias is not None:
+                    live_bias[unit.index] = 0.0
+        self.removed = k
+        return count_macs(self.model, self.probe)
+
+    def cut_to(self, budget: float | None) -> MacReport:
+        """Remove the fewest units for kept MACs ≤ ``budget`` × dense (all removable ones if it cannot be met);
+        ``None``: the natural units only. Kept MACs fall monotonically with k, so a bisection finds the point."""
+        report = self.cut(0)
+        if budget is None or report.fraction <= budget:
+            return report
+        lo, hi = 0, len(self.order)  # fraction(lo) > budget; find the smallest hi with fraction(hi) ≤ budget
+        if self.cut(hi).fraction > budget:
+            return count_macs(self.model, self.probe)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.cut(mid).fraction <= budget:
+                hi = mid
+            else:
+                lo = mid
+        return self.cut(hi)
+
+    def threshold(self) -> float:
+        """The size below which units were removed (the largest removed size; ε when none beyond the natural)."""
+        return self.order[self.removed - 1].size if self.removed else EPSILON
+
+    def units_removed(self) -> int:
+        """How many units the current cut removed."""
+        return len(self.natural) + self.removed
