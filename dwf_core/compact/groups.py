@@ -7,9 +7,9 @@ function exactly:
 
 - *unread*: every layer that reads it (Linear/conv input) has zero weights for it, or
 - *constant*: every layer that writes it (Linear/conv output, depthwise filter) has zero weights for it, so it
-  carries only biases; each reader then gets its measured value folded into the reader's bias. A conv reader
-  with zero padding would see the constant only inside the image, so such a channel is kept unless its value
-  is exactly zero.
+  carries only biases; each reader then gets its measured value folded into the reader's bias. A zero-padded
+  Conv2d sees the constant only inside the image: its contribution is then a fixed map, added to the conv's
+  output (``OffsetConv2d``); other padded convs keep such a channel.
 
 Groups holding anything else (LayerNorm, attention, grouped convs, the model's own inputs or outputs) are left
 whole; the caller checks the final model against the original anyway.
@@ -27,6 +27,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.ops import OPTYPE
 
+from dwf_core.compact.inputs import OffsetConv2d, add_output_offset
 from dwf_core.compact.stats import input_ranges
 
 Role = Literal["writer", "reader", "depthwise", "pass"]
@@ -145,22 +146,26 @@ def _weight(module: nn.Module) -> torch.Tensor:
     return weight.detach()
 
 
-def _unpadded(conv: nn.modules.conv._ConvNd) -> bool:
-    """True if the conv sees no zero padding (so a constant input channel gives a constant contribution)."""
-    padding = conv.padding
-    return padding == "valid" if isinstance(padding, str) else all(p == 0 for p in padding)
-
-
-def _fold_delta(reader: nn.Module, col: int, value: float) -> torch.Tensor:
-    """What a constant ``value`` on input column/channel ``col`` adds to each of the reader's outputs."""
+def _fold_delta(reader: nn.Module, col: int, value: float, spatial: tuple[int, ...] | None) -> torch.Tensor | None:
+    """What a constant ``value`` on input column/channel ``col`` adds to the reader's outputs: a vector (out,) when
+    it is the same at every position, else, for a Conv2d, a map (out, H_out, W_out); None when neither works."""
     weight = _weight(reader)[:, col]
-    if weight.dim() > 1:  # conv: the constant meets every kernel tap
-        weight = weight.flatten(1).sum(dim=1)
-    return weight * value
+    if not isinstance(reader, nn.modules.conv._ConvNd):
+        return weight * value
+    if spatial is None:
+        return None
+    # Run the reader's own convolution (stride, padding mode, dilation) on the constant map, without bias.
+    plane = torch.full((1, 1, *spatial), value, dtype=weight.dtype, device=weight.device)
+    with torch.no_grad():
+        delta = reader._conv_forward(plane, weight.unsqueeze(1), None)[0]
+    flat = delta.flatten(1)
+    if bool((flat.amax(dim=1) - flat.amin(dim=1) <= 1e-6 * flat.abs().amax(dim=1).clamp(min=1.0)).all()):
+        return flat[:, 0]
+    return delta if type(reader) in (nn.Conv2d, OffsetConv2d) else None
 
 
 def _plan_channel(
-    members: list[_Member], root: int, constants: dict[nn.Module, list[float | None]]
+    members: list[_Member], root: int, ranges: dict[nn.Module, tuple[list[float | None], tuple[int, ...] | None]]
 ) -> list[tuple[nn.Module, torch.Tensor]] | None:
     """The bias updates that make root channel ``root`` removable ([] if none are needed), or None to keep it."""
     live_readers = [
@@ -173,21 +178,37 @@ def _plan_channel(
         return None
     folds: list[tuple[nn.Module, torch.Tensor]] = []
     for reader, col in live_readers:
-        seen = constants.get(reader, [])
-        value = seen[col] if col < len(seen) else None
-        if value is None:
+        values, spatial = ranges.get(reader, ([], None))
+        value = values[col] if col < len(values) else None
+        delta = None if value is None else _fold_delta(reader, col, value, spatial)
+        if delta is None:
             return None
-        if value != 0.0 and isinstance(reader, nn.modules.conv._ConvNd) and not _unpadded(reader):
-            return None
-        folds.append((reader, _fold_delta(reader, col, value)))
+        folds.append((reader, delta))
     return folds
 
 
-def _add_to_bias(module: nn.Module, delta: torch.Tensor) -> None:
-    """Add ``delta`` to the layer's bias, creating a zero bias where the layer had none."""
+def _fold(module: nn.Module, delta: torch.Tensor) -> None:
+    """Add ``delta`` to the layer's bias (creating a zero bias where it had none) or, for a map, its output offset."""
+    if delta.dim() > 1:
+        add_output_offset(module, delta)  # type: ignore[arg-type]  # _fold_delta returns maps for Conv2d only
+        return
     bias = module.bias
     base = bias.detach() if isinstance(bias, torch.Tensor) else torch.zeros_like(delta)
     module.bias = nn.Parameter(base + delta.to(base.dtype))
+
+
+def _prune(graph: tp.DependencyGraph, module: nn.Module, handler: Any, idxs: list[int]) -> None:
+    """Prune one group; output offsets (which Torch-Pruning does not know) lose the same channels."""
+    group = graph.get_pruning_group(module, handler, idxs)
+    shrink: list[tuple[OffsetConv2d, list[int]]] = [
+        (item.dep.target.module, list(item.idxs))
+        for item in group
+        if isinstance(item.dep.target.module, OffsetConv2d) and graph.is_out_channel_pruning_fn(item.dep.handler)
+    ]
+    group.prune()
+    for conv, gone in shrink:
+        keep = [i for i in range(conv.output_offset.shape[0]) if i not in set(gone)]
+        conv.output_offset = conv.output_offset[keep]
 
 
 def remove_dead_channels(model: nn.Module, batches: Sequence[torch.Tensor]) -> ChannelReport:
@@ -216,14 +237,14 @@ def remove_dead_channels(model: nn.Module, batches: Sequence[torch.Tensor]) -> C
                 planned.append((group, members))
         report.skipped = skipped
         readers = [m.module for _, members in planned for m in members if m.role == "reader"]
-        constants = {module: seen.constants() for module, seen in input_ranges(model, readers, batches).items()}
+        ranges = {m: (seen.constants(), seen.spatial) for m, seen in input_ranges(model, readers, batches).items()}
         prunes: list[tuple[nn.Module, Any, list[int]]] = []
         folds: list[tuple[nn.Module, torch.Tensor]] = []
         for group, members in planned:
             roots = sorted({r for m in members for r in m.by_root})
             dead: list[tuple[int, list[tuple[nn.Module, torch.Tensor]]]] = []
             for root in roots:
-                plan = _plan_channel(members, root, constants)
+                plan = _plan_channel(members, root, ranges)
                 if plan is not None:
                     dead.append((root, plan))
             if len(dead) == len(roots):
@@ -236,9 +257,9 @@ def remove_dead_channels(model: nn.Module, batches: Sequence[torch.Tensor]) -> C
         if not prunes:
             break
         for module, delta in folds:  # before any pruning: the deltas are in today's column coordinates
-            _add_to_bias(module, delta)
+            _fold(module, delta)
         for module, handler, idxs in prunes:
             name = graph._module2name.get(module, type(module).__name__)
-            graph.get_pruning_group(module, handler, idxs).prune()
+            _prune(graph, module, handler, idxs)
             report.removed[name] = report.removed.get(name, 0) + len(idxs)
     return report

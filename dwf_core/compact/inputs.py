@@ -7,9 +7,10 @@ input. ``IndexedLinear`` reads only the live columns (an ONNX Gather), so the ma
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
-from torch.nn import functional
 
 # Below this share of dead columns the Gather's copy costs about what the smaller matmul saves.
 MIN_DEAD_FRACTION = 0.1
@@ -26,8 +27,17 @@ class IndexedLinear(nn.Linear):
         self.register_buffer("input_index", torch.zeros(in_features, dtype=torch.int64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``linear(x[..., input_index])``."""
-        return functional.linear(x.index_select(-1, self.input_index), self.weight, self.bias)
+        """``linear(x[..., input_index])``, gathering whole rows of ``xᵀ``.
+
+        onnxruntime's Gather copies contiguous rows fast and single elements slowly: on the DWF LeNet-300-100
+        (369 of 784 inputs alive, one thread, batch 64) the row form ran in 0.065 ms, a Gather on the last axis
+        in 0.125 ms, the full 784-column layer in 0.075 ms and the dense model in 0.193 ms.
+        """
+        rows = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+        out = (self.weight @ rows.t().index_select(0, self.input_index)).t()
+        if self.bias is not None:
+            out = out + self.bias
+        return out if x.dim() == 2 else out.reshape(*x.shape[:-1], self.out_features)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, keep: torch.Tensor) -> IndexedLinear:
@@ -69,3 +79,27 @@ def select_live_inputs(model: nn.Module) -> dict[str, tuple[int, int]]:
         setattr(parent, attr, IndexedLinear.from_linear(module, keep))
         changed[name] = (module.in_features, int(keep.numel()))
     return changed
+
+
+class OffsetConv2d(nn.Conv2d):
+    """A Conv2d plus a fixed map added to its output: what removed constant input channels contributed.
+
+    A channel that carries a constant c into a zero-padded conv contributes c·(the kernel taps inside the image):
+    the same in the interior, less at the borders. That map depends on no input, so it is stored once per output
+    position (for the input size the job used) and the channel can go.
+    """
+
+    output_offset: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``conv(x) + output_offset``."""
+        return super().forward(x) + self.output_offset
+
+
+def add_output_offset(conv: nn.Conv2d, offset: torch.Tensor) -> None:
+    """Add ``offset`` (out_channels, H_out, W_out) to the conv's output from now on."""
+    if not isinstance(conv, OffsetConv2d):
+        conv.__class__ = OffsetConv2d  # the same module with one more buffer and forward step
+        conv.register_buffer("output_offset", torch.zeros_like(offset))
+    target = cast(OffsetConv2d, conv)
+    target.output_offset = target.output_offset + offset

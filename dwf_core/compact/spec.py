@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from dwf_core.compact.inputs import IndexedLinear
+from dwf_core.compact.inputs import IndexedLinear, OffsetConv2d
 from dwf_core.errors import WeightsError
 from dwf_core.export import save_dense
 
@@ -27,7 +27,11 @@ FORMAT_KEY = "dwf_compact_format"
 FORMAT = "dwf-compact/1"
 # Integer attributes the shrinking changes (nn.Linear, nn.ConvNd, BatchNorm); nothing else is ever set.
 ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "groups", "num_features")
-_CLASSES: dict[str, type[nn.Module]] = {"IndexedLinear": IndexedLinear}
+# Compact classes: (class, the exact class it extends, its extra buffer and that buffer's dtype).
+_CLASSES: dict[str, tuple[type[nn.Module], type[nn.Module], str, torch.dtype]] = {
+    "IndexedLinear": (IndexedLinear, nn.Linear, "input_index", torch.int64),
+    "OffsetConv2d": (OffsetConv2d, nn.Conv2d, "output_offset", torch.float32),
+}
 _BAD = "invalid_compact_file"
 
 
@@ -76,15 +80,14 @@ def _shape(value: Any, where: str) -> list[int]:
     return value
 
 
-def _replace_class(model: nn.Module, name: str, old: nn.Module, class_name: Any) -> nn.Module:
-    """Swap in the compact module class (only Linear -> IndexedLinear exists)."""
-    cls = _CLASSES.get(class_name) if isinstance(class_name, str) else None
-    if cls is None or not isinstance(old, nn.Linear) or not name:
-        raise _bad(f"{name or 'the model'}: cannot become {class_name!r}", name)
-    new = cls(old.in_features, old.out_features, bias=old.bias is not None)
-    parent_name, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
-    return new
+def _replace_class(module: nn.Module, name: str, class_name: Any) -> None:
+    """Turn ``module`` into its compact class (the same layer plus one buffer, sized by the spec's buffers)."""
+    known = _CLASSES.get(class_name) if isinstance(class_name, str) else None
+    if known is None or type(module) is not known[1]:
+        raise _bad(f"{name or 'the model'} ({type(module).__name__}) cannot become {class_name!r}", name)
+    cls, _, buffer, dtype = known
+    module.__class__ = cls
+    module.register_buffer(buffer, torch.zeros(0, dtype=dtype))
 
 
 def _apply_entry(model: nn.Module, name: str, entry: Any) -> None:
@@ -95,7 +98,7 @@ def _apply_entry(model: nn.Module, name: str, entry: Any) -> None:
     except AttributeError as exc:
         raise _bad(f"the compact file shrinks {name!r}, which this model does not have", name) from exc
     if "class" in entry:
-        module = _replace_class(model, name, module, entry["class"])
+        _replace_class(module, name, entry["class"])
     attrs = entry.get("attrs", {})
     for attr, value in (attrs.items() if isinstance(attrs, dict) else [(None, attrs)]):
         if attr not in ATTRS or not hasattr(module, attr) or not isinstance(value, int) or isinstance(value, bool):
@@ -146,9 +149,8 @@ def load_compact(model: nn.Module, path: str | Path) -> nn.Module:
         raise _bad(f"{source.name}: the compact spec is not JSON: {exc}", SPEC_KEY) from exc
     if not isinstance(spec, dict):
         raise _bad(f"{source.name}: the compact spec must be a JSON object", SPEC_KEY)
-    # Parents first, so a replaced module's children are looked up in the replacement.
-    for name in sorted(spec, key=lambda n: n.count(".")):
-        _apply_entry(model, name, spec[name])
+    for name, entry in spec.items():
+        _apply_entry(model, name, entry)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

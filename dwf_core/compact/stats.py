@@ -21,6 +21,8 @@ class ChannelRange:
 
     low: torch.Tensor
     high: torch.Tensor
+    # A conv input's spatial size (H, W…), or None for a Linear or when calls differed in size.
+    spatial: tuple[int, ...] | None = None
 
     def constants(self) -> list[float | None]:
         """Per channel: its value if it never varied (up to float rounding), else None."""
@@ -48,10 +50,12 @@ def input_ranges(
         if not isinstance(x, torch.Tensor):
             return
         low, high = _per_channel(module, x)
+        spatial = None if isinstance(module, nn.Linear) else tuple(x.shape[2:])
         seen = ranges.get(module)
         if seen is not None and seen.low.shape == low.shape:
             low, high = torch.minimum(seen.low, low), torch.maximum(seen.high, high)
-        ranges[module] = ChannelRange(low, high)
+            spatial = spatial if seen.spatial == spatial else None
+        ranges[module] = ChannelRange(low, high, spatial)
 
     handles = [m.register_forward_pre_hook(hook) for m in set(readers)]
     try:

@@ -14,6 +14,7 @@ import torchvision
 from torch import nn
 
 from dwf_core.compact import CompactionSkipped, IndexedLinear, compact_model, load_compact, save_compact, write_compact
+from dwf_core.compact.inputs import OffsetConv2d
 from dwf_core.errors import WeightsError
 from dwf_core.intake import build_model, load_onnx
 
@@ -96,24 +97,28 @@ def _resnet18() -> tuple[nn.Module, dict[str, int]]:
         for conv in (model.layer1[0].conv1, model.layer1[1].conv1, model.layer2[0].conv1):
             conv.weight[:, :8] = 0
         model.layer2[0].downsample[0].weight[:, :8] = 0
-        # layer3.0.conv1 filters 0..15 die; bn1's bias makes ReLU's output 0 for 0..7 (removable through the
-        # padded conv2) and positive for 8..15 (kept: at the border the padding would see another value).
+        # layer3.0.conv1 filters 0..15 die; bn1's bias makes ReLU's output 0 for 0..7 and positive for 8..15,
+        # whose constant the zero-padded conv2 sees only inside the image: a fixed output map takes it over.
         model.layer3[0].conv1.weight[:16] = 0
         model.layer3[0].bn1.running_mean[:16] = 0
         model.layer3[0].bn1.bias[:8] = -1.0
         model.layer3[0].bn1.bias[8:16] = 1.0
-    return model, {"stem": 64 - 8, "layer3.0.conv1": 256 - 8}
+    return model, {"stem": 64 - 8, "layer3.0.conv1": 256 - 16}
 
 
-def test_resnet18_removes_residual_groups_and_zero_constants_but_keeps_padded_constants() -> None:
+def test_resnet18_removes_residual_groups_and_constant_channels_behind_padding(tmp_path: Path) -> None:
     model, expected = _resnet18()
-    shape = (3, 16, 16)
+    shape = (3, 32, 32)  # layer3 then sees 2×2 maps, where every position touches the padding
     result = compact_model(model, torch.randn(4, *shape))
     compact = result.model
     assert compact.conv1.out_channels == expected["stem"]
     assert compact.layer1[1].bn2.num_features == expected["stem"]
     assert compact.layer3[0].conv1.out_channels == expected["layer3.0.conv1"]
+    assert isinstance(compact.layer3[0].conv2, OffsetConv2d)
     _assert_same(model, compact, shape)
+    save_compact(compact, result.spec, tmp_path / "r.safetensors", metadata={})
+    rebuilt = load_compact(torchvision.models.resnet18(num_classes=10), tmp_path / "r.safetensors")
+    _assert_same(model, rebuilt, shape)
 
 
 class _DepthwiseNet(nn.Module):
