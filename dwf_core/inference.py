@@ -107,12 +107,13 @@ def onnx_latency(
 
 
 def measure(
-    models: Mapping[str, tuple[nn.Module, Path]], example: torch.Tensor, *, seconds: float = 0.5
+    models: Mapping[str, tuple[nn.Module | None, Path]], example: torch.Tensor, *, seconds: float = 0.5
 ) -> dict[str, Any]:
-    """``metrics["inference"]``: MACs, parameters, ONNX bytes and latency per model, and compact/dense ratios.
+    """``metrics["inference"]``: MACs, parameters, ONNX bytes and latency per model, and ratios to "dense".
 
     Args:
-        models: name ("dense", "compact") -> (torch model, its ONNX file); models without a file are skipped.
+        models: name ("dense", "compact", "compact_int8") -> (torch model or None for an ONNX-only model, its
+            ONNX file); models without a file are skipped.
         example: input samples (batch first).
         seconds: latency time per batch size (see ``onnx_latency``).
     """
@@ -125,21 +126,22 @@ def measure(
     except Exception as exc:  # onnxruntime raises its own types; numbers are a report, never a reason to fail a job
         return {**out, "skipped": f"onnxruntime could not run the models: {type(exc).__name__}: {exc}"[:500]}
     for name, (model, path) in present.items():
-        params, nonzero = count_params(model)
+        params, nonzero = count_params(model) if model is not None else (None, None)
         out[name] = {
             "file": path.name,
             "bytes": path.stat().st_size,
             "params": params,
             "nonzero_params": nonzero,
-            "macs": _macs_or_none(model, example),
+            "macs": _macs_or_none(model, example) if model is not None else None,
             "latency_ms": latency[name],
         }
     out["runs"] = latency["runs"]
-    if "dense" in out and "compact" in out:
-        dense, compact = out["dense"], out["compact"]
-        out["speedup"] = {b: dense["latency_ms"][b] / compact["latency_ms"][b] for b in dense["latency_ms"]}
-        if dense["macs"] and compact["macs"]:
-            out["mac_reduction"] = dense["macs"] / compact["macs"]
+    dense = out.get("dense")
+    for name, key in (("compact", "speedup"), ("compact_int8", "int8_speedup")):
+        if dense is not None and name in out:
+            out[key] = {b: dense["latency_ms"][b] / out[name]["latency_ms"][b] for b in dense["latency_ms"]}
+    if dense is not None and "compact" in out and dense["macs"] and out["compact"]["macs"]:
+        out["mac_reduction"] = dense["macs"] / out["compact"]["macs"]
     return out
 
 

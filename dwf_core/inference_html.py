@@ -13,6 +13,10 @@ def _fmt(value: Any, unit: str = "", digits: int = 3) -> str:
     return f"{value:,}{unit}" if isinstance(value, int) else f"{value:.{digits}g}{unit}"
 
 
+def _pct(value: Any) -> str:
+    return f"{value:.2%}" if isinstance(value, float) else "–"
+
+
 def inference_html(metrics: Mapping[str, Any]) -> str:
     """report.html's "Inference" section: the ``inference`` and ``compact`` entries as a table and a note."""
     inference = metrics.get("inference")
@@ -26,7 +30,7 @@ def inference_html(metrics: Mapping[str, Any]) -> str:
         + "</tr>"
     )
     rows = []
-    for name in ("dense", "compact"):
+    for name in ("dense", "compact", "compact_int8"):
         entry = inference.get(name)
         if not isinstance(entry, Mapping):
             continue
@@ -47,6 +51,14 @@ def inference_html(metrics: Mapping[str, Any]) -> str:
         notes.append(f"No compact model: {html.escape(str(compact['skipped']))}")
     elif isinstance(compact, Mapping):
         notes.append(f"Compact model vs sparse model: max |Δlogit| {_fmt(compact.get('max_abs_diff'))}.")
+        int8 = compact.get("int8")
+        if isinstance(int8, Mapping) and "skipped" in int8:
+            notes.append(f"No int8 model: {html.escape(str(int8['skipped']))}")
+        elif isinstance(int8, Mapping):
+            notes.append(
+                f"int8 (static quantization): test accuracy {_pct(int8.get('test_accuracy'))} vs "
+                f"{_pct(int8.get('float_test_accuracy'))} in float."
+            )
     if "skipped" in inference:
         notes.append(html.escape(str(inference["skipped"])))
     return f"<h2>Inference</h2><table>{head}{''.join(rows)}</table><p>{' '.join(notes)}</p>"

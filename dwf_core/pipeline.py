@@ -39,6 +39,7 @@ ARTIFACTS = (
     # dwf_core.compact: the model without its dead units; absent when it could not be built (metrics say why)
     "model.compact.safetensors",
     "model.compact.onnx",
+    "model.compact.int8.onnx",
     "metrics.json",
 )
 
@@ -228,9 +229,16 @@ def _compact_and_measure(
     example = data.train.x[:16].contiguous()
     compact = write_compact(plain, example, out, metadata={"model": model_label(spec)}, onnx=spec.export_onnx)
     artifacts.update(compact.files)
-    models = {"dense": (plain, artifacts.get("model.onnx"))}
-    if compact.result is not None:
-        models["compact"] = (compact.result.model, artifacts.get("model.compact.onnx"))
+    models: dict[str, tuple[nn.Module | None, Path | None]] = {"dense": (plain, artifacts.get("model.onnx"))}
+    if compact.result is not None and "model.compact.onnx" in artifacts:
+        from dwf_core.compact.quantize import INT8_ONNX, quantize_compact
+
+        models["compact"] = (compact.result.model, artifacts["model.compact.onnx"])
+        int8_info, int8 = quantize_compact(artifacts["model.compact.onnx"], data.train.x, data.test.x, data.test.y)
+        compact.info["int8"] = int8_info
+        if int8 is not None:
+            artifacts[INT8_ONNX] = int8
+            models["compact_int8"] = (None, int8)
     return compact.info, measure({k: (m, p) for k, (m, p) in models.items() if p is not None}, example)
 
 

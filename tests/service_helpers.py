@@ -94,8 +94,9 @@ def _export(model: Any, path: Path) -> None:
 # ------------------------------------------------------------------ end-to-end helpers (embedded and stack modes)
 
 ARTIFACT_NAMES = {"model.safetensors", "model.sparse.safetensors", "model.onnx", "metrics.json"}
-# dwf_core.compact: the model without its dead units (the MLP graphs these tests upload always compact).
-ARTIFACT_NAMES |= {"model.compact.safetensors", "model.compact.onnx"}
+# dwf_core.compact: the model without its dead units and its int8 version (the MLP graphs these tests upload always
+# compact and quantize).
+ARTIFACT_NAMES |= {"model.compact.safetensors", "model.compact.onnx", "model.compact.int8.onnx"}
 # dwf_core.report_html.REPORT_ARTIFACTS: the self-contained report and its plots (always all five).
 ARTIFACT_NAMES |= {"report.html", *(f"plot-{p}.png" for p in ("loss", "accuracy", "compression", "layers", "frontier"))}
 

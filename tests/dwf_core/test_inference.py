@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dwf_core.compact.quantize import quantize_compact
 from dwf_core.config import TrainConfig
 from dwf_core.export import export_onnx
 from dwf_core.inference import count_macs, measure, onnx_latency
@@ -61,3 +62,20 @@ def test_a_job_writes_the_compact_model_and_inference_numbers(tmp_path: Path) ->
         assert inference[model]["macs"] > 0 and set(inference[model]["latency_ms"]) == {"1", "64"}
     assert inference["compact"]["macs"] <= inference["dense"]["macs"]
     assert inference["speedup"]["64"] > 0
+    int8 = compact["int8"]
+    assert "model.compact.int8.onnx" in names and int8["bytes"] < inference["compact"]["bytes"]
+    assert abs(int8["test_accuracy"] - int8["float_test_accuracy"]) <= 0.05
+    assert int8["float_test_accuracy"] == pytest.approx(on_disk["test_accuracy"], abs=0.011)  # onnxruntime vs torch
+    assert set(inference["compact_int8"]["latency_ms"]) == {"1", "64"} and inference["int8_speedup"]["1"] > 0
+
+
+def test_quantization_skips_token_inputs_and_broken_graphs(tmp_path: Path) -> None:
+    ids = torch.zeros(4, 8, dtype=torch.int64)
+    info, path = quantize_compact(tmp_path / "model.compact.onnx", ids, ids, torch.zeros(4, dtype=torch.int64))
+    assert path is None and "integer inputs" in info["skipped"]
+    broken = tmp_path / "model.compact.onnx"
+    broken.write_bytes(b"not onnx")
+    x = torch.randn(8, 4)
+    info, path = quantize_compact(broken, x, x, torch.zeros(8, dtype=torch.int64))
+    assert path is None and "quantization failed" in info["skipped"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.compact.onnx"]  # nothing half-written left

@@ -17,14 +17,16 @@ def test_section_shows_both_models_and_the_speedup() -> None:
             "batches": [1, 64],
             "dense": _entry("model.onnx", 266200, 0.03, 0.4),
             "compact": _entry("model.compact.onnx", 20000, 0.01, 0.05),
+            "compact_int8": _entry("model.compact.int8.onnx", 0, 0.008, 0.03),
             "mac_reduction": 13.31,
             "speedup": {"1": 3.0, "64": 8.0},
         },
-        "compact": {"max_abs_diff": 2e-6},
+        "compact": {"max_abs_diff": 2e-6, "int8": {"test_accuracy": 0.9801, "float_test_accuracy": 0.9812}},
     }
     page = inference_html(metrics)
     assert "266,200" in page and "20,000" in page and "0.05 ms" in page
     assert "13.3× fewer MACs" in page and "batch 64: 8×" in page and "2e-06" in page
+    assert "model.compact.int8.onnx" in page and "98.01% vs 98.12%" in page
 
 
 def test_section_says_why_there_is_no_compact_model_and_is_absent_without_numbers() -> None:

@@ -65,7 +65,8 @@ def test_validate_then_train_stores_artifacts_and_result(
         types = session.scalars(select(JobEvent.type).where(JobEvent.job_id == job_id)).all()
     assert set(artifacts) == {
         *("model.safetensors", "model.sparse.safetensors", "model.onnx", "metrics.json"),
-        *("model.compact.safetensors", "model.compact.onnx"),  # dwf_core.compact: the MLP graph compacts
+        # dwf_core.compact: the MLP graph compacts and quantizes
+        *("model.compact.safetensors", "model.compact.onnx", "model.compact.int8.onnx"),
         *REPORT_ARTIFACTS,
     }
     assert job.metrics["inference"]["compact"]["macs"] <= job.metrics["inference"]["dense"]["macs"]
