@@ -23,7 +23,7 @@ from benchmarks.stamp import MNIST_DIR
 from dwf_core.config import TrainConfig
 from dwf_core.pipeline import RunSpec, run
 
-HISTORY_KEYS = ("epoch", "lam", "val_accuracy", "train_loss", "epoch_seconds")
+HISTORY_KEYS = ("epoch", "lam", "mac_fraction", "scheduled_macs", "val_accuracy", "train_loss", "epoch_seconds")
 
 
 def run_name(settings: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dwf_core.structured.cut import plain_copy, unit_sizes
+from dwf_core.structured.cut import plain_copy, unit_sizes, zero_unit
 from dwf_core.structured.gates import bias_of, weight_of
 from dwf_core.structured.macs import count_macs, probe_input
 
@@ -37,16 +37,11 @@ def scheduled_macs(target: float, epoch: int, epochs: int, ramp: float = RAMP) -
 def live_mac_fraction(model: nn.Module, example: torch.Tensor) -> float:
     """MAC fraction of ``model`` (gated, maybe factorized) with units below ``MONITOR_RMS`` counted as removed."""
     plain, layers = plain_copy(model)
-    with torch.no_grad():
-        for unit in unit_sizes(plain, layers):
-            module = plain.get_submodule(unit.layer)
-            weight = weight_of(module)
-            bias = bias_of(module)
-            count = weight[unit.index].numel() + (1 if bias is not None else 0)
-            if unit.size < MONITOR_RMS * count**0.5:
-                weight[unit.index].zero_()
-                if bias is not None:
-                    bias[unit.index] = 0.0
+    for unit in unit_sizes(plain, layers):
+        module = plain.get_submodule(unit.layer)
+        count = weight_of(module)[unit.index].numel() + (1 if bias_of(module) is not None else 0)
+        if unit.size < MONITOR_RMS * count**0.5:
+            zero_unit(plain, unit.layer, unit.index, layers[unit.layer])
     return count_macs(plain, probe_input(example.cpu())).fraction
 
 

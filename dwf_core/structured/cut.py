@@ -3,13 +3,18 @@
 Collapse = multiply any DWF factors back, fold the gates into rows and biases (``fold_gates``): the plain model
 computes what the gated one did. A unit's size is ‖(ŵ_row, b̂)‖₂ of its folded weights. Units below ``EPSILON``
 (float32 machine epsilon, the D-Gating paper's ε for filters and features) are removed always; with a budget, the
-smallest remaining units go next, smallest first across all layers, until the kept MACs fit. Removing sets the
+remaining units go next, across all layers, in order of their size relative to the RMS size of their layer, until
+the kept MACs fit. Relative, because sizes scale with fan-in: on LeNet-5 after 3 epochs at λ 2e-3 (the penalty had
+not yet separated the units), the raw order cut fc1 (800 inputs per row, small weights) to 1 unit and kept 13% val
+accuracy at 10% of the MACs, the relative order 87%; once the penalty has separated them (λ 1e-2) both orders give
+the same accuracy at every budget from 50% to 5%. Removing sets the
 unit's row and bias to exact zeros, so its output is exactly zero and a compaction can drop it with the next
 layer's input columns. Each gated layer keeps at least its largest unit, so a cut never disconnects the model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -25,17 +30,18 @@ EPSILON = float(torch.finfo(torch.float32).eps)
 
 @dataclass(frozen=True)
 class Unit:
-    """One removable unit: its layer, index and size ‖(ŵ_row, b̂)‖₂."""
+    """One removable unit: its layer, index, size ‖(ŵ_row, b̂)‖₂ and that size ÷ the RMS size of its layer."""
 
     layer: str
     index: int
     size: float
+    relative: float = 1.0
 
 
-def plain_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
+def plain_copy(model: nn.Module) -> tuple[nn.Module, dict[str, str | None]]:
     """A plain copy of a gated (and possibly factorized) model: factors multiplied, gates folded.
 
-    Returns the copy (original classes and state_dict keys) and the names of the modules that were gated.
+    Returns the copy (original classes and state_dict keys) and the gated modules (``fold_gates``'s answer).
     """
     if factorized_tensors(model):
         plain = collapse_and_verify(model, None, 0.0).model
@@ -46,7 +52,7 @@ def plain_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
     return plain, fold_gates(plain)
 
 
-def unit_sizes(model: nn.Module, layers: list[str]) -> list[Unit]:
+def unit_sizes(model: nn.Module, layers: Iterable[str]) -> list[Unit]:
     """Every unit of the named (plain) layers with its size, in layer order."""
     units: list[Unit] = []
     with torch.no_grad():
@@ -56,21 +62,40 @@ def unit_sizes(model: nn.Module, layers: list[str]) -> list[Unit]:
             squares = weight.double().pow(2).reshape(weight.shape[0], -1).sum(dim=1)
             if bias is not None:
                 squares = squares + bias.detach().double().pow(2)
-            units.extend(Unit(name, i, float(s)) for i, s in enumerate(squares.sqrt()))
+            rms = float(squares.mean().sqrt()) or 1.0
+            units.extend(Unit(name, i, float(s), float(s) / rms) for i, s in enumerate(squares.sqrt()))
     return units
+
+
+def zero_unit(model: nn.Module, layer: str, index: int, producer: str | None = None) -> None:
+    """Set unit ``index`` of ``layer`` to exact zeros: its row and bias, and the producer's row and bias when the
+    layer is a BatchNorm gated for it (γ = β = 0 makes the norm output 0; the zero row lets a compaction drop the
+    producer's channel too)."""
+    with torch.no_grad():
+        for name in (layer, producer):
+            if name is None:
+                continue
+            module = model.get_submodule(name)
+            weight_of(module)[index].zero_()
+            bias = bias_of(module)
+            if bias is not None:
+                bias[index] = 0.0
 
 
 class UnitCutter:
     """Removes units of a plain model in a fixed order; ``cut(k)`` restores the weights, then removes the first k.
 
-    The order: units below ``EPSILON`` (always removed), then the rest by size, smallest first, leaving out each
-    layer's largest unit.
+    The order: units below ``EPSILON`` (always removed), then the rest by relative size, smallest first, leaving out
+    each layer's largest unit.
     """
 
-    def __init__(self, model: nn.Module, layers: list[str], probe: torch.Tensor) -> None:
+    def __init__(self, model: nn.Module, layers: Mapping[str, str | None], probe: torch.Tensor) -> None:
         self.model = model
         self.probe = probe
-        self.modules = {name: model.get_submodule(name) for name in layers}
+        self.layers = dict(layers)
+        # Every module whose rows a removal zeroes: the gated ones and the layers feeding gated BatchNorms.
+        touched = list(layers) + [p for p in layers.values() if p is not None]
+        self.modules = {name: model.get_submodule(name) for name in touched}
         self.saved: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         for name, module in self.modules.items():
             bias = bias_of(module)
@@ -80,7 +105,7 @@ class UnitCutter:
         keep = {(u.layer, u.index) for u in largest.values()}
         self.natural = [u for u in units if u.size < EPSILON and (u.layer, u.index) not in keep]
         rest = [u for u in units if u.size >= EPSILON and (u.layer, u.index) not in keep]
-        self.order = sorted(rest, key=lambda u: u.size)
+        self.order = sorted(rest, key=lambda u: u.relative)
         self.removed = 0
 
     def cut(self, k: int) -> MacReport:
@@ -93,11 +118,7 @@ class UnitCutter:
                 if bias is not None and live_bias is not None:
                     live_bias.copy_(bias)
             for unit in self.natural + self.order[:k]:
-                module = self.modules[unit.layer]
-                weight_of(module)[unit.index].zero_()
-                live_bias = bias_of(module)
-                if live_bias is not None:
-                    live_bias[unit.index] = 0.0
+                zero_unit(self.model, unit.layer, unit.index, self.layers[unit.layer])
         self.removed = k
         return count_macs(self.model, self.probe)
 
@@ -119,8 +140,8 @@ class UnitCutter:
         return self.cut(hi)
 
     def threshold(self) -> float:
-        """The size below which units were removed (the largest removed size; ε when none beyond the natural)."""
-        return self.order[self.removed - 1].size if self.removed else EPSILON
+        """The relative size of the last unit the budget removed (0 when it removed none beyond those below ε)."""
+        return self.order[self.removed - 1].relative if self.removed else 0.0
 
     def units_removed(self) -> int:
         """How many units the current cut removed."""

@@ -15,18 +15,24 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
 from dwf_core.errors import ConfigError
+from dwf_core.structured.trace import trace_layers
 
 GATES_ATTR = "dwf_gates"
+# On a BatchNorm gated for the layer that feeds it: that layer's name, whose rows go with the norm's units.
+PRODUCER_ATTR = "dwf_gated_producer"
 GATED_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def units_of(module: nn.Module) -> int:
-    """Output units of a Linear (features) or a conv (channels)."""
+    """Output units of a Linear (features), a conv (channels) or a BatchNorm (features)."""
     if isinstance(module, nn.Linear):
         return module.out_features
+    if isinstance(module, _BatchNorm):
+        return module.num_features
     return int(module.out_channels)  # type: ignore[arg-type]
 
 
@@ -43,9 +49,12 @@ def bias_of(module: nn.Module) -> torch.Tensor | None:
     return bias if isinstance(bias, torch.Tensor) else None
 
 
-def unit_shape(module: nn.Module) -> tuple[int, ...]:
+def unit_shape(module: nn.Module, output: torch.Tensor | None = None) -> tuple[int, ...]:
     """Shape that broadcasts one value per unit over the module's output (channels before the spatial dims)."""
-    spatial = len(getattr(module, "kernel_size", ()))
+    if isinstance(module, _BatchNorm) and output is not None:
+        spatial = max(output.dim() - 2, 0)  # (N, C) or (N, C, *spatial)
+    else:
+        spatial = len(getattr(module, "kernel_size", ()))
     return (-1, *([1] * spatial))
 
 
@@ -57,7 +66,7 @@ def gate_product(module: nn.Module) -> torch.Tensor:
 
 def _gate_output(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
     product = gate_product(module).to(output.dtype)
-    return output * product.view(unit_shape(module))
+    return output * product.view(unit_shape(module, output))
 
 
 def _candidates(model: nn.Module, include: Sequence[str] | None, exclude: Sequence[str] | None) -> dict[str, nn.Module]:
@@ -73,29 +82,6 @@ def _candidates(model: nn.Module, include: Sequence[str] | None, exclude: Sequen
             continue
         found[name] = module
     return found
-
-
-def call_order(model: nn.Module, modules: dict[str, nn.Module], example: torch.Tensor) -> list[str]:
-    """Names of ``modules`` in the order a forward pass on ``example`` first calls them (uncalled ones omitted)."""
-    order: list[str] = []
-    handles = []
-    for name, module in modules.items():
-
-        def record(_m: nn.Module, _i: Any, _o: Any, name: str = name) -> None:
-            if name not in order:
-                order.append(name)
-
-        handles.append(module.register_forward_hook(record))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return order
 
 
 def attach_gates(
@@ -116,7 +102,9 @@ def attach_gates(
     Returns:
         The gated module names, in call order. Skipped: modules the forward pass never calls (e.g. the out_proj of
         ``nn.MultiheadAttention``, whose weights are read directly) and the last one called, whose units are the
-        model's outputs (logits) and cannot be removed.
+        model's outputs (logits) and cannot be removed. A layer whose output goes straight into an affine BatchNorm
+        is gated on the norm's output instead (the norm would undo a gate before it): the norm's name is listed, its
+        γ and β form the unit's group, and removing the unit zeroes them and the layer's row.
 
     Raises:
         ConfigError: depth < 2, gates already attached, or no module left to gate.
@@ -126,19 +114,28 @@ def attach_gates(
     if has_gates(model):
         raise ConfigError("the model already has gates", param="structure")
     candidates = _candidates(model, include, exclude)
-    order = call_order(model, candidates, example)[:-1]
+    trace = trace_layers(model, candidates, example)
+    order = trace.order[:-1]
     if not order:
         raise ConfigError(
             "no Linear/Conv layer to gate: structured DWF needs at least one besides the output layer",
             param="structure",
         )
+    gated = []
     for name in order:
-        module = candidates[name]
+        module, target = candidates[name], name
+        norm = trace.normalized_by.get(name)
+        if norm is not None:
+            module, target = model.get_submodule(norm), norm
+            if hasattr(module, GATES_ATTR):  # one norm fed by two layers: gated once, for the first
+                continue
+            setattr(module, PRODUCER_ATTR, name)
         weight = weight_of(module)  # a factorized weight is computed here once; only its dtype/device are used
         gates = torch.ones(depth - 1, units_of(module), dtype=weight.dtype, device=weight.device)
         module.register_parameter(GATES_ATTR, nn.Parameter(gates))
         module.register_forward_hook(_gate_output)
-    return order
+        gated.append(target)
+    return gated
 
 
 def gated_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -178,13 +175,14 @@ def gate_penalty(model: nn.Module, lam: float) -> float:
         )
 
 
-def fold_gates(model: nn.Module) -> list[str]:
+def fold_gates(model: nn.Module) -> dict[str, str | None]:
     """Multiply each unit's gate product into its weight row and bias, then drop the gates and their hook (in place).
 
     The model must have plain weights (collapse a factorized one first). Returns the names of the modules that
-    were gated; their function is unchanged up to float rounding.
+    were gated, in order, each with the layer that feeds it when it is a BatchNorm gated for that layer (else None);
+    the function is unchanged up to float rounding.
     """
-    names = []
+    names: dict[str, str | None] = {}
     with torch.no_grad():
         for name, module in gated_modules(model):
             if parametrize.is_parametrized(module, "weight"):
@@ -195,10 +193,13 @@ def fold_gates(model: nn.Module) -> list[str]:
             if bias is not None:
                 bias.mul_(product.to(bias.dtype))
             delattr(module, GATES_ATTR)
+            producer = getattr(module, PRODUCER_ATTR, None)
+            if producer is not None:
+                delattr(module, PRODUCER_ATTR)
             for key, hook in list(module._forward_hooks.items()):
                 if hook is _gate_output:
                     del module._forward_hooks[key]
                     module._forward_hooks_with_kwargs.pop(key, None)
                     module._forward_hooks_always_called.pop(key, None)
-            names.append(name)
+            names[name] = producer
     return names

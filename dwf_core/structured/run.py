@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from dwf_core.collapse import CollapseResult, collapse_and_verify
 from dwf_core.config import TrainConfig
@@ -61,7 +62,8 @@ def collapse_structured(
         example: a few training inputs, for the MAC count's probe shape.
 
     Returns:
-        The collapse (``threshold`` = the unit size below which units were removed) and the ``structured`` metrics.
+        The collapse (``threshold`` = the relative size of the last unit the budget removed, 0 for none) and the
+        ``structured`` metrics.
     """
     bs = cfg.eval_batch_size
     reference = predict_logits(model, val.x, batch_size=bs)
@@ -97,11 +99,15 @@ def collapse_structured(
         "target_macs": cfg.target_macs,
         **report.to_dict(),
         "target_met": None if cfg.target_macs is None else report.fraction <= cfg.target_macs,
-        "gated_layers": layers,
+        "gated_layers": list(layers),
+        # A BatchNorm gated for the layer that feeds it → that layer (its rows go with the norm's units).
+        "gated_norms": {name: producer for name, producer in layers.items() if producer is not None},
         "units_removed": cutter.units_removed(),
         "units_total": sum(len(cutter.saved[n][0]) for n in layers),
-        "unit_size_threshold": threshold,
+        # Units below ε (absolute size) are always removed; the budget then removed units up to this relative size
+        # (size ÷ the RMS size of their layer; 0: none).
         "epsilon": EPSILON,
+        "relative_size_cut": threshold,
         # What the penalty alone removed (units below ε), before the budget's cut.
         "natural_mac_fraction": natural.fraction,
         "natural_val_accuracy": natural_acc,
@@ -134,17 +140,21 @@ def finetune_units(
     on_progress: Callable[[ProgressEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[TrainResult, CollapseResult, dict[str, Any]]:
-    """``finetune_collapsed`` with the biases of the reported layers masked too (zero biases stay zero)."""
+    """``finetune_collapsed`` with the biases of the reported layers and the affine BatchNorm parameters masked too:
+    zeros stay zeros, so a removed unit (zero row and bias, or zero γ and β) still outputs exactly zero."""
     from dwf_core.baselines.run import finetune_collapsed
 
     model = collapsed.model
-    biases = []
+    extra = []
     for name in collapsed.names:
         owner, _, attr = name.rpartition(".")
         module = model.get_submodule(owner)
         if attr == "weight" and isinstance(getattr(module, "bias", None), nn.Parameter):
-            biases.append(f"{owner}.bias" if owner else "bias")
-    widened = replace(collapsed, names=collapsed.names + biases)
+            extra.append(f"{owner}.bias" if owner else "bias")
+    for name, module in model.named_modules():
+        if isinstance(module, _BatchNorm) and module.affine:
+            extra += [f"{name}.weight", f"{name}.bias"]
+    widened = replace(collapsed, names=collapsed.names + [n for n in extra if n not in collapsed.names])
     plain_cfg = replace(cfg, structure="weights", target_macs=None, mac_frontier=None)
     ft, after, info = finetune_collapsed(
         widened, train, val, plain_cfg, on_progress=on_progress, should_stop=should_stop

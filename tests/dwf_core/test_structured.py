@@ -28,6 +28,24 @@ def _mlp(seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
 
 
+class ConvBN(nn.Module):
+    """conv → BatchNorm → ReLU twice, then pool and a linear head: the convs' units are gated after their norms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        )  # fmt: skip
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """features → global average → head."""
+        out: torch.Tensor = self.head(self.features(x).mean(dim=(2, 3)))
+        return out
+
+
 def _random_gates(model: nn.Module, seed: int = 1) -> None:
     """Gates away from 1, some exactly 0, so folding has something to prove."""
     g = torch.Generator().manual_seed(seed)
@@ -232,3 +250,44 @@ def test_mac_schedule_and_lam_steps() -> None:
     assert next_lam(1e-3, 0.2, 0.4, 1e-3) == pytest.approx(1e-3 / STEP)  # far below the goal: weaker
     assert next_lam(1e-3, 0.39, 0.4, 1e-3) == 1e-3  # within the band: unchanged
     assert next_lam(1.0, 0.9, 0.1, 1e-3) == pytest.approx(0.1)  # clamped to λ₀·100
+
+
+def test_batchnorm_units_are_gated_after_the_norm_and_removed_with_the_conv_row() -> None:
+    model = ConvBN()
+    x = torch.randn(6, 1, 8, 8)
+    model.train()
+    model(x)  # running statistics that are not the identity
+    model.eval()
+    before = model(x)
+    assert attach_gates(model, 3, x[:2]) == ["features.1", "features.4"]  # the norms, not the convs
+    torch.testing.assert_close(model(x), before)
+    _random_gates(model)
+    gated = model(x)
+    plain, layers = plain_copy(model)
+    assert layers == {"features.1": "features.0", "features.4": "features.3"}
+    torch.testing.assert_close(plain.eval()(x), gated, rtol=1e-5, atol=1e-5)
+    cutter = UnitCutter(plain, layers, probe_input(x))
+    report = cutter.cut(0)  # the zero-gate units: γ = β = 0 and the feeding conv's row zeroed
+    conv, norm = plain.get_submodule("features.0"), plain.get_submodule("features.1")
+    assert bool((conv.weight[::3] == 0).all()) and bool((norm.weight[::3] == 0).all())
+    assert bool((norm.bias[::3] == 0).all()) and bool((conv.bias[::3] == 0).all())
+    assert [layer.units for layer in report.layers[:2]] == [5, 5]
+    torch.testing.assert_close(plain(x), gated, rtol=1e-5, atol=1e-5)  # they output 0 already
+
+
+def test_structured_training_on_a_batchnorm_model() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 1, 8, 8, generator=g)
+    y = (x.mean(dim=(1, 2, 3)) > 0).long() + 2 * (x[:, 0, :4].mean(dim=(1, 2)) > 0).long()
+    from .helpers import TinySplit
+
+    data = TinySplit(x, y)
+    cfg = TrainConfig(structure="units", target_macs=0.5, epochs=3, batch_size=64, device="cpu").resolved()
+    result = Trainer(ConvBN(), data, data, cfg).fit()
+    collapsed, info = collapse_structured(result.model, data, None, cfg, example=x[:2])
+    assert info["gated_norms"] == {"features.1": "features.0", "features.4": "features.3"}
+    assert info["mac_fraction"] <= 0.5
+    for norm_name, conv_name in info["gated_norms"].items():
+        norm, conv = collapsed.model.get_submodule(norm_name), collapsed.model.get_submodule(conv_name)
+        dead = norm.weight == 0
+        assert bool((norm.bias[dead] == 0).all()) and bool((conv.weight[dead] == 0).all())
