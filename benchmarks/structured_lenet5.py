@@ -5,7 +5,8 @@
 
 Each argument is a TrainConfig as JSON (``model`` picks another zoo model); each run writes OUT_DIR/NAME.json with
 test accuracy (collapsed, cut to the MAC budget), factorized accuracy, the kept MAC fraction, units per layer, the
-MAC frontier and the per-epoch history. Runs already in OUT_DIR are skipped.
+MAC frontier, the per-epoch history and, where the pipeline builds them, the compact model's summary and both models'
+measured inference cost. Runs already in OUT_DIR are skipped.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def summary(settings_text: str, m: dict[str, Any], seconds: float) -> dict[str, 
         "train_seconds": m["train_seconds"],
         "total_seconds": seconds,
         "history": [{k: h.get(k) for k in HISTORY_KEYS} for h in m["history"]],
+        # The compact model built from these zeros (dwf_core.compact) and both models' measured cost
+        # (dwf_core.inference), when this checkout has them.
+        "compact": m.get("compact"),
+        "inference": m.get("inference"),
     }
 
 
@@ -74,7 +79,7 @@ def main() -> None:
                 data=f"mnist-idx:{MNIST_DIR}",
                 out_dir=Path(tmp),
                 train=TrainConfig(device="cpu", **settings),
-                export_onnx=False,
+                export_onnx=True,  # for the compact model and the onnxruntime latency (metrics "inference")
             )
             metrics = run(spec)
         row = summary(text, metrics, time.monotonic() - started)
