@@ -34,6 +34,12 @@ Role = Literal["writer", "reader", "depthwise", "pass"]
 _PASS_TYPES = {OPTYPE.BN, OPTYPE.ELEMENTWISE, OPTYPE.RESHAPE, OPTYPE.CONCAT, OPTYPE.SPLIT}
 _LAYER_TYPES = {OPTYPE.CONV, OPTYPE.LINEAR}
 MAX_ROUNDS = 20
+# Reshape nodes a group may pass through (a flatten into a Linear is one). Torch-Pruning maps every channel index
+# through each reshape, multiplying the index lists by the reshape's stride, and revisits nodes whose index lists
+# changed: through the token/head reshapes of an exported attention block (43 of them in a 2-layer ViT from
+# onnx2torch) that grew past 12 GB of index objects before one group was done.
+MAX_GROUP_RESHAPES = 4
+_SCREEN_TYPES = _PASS_TYPES | _LAYER_TYPES | {OPTYPE.DEPTHWISE_CONV}
 
 
 @dataclass
@@ -99,6 +105,64 @@ def _boundary(graph: tp.DependencyGraph) -> tuple[set[Any], set[Any]]:
         passing.add(node)
         stack.extend(node.inputs)
     return passing, out_layers
+
+
+def _root_handler(graph: tp.DependencyGraph, module: nn.Module) -> Any:
+    """The out-channel pruning function Torch-Pruning uses for ``module`` as a group's root, or None."""
+    pruner = graph.get_pruner_of_module(module)
+    if pruner is None or pruner.get_out_channels(module) is None:
+        return None
+    if isinstance(module, tp.ops.TORCH_CONV) and module.groups == module.out_channels and module.out_channels > 1:
+        return tp.pruner.function.prune_depthwise_conv_out_channels
+    return pruner.prune_out_channels
+
+
+def screen_group(graph: tp.DependencyGraph, module: nn.Module, handler: Any) -> str | None:
+    """Why the group rooted at ``module`` would be left whole, found from node types alone, or None.
+
+    Walks the same dependencies Torch-Pruning follows (a superset: it also drops branches whose index list
+    becomes empty) without mapping any indices, so it costs one visit per (node, handler) pair. A group that
+    reaches a node ``_members`` refuses, or more than ``MAX_GROUP_RESHAPES`` reshapes, is never expanded.
+    """
+    root = graph.module2node[module]
+    stack: list[tuple[Any, Any]] = [(root, handler)]
+    seen: set[tuple[Any, Any]] = set()
+    reshapes: set[Any] = set()
+    while stack:
+        node, fn = stack.pop()
+        if (node, fn) in seen:
+            continue
+        seen.add((node, fn))
+        if node.type not in _SCREEN_TYPES:
+            return f"unsupported {node.type.name}"
+        if node.type == OPTYPE.RESHAPE:
+            reshapes.add(node)
+            if len(reshapes) > MAX_GROUP_RESHAPES:
+                return f"more than {MAX_GROUP_RESHAPES} reshapes"
+        stack.extend((dep.target, dep.handler) for dep in node.dependencies if dep.is_triggered_by(fn))
+    return None
+
+
+def screened_groups(graph: tp.DependencyGraph) -> list[Any | str]:
+    """Every Linear/conv-rooted group of ``graph`` (as ``get_all_groups``), or for a group ``screen_group``
+    refuses, the reason instead, without building it."""
+    found: list[Any | str] = []
+    visited: set[nn.Module] = set(graph.IGNORED_LAYERS_IN_TRACING)
+    for module in list(graph.module2node):
+        if not isinstance(module, (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)) or module in visited:
+            continue
+        handler = _root_handler(graph, module)
+        if handler is None:
+            continue
+        reason = screen_group(graph, module, handler)
+        if reason is not None:
+            found.append(reason)
+            visited.add(module)
+            continue
+        group = graph.get_pruning_group(module, handler, list(range(graph.get_out_channels(module))))
+        visited.update(item.dep.target.module for item in group if graph.is_out_channel_pruning_fn(item.dep.handler))
+        found.append(group)
+    return found
 
 
 def _role(graph: tp.DependencyGraph, item: Any) -> Role | str:
@@ -229,8 +293,8 @@ def remove_dead_channels(model: nn.Module, batches: Sequence[torch.Tensor]) -> C
         boundary = _boundary(graph)
         planned: list[tuple[Any, list[_Member]]] = []
         skipped: Counter[str] = Counter()
-        for group in list(graph.get_all_groups()):
-            members = _members(graph, group, boundary)
+        for group in screened_groups(graph):
+            members = group if isinstance(group, str) else _members(graph, group, boundary)
             if isinstance(members, str):
                 skipped[members] += 1
             else:

@@ -14,6 +14,7 @@ import torchvision
 from torch import nn
 
 from dwf_core.compact import CompactionSkipped, IndexedLinear, compact_model, load_compact, save_compact, write_compact
+from dwf_core.compact.groups import MAX_GROUP_RESHAPES
 from dwf_core.compact.inputs import OffsetConv2d
 from dwf_core.errors import WeightsError
 from dwf_core.intake import build_model, load_onnx
@@ -230,3 +231,54 @@ def test_load_compact_refuses_files_that_do_not_fit(tmp_path: Path) -> None:
     (tmp_path / "junk.safetensors").write_bytes(b"not a file")
     with pytest.raises(WeightsError, match="not a readable"):
         load_compact(model, tmp_path / "junk.safetensors")
+
+
+def test_an_exported_vit_is_screened_before_torch_pruning_expands_its_attention_groups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The suite's ViT from the TorchScript exporter: the patch conv's group runs through the residual stream's
+    LayerNorms and 43 token/head reshapes, where Torch-Pruning's index mapping grew past 12 GB (the suite's CI
+    smoke run was OOM-killed). The screen refuses that group from node types alone, without expanding it."""
+    from benchmarks.suite_models import TinyViT, export_onnx
+    from dwf_core.compact import groups
+
+    torch.manual_seed(0)
+    graph = load_onnx(export_onnx(TinyViT(), MNIST, tmp_path / "vit.onnx", "torchscript")).eval()
+    expanded: list[nn.Module] = []
+    real = groups.tp.DependencyGraph.get_pruning_group
+
+    def record(self: object, module: nn.Module, *args: object, **kwargs: object) -> object:
+        expanded.append(module)
+        return real(self, module, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(groups.tp.DependencyGraph, "get_pruning_group", record)
+    result = compact_model(graph, torch.randn(4, *MNIST))
+    patch_conv = next(m for m in graph.modules() if isinstance(m, nn.Conv2d))
+    assert patch_conv not in expanded
+    assert result.channels.skipped["unsupported LN"] >= 1
+    _assert_same(graph, result.model, MNIST)
+
+
+class _Reshapes(nn.Module):
+    """A conv whose channels go through five reshapes before a Linear reads them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv(x))
+        for shape in ((-1, 4, 64), (-1, 4, 8, 8), (-1, 4, 64), (-1, 4, 8, 8)):
+            y = y.reshape(shape)
+        return self.fc(y.flatten(1))
+
+
+def test_a_group_through_too_many_reshapes_is_left_whole_with_its_reason() -> None:
+    model = _Reshapes().eval()
+    with torch.no_grad():
+        model.conv.weight[1] = 0  # a dead channel the screen must give up on
+    result = compact_model(model, torch.randn(4, 1, 8, 8))
+    assert result.channels.skipped[f"more than {MAX_GROUP_RESHAPES} reshapes"] == 1
+    assert result.channels.removed == {}
+    _assert_same(model, result.model, (1, 8, 8))
