@@ -4,7 +4,9 @@
     python -m benchmarks.inference --readme     # put the latest table into README.md
 
 - LeNet-300-100 and LeNet-5: a real DWF job on MNIST (``dwf_core.pipeline.run``, ``--target-sparsity 0.99``,
-  ``--epochs-*`` epochs, seed 0): the job's own ``model.onnx`` and ``model.compact.onnx`` are timed again, longer.
+  seed 0): the job's own ``model.onnx`` and ``model.compact.onnx`` are timed again, longer. LeNet-300-100 runs
+  README's best CR-100 recipe (``--dense-epochs 30 --epochs 30 --finetune-epochs 3``, ``--epochs-lenet300``
+  sets both epoch counts); LeNet-5 a short job (``--epochs-lenet5``).
 - VGG-16 and ResNet-18 (the zoo's CIFAR versions, 3×32×32, 10 classes): random weights, since training them on
   CPU takes hours; made sparse by per-layer magnitude masks, unstructured (90%, 99% of every conv/Linear weight)
   and, to show what structure buys, by zeroing the 50% of each conv's filters with the smallest L2 norm. Timing
@@ -29,6 +31,7 @@ from torch import nn
 
 from benchmarks.stamp import MNIST_DIR, ROOT, stamp, stamp_line
 from dwf_core.compact import load_compact, write_compact
+from dwf_core.compact.quantize import INT8_ONNX, quantize_compact
 from dwf_core.config import TrainConfig
 from dwf_core.export import export_onnx
 from dwf_core.inference import measure
@@ -46,17 +49,20 @@ def _dwf_row(name: str, title: str, epochs: int, seconds: float, work: Path, **s
     """One real DWF job on MNIST, then its dense and compact ONNX models timed for ``seconds`` per batch size."""
     out = work / name
     cfg = TrainConfig(target_sparsity=0.99, epochs=epochs, seed=0, device="cpu", **settings)
+    recipe = f"{epochs} epochs" + (f" after {cfg.dense_epochs} dense" if cfg.dense_epochs else "")
     metrics = run(RunSpec(name, f"mnist-idx:{MNIST_DIR}", out, train=cfg))
     dense = build_model(name, num_classes=10, in_channels=1, input_shape=(1, 28, 28))
     dense.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
-    models: dict[str, tuple[nn.Module, Path]] = {"dense": (dense.eval(), out / "model.onnx")}
+    models: dict[str, tuple[nn.Module | None, Path]] = {"dense": (dense.eval(), out / "model.onnx")}
     if (out / "model.compact.safetensors").is_file():
         fresh = build_model(name, num_classes=10, in_channels=1, input_shape=(1, 28, 28))
         models["compact"] = (load_compact(fresh, out / "model.compact.safetensors"), out / "model.compact.onnx")
+    if (out / INT8_ONNX).is_file():
+        models["compact_int8"] = (None, out / INT8_ONNX)
     example = torch.randn(16, 1, 28, 28)
     return {
         "model": title,
-        "sparse_by": f"DWF job, {epochs} epochs, target 99%",
+        "sparse_by": f"DWF job, {recipe}, target 99%",
         "sparsity": metrics["sparsity"],
         "compression_ratio": metrics["compression_ratio"],
         "test_accuracy": metrics["test_accuracy"],
@@ -94,9 +100,14 @@ def _cifar_row(name: str, title: str, how: str, seconds: float, work: Path) -> d
     example = torch.randn(16, *CIFAR)
     assert export_onnx(model, example[:2], out / "model.onnx").exported
     compact = write_compact(model, example, out, metadata={"model": name})
-    models: dict[str, tuple[nn.Module, Path]] = {"dense": (model, out / "model.onnx")}
+    models: dict[str, tuple[nn.Module | None, Path]] = {"dense": (model, out / "model.onnx")}
     if compact.result is not None and "model.compact.onnx" in compact.files:
         models["compact"] = (compact.result.model, compact.files["model.compact.onnx"])
+        # Calibrated on random inputs: the int8 model is here for its latency, its accuracy means nothing.
+        noise = torch.randn(64, *CIFAR)
+        compact.info["int8"], int8 = quantize_compact(models["compact"][1], noise, noise[:0], torch.zeros(0))
+        if int8 is not None:
+            models["compact_int8"] = (None, int8)
     total = sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     nonzero = sum(int(m.weight.count_nonzero()) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     label = {"unstructured": "magnitude mask per layer, unstructured", "filters": "50% of each conv's filters zeroed"}
@@ -117,6 +128,25 @@ def _fmt_ms(value: float | None) -> str:
     return "–" if value is None else f"{value:.3g}"
 
 
+def _chain(inf: dict[str, Any], get: Any, fmt: Any) -> str:
+    """ "dense → compact → int8" for one quantity, the models that were measured."""
+    return " → ".join(fmt(get(inf[m])) for m in ("dense", "compact", "compact_int8") if m in inf)
+
+
+def _latency(inf: dict[str, Any], batch: str) -> str:
+    text = _chain(inf, lambda m: m["latency_ms"][batch], _fmt_ms)
+    ups = [f"{inf[key][batch]:.2f}×" for key in ("speedup", "int8_speedup") if key in inf]
+    return f"{text} (**{' / '.join(ups)}**)" if ups else text
+
+
+def _accuracy(row: dict[str, Any]) -> str:
+    if row["test_accuracy"] is None:
+        return "–"
+    int8 = (row["compact"] or {}).get("int8") or {}
+    tail = f" → {int8['test_accuracy']:.2%}" if int8.get("test_accuracy") is not None else ""
+    return f"{row['test_accuracy']:.2%}{tail}"
+
+
 def markdown(header: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """The results table with its stamp."""
     lines = [
@@ -124,33 +154,29 @@ def markdown(header: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "",
         stamp_line(header),
         "",
-        f"{header['runtime']}, one thread (intra- and inter-op), median of ≥ 5 alternating runs per batch size; "
-        "MACs per sample (matmuls and convolutions, zeros included: what a dense runtime executes). "
-        "Compact: `model.compact.onnx`, the sparse model without its dead units (`dwf_core.compact`).",
+        f"{header['runtime']}, one thread (intra- and inter-op), median of ≥ 5 runs per batch size, the models "
+        "alternating. MACs per sample (matmuls and convolutions, zeros included: what a dense runtime executes). "
+        "Compact: `model.compact.onnx`, the sparse model without its dead units (`dwf_core.compact`); int8: "
+        "`model.compact.int8.onnx` (static quantization). Speed-ups in bold: compact / int8 against dense.",
         "",
-        "| model | made sparse by | sparsity (CR) | test acc. | MACs dense → compact | params dense → compact "
-        "| ONNX bytes dense → compact | batch 1 ms dense → compact | batch 64 ms dense → compact | max \\|Δ\\| |",
+        "| model | made sparse by | sparsity (CR) | test acc. (float → int8) | MACs dense → compact "
+        "| params dense → compact | ONNX bytes dense → compact → int8 | batch 1 ms dense → compact → int8 "
+        "| batch 64 ms dense → compact → int8 | max \\|Δ\\| |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         inf, compact = row["inference"], row["compact"]
-        dense_m, comp_m = inf.get("dense", {}), inf.get("compact")
-        acc = "–" if row["test_accuracy"] is None else f"{row['test_accuracy']:.2%}"
         sparsity = f"{row['sparsity']:.2%} ({row['compression_ratio']:.0f}×)"
-        if comp_m is None:
+        if "compact" not in inf:
             reason = compact.get("skipped", "no compact ONNX")
-            lines.append(f"| {row['model']} | {row['sparse_by']} | {sparsity} | {acc} | not compacted: {reason} |||||")
+            lines.append(f"| {row['model']} | {row['sparse_by']} | {sparsity} | – | not compacted: {reason} |||||")
             continue
-        speed = inf.get("speedup", {})
-        lat = {
-            b: f"{_fmt_ms(dense_m['latency_ms'][b])} → {_fmt_ms(comp_m['latency_ms'][b])} (**{speed.get(b, 0):.2f}×**)"
-            for b in ("1", "64")
-        }
+        dense_m, comp_m = inf["dense"], inf["compact"]
         lines.append(
-            f"| {row['model']} | {row['sparse_by']} | {sparsity} | {acc} "
+            f"| {row['model']} | {row['sparse_by']} | {sparsity} | {_accuracy(row)} "
             f"| {dense_m['macs']:,} → {comp_m['macs']:,} (**{inf.get('mac_reduction', 0):.2f}×**) "
-            f"| {dense_m['params']:,} → {comp_m['params']:,} | {dense_m['bytes']:,} → {comp_m['bytes']:,} "
-            f"| {lat['1']} | {lat['64']} | {compact.get('max_abs_diff', 0):.1e} |"
+            f"| {dense_m['params']:,} → {comp_m['params']:,} | {_chain(inf, lambda m: m['bytes'], '{:,}'.format)} "
+            f"| {_latency(inf, '1')} | {_latency(inf, '64')} | {compact.get('max_abs_diff', 0):.1e} |"
         )
     lines += ["", *header.get("notes", [])]
     return "\n".join(lines) + "\n"
@@ -167,7 +193,7 @@ def update_readme(readme: Path = README, results: Path = OUT) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readme", action="store_true", help="only copy the latest table into README.md")
-    parser.add_argument("--epochs-lenet300", type=int, default=20)
+    parser.add_argument("--epochs-lenet300", type=int, default=30)
     parser.add_argument("--epochs-lenet5", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0, help="latency time per batch size and model pair")
     parser.add_argument("--only", help="comma-separated subset of lenet300,lenet5,vgg16,resnet18")
@@ -182,7 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if "lenet300" in only:
-            rows.append(_dwf_row("lenet_300_100", "LeNet-300-100", args.epochs_lenet300, args.seconds, work))
+            epochs = args.epochs_lenet300
+            rows.append(
+                _dwf_row(
+                    "lenet_300_100", "LeNet-300-100", epochs, args.seconds, work, dense_epochs=epochs, finetune_epochs=3
+                )
+            )
         if "lenet5" in only:
             # LeNet-5-Caffe diverges at the default LR without clipping (benchmarks/mnist_table.py MODEL_SETTINGS).
             rows.append(_dwf_row("lenet5", "LeNet-5", args.epochs_lenet5, args.seconds, work, max_grad_norm=5.0))
