@@ -108,6 +108,9 @@ class DwfMethod(Strict):
     # DWF: "weights" (every weight factorized), "units" (D-Gating: gates per Linear neuron / conv channel remove whole
     # units) or "both" (dwf_core.structured; dwf_core TrainConfig.structure).
     structure: Literal["weights", "units", "both"] = "weights"
+    # DWF with target_sparsity: "gradual" (weights beyond the target are masked during training) or "final" (only the
+    # cut after training); None: gradual (dwf_core TrainConfig.cut).
+    cut: Literal["gradual", "final"] | None = None
     # units/both: the fraction of the dense model's Linear/Conv MACs the collapsed model may keep.
     target_macs: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
     # units/both: MAC fractions at which the trained model is also cut and evaluated (metrics structured.mac_frontier);
@@ -148,6 +151,8 @@ class DwfMethod(Strict):
             raise ValueError("a structured run cuts at MAC budgets: use mac_frontier instead of frontier")
         if structured and self.depth is not None and self.depth < 2:
             raise ValueError("structure 'units'/'both' needs depth ≥ 2")
+        if self.cut is not None and (self.type != "dwf" or self.target_sparsity is None or structured):
+            raise ValueError("cut applies to method type 'dwf' with target_sparsity and structure 'weights' only")
         return self
 
 

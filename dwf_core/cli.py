@@ -130,6 +130,13 @@ def train(
             "DWF from its weights; LeNet-300-100 at CR 100: 98.17% vs 97.63% from scratch (twice the training)"
         ),
     ] = 0,
+    cut: Annotated[
+        str | None,
+        typer.Option(
+            help="DWF with --target-sparsity: gradual (default: the smallest weights are masked during training, "
+            "10%-75% of the steps, cubic schedule) or final (only the cut after training)"
+        ),
+    ] = None,
     structure: Annotated[
         str,
         typer.Option(
@@ -243,6 +250,7 @@ def _train(**kw: Any) -> dict[str, Any]:
         finetune_epochs=kw["finetune_epochs"],
         frontier=_parse_frontier(kw["frontier"]),
         dense_epochs=kw["dense_epochs"],
+        cut=cast(Literal["gradual", "final"] | None, kw["cut"]),
         structure=kw["structure"],
         target_macs=kw["target_macs"],
         mac_frontier=_parse_mac_frontier(kw["mac_frontier"]),
@@ -341,6 +349,10 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     if metrics.get("target_sparsity") is not None:
         table.add_row("sparsity (requested)", f"{100 * metrics['target_sparsity']:.3f}%")
         table.add_row("final λ" if method == "dwf" else "L2 λ", f"{metrics['lam']:.3g}")
+    cut = metrics.get("cut")
+    if cut:
+        steps = f" ({cut['events']} masking steps, {cut['start_step']}–{cut['end_step']})" if "events" in cut else ""
+        table.add_row("cut", f"{cut['mode']}{steps}")
     structured = metrics.get("structured")
     if structured:
         kept = ", ".join(f"{layer['name']} {layer['units']}/{layer['units_total']}" for layer in structured["layers"])

@@ -449,6 +449,9 @@ def run(
         "lam": result.extra.get("lam", cfg.lam),
         # DWF with a target: each restart with a lower λ after training left more dead weights than the target allows.
         "lam_restarts": result.extra.get("lam_restarts", []),
+        # DWF with a target: how the weights beyond it went. "gradual" (dwf_core.gradual_cut): its schedule, the events
+        # it pruned at and the mask's sparsity at the end; "final": only the cut after training; None without a target.
+        "cut": result.extra.get("cut") or ({"mode": cfg.cut} if cfg.method == "dwf" and cfg.cut else None),
         # Each restart from the initial weights after the training loss became NaN/inf (dwf_core.divergence), with
         # the peak LR and gradient-norm clip it switched to; "lr" and "max_grad_norm" are those of the last attempt.
         "divergence_restarts": result.extra.get("divergence_restarts", []),

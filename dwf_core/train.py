@@ -33,6 +33,7 @@ from dwf_core.divergence import NonFiniteLoss, diverged_error, restart_record, s
 from dwf_core.errors import DwfError, TrainingError
 from dwf_core.evaluate import Labeled, evaluate
 from dwf_core.factorize import factorize, init_stats, is_factorized
+from dwf_core.gradual_cut import GradualCut
 from dwf_core.penalty import factor_penalty, factor_weight_decay, misalignment, param_groups
 from dwf_core.report import sparsity_report
 from dwf_core.schedule import lr_at
@@ -215,6 +216,10 @@ class Trainer:
             raise TrainingError("the training split is empty", code="empty_dataset", param="dataset")
         self.steps_per_epoch = math.ceil(n / cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
+        # DWF with a target: the weights beyond it are masked during training (dwf_core.gradual_cut).
+        self.cut: GradualCut | None = None
+        if cfg.cut == "gradual" and cfg.target_sparsity is not None:
+            self.cut = GradualCut(self.model, cfg.target_sparsity, self.total_steps)
         # Current λ: fixed, or the controller's state when a target sparsity is given (saved in checkpoints).
         self.lam0 = initial_lam(cfg, self.total_steps)
         self.lam = self.lam0
@@ -247,6 +252,8 @@ class Trainer:
         if self.initial_cuda_rng is not None:
             torch.cuda.set_rng_state(self.initial_cuda_rng, self.device)
         self.lam = self.lam0
+        if self.cut is not None:
+            self.cut.reset()
         self._start_optimization()
         self.history = []
         self._start_attempt_clock()
@@ -300,6 +307,8 @@ class Trainer:
         self.history = list(state["history"])
         self.init_stats = state.get("init_stats", self.init_stats)
         self.resumed_from = self.start_epoch
+        if self.cut is not None:
+            self.cut.load(ckpt.tensors, int(state.get("cut_events", 0)))
 
     def _save(self, epoch: int) -> None:
         assert self.checkpoint_dir is not None
@@ -310,6 +319,8 @@ class Trainer:
         tensors["rng/shuffle"] = self.shuffle_rng.get_state()
         if self.device.type == "cuda":
             tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.cut is not None:
+            tensors.update(self.cut.state_tensors())
         state = {
             "epoch": epoch,
             "global_step": self.global_step,
@@ -322,6 +333,7 @@ class Trainer:
             "history": self.history,
             "init_stats": self.init_stats,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "cut_events": self.cut.events if self.cut is not None else 0,
         }
         save_checkpoint(self.checkpoint_dir, epoch, Checkpoint(tensors, state))
 
@@ -348,6 +360,8 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
+        if self.cut is not None:
+            self.cut.after_step(self.global_step + 1)
         correct = (logits.detach().argmax(dim=1) == yb).sum()
         return torch.stack([loss.detach().float() * yb.shape[0], correct.float()])
 
@@ -576,6 +590,7 @@ class Trainer:
                 "lr": self.lr,
                 "max_grad_norm": self.max_grad_norm,
                 "divergence_restarts": self.divergence_restarts,
+                "cut": self.cut.describe() if self.cut is not None else None,
             },
         )
 

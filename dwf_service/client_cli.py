@@ -280,6 +280,10 @@ def submit(
     target_macs: Annotated[
         float | None, typer.Option(help="--structure units/both: fraction of the dense model's MACs to keep")
     ] = None,
+    cut: Annotated[
+        str | None,
+        typer.Option(help="DWF with --target-sparsity: gradual (server default: masked during training) or final"),
+    ] = None,
     threshold: Annotated[str | None, typer.Option(help="Collapse threshold: 'auto' or a number")] = None,
     frontier: Annotated[
         list[float] | None, typer.Option(help="Also save the model cut at this compression ratio (repeatable)")
@@ -319,6 +323,8 @@ def submit(
         options["structure"] = structure
     if target_macs is not None:
         options["target_macs"] = target_macs
+    if cut is not None:
+        options["cut"] = cut
     pairs = _parse_metadata(metadata)
     with _errors(), _client(ctx, server) as client:
         if data.startswith("mnist-idx:"):

@@ -95,6 +95,7 @@ function settingsText(method) {
   if (num(method.target_sparsity)) parts.push(`target ${pct(method.target_sparsity, 1)}`);
   else if (num(method.lam)) parts.push(`λ ${method.lam}`);
   if (method.structure && method.structure !== "weights") parts.push(`structure ${method.structure}`);
+  if (method.cut) parts.push(`${method.cut} cut`);
   if (num(method.target_macs)) parts.push(`MACs ≤ ${pct(method.target_macs, 1)}`);
   return parts.join(", ");
 }
@@ -496,6 +497,7 @@ async function submitJob(event) {
     if (lr) body.method.lr = lr;
     if (f.strength.value === "lam") body.method.lam = Number(f.lam.value);
     if (f.strength.value === "target") body.method.target_sparsity = Number(f.target_sparsity.value) / 100;
+    if (f.strength.value === "target" && f.cut.value) body.method.cut = f.cut.value;
     const frontier = f.frontier.value.split(/[\s,]+/).filter(Boolean).map(Number);
     if (frontier.length) body.method.frontier = frontier;
     const denseEpochs = numberOrNull(f.dense_epochs.value);

@@ -7,12 +7,12 @@ tensors) are masked up to s_t. Pruned weights never come back; the final mask ho
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
-from dwf_core.baselines.masks import MaskedTrainer, global_topk_mask, weights_of
+from dwf_core.baselines.masks import MaskedTrainer, weights_of
+from dwf_core.masking import cubic_sparsity, grow_masks, pruning_due, pruning_window
 
 START = 0.10
 END = 0.75
@@ -21,20 +21,12 @@ PRUNE_EVENTS = 50  # pruning steps between START and END (Zhu & Gupta prune ever
 
 def gmp_sparsity(step: int, final: float, start_step: int, end_step: int, initial: float = 0.0) -> float:
     """The cubic schedule: ``initial`` before ``start_step``, ``final`` from ``end_step`` on."""
-    if step <= start_step:
-        return initial
-    if step >= end_step:
-        return final
-    progress = (step - start_step) / (end_step - start_step)
-    return final + (initial - final) * (1.0 - progress) ** 3
+    return cubic_sparsity(step, final, start_step, end_step, initial)
 
 
 def gmp_window(total_steps: int) -> tuple[int, int, int]:
     """(t0, t1, interval) for a run of ``total_steps`` optimizer steps; t0 < t1 ≤ total_steps."""
-    start = math.floor(START * total_steps)
-    end = min(total_steps, max(start + 1, math.ceil(END * total_steps)))
-    interval = max(1, (end - start) // PRUNE_EVENTS)
-    return start, end, interval
+    return pruning_window(total_steps, START, END, PRUNE_EVENTS)
 
 
 class GMPTrainer(MaskedTrainer):
@@ -49,19 +41,17 @@ class GMPTrainer(MaskedTrainer):
         super()._prepare()
         self.window = gmp_window(self.total_steps)
 
+    def _restart(self) -> None:
+        super()._restart()
+        self.schedule = []
+
     def after_step(self, steps_done: int) -> None:
         """Prune at the scheduled steps, then re-apply the masks."""
-        start, end, interval = self.window
-        due = start < steps_done <= end and ((steps_done - start) % interval == 0 or steps_done == end)
-        if due:
+        if pruning_due(steps_done, self.window):
+            start, end, _ = self.window
             target = gmp_sparsity(steps_done, self.final_sparsity, start, end)
             with torch.no_grad():
-                scores = {}
-                for name, w in weights_of(self.model).items():
-                    score = w.detach().abs().double()
-                    mask = self.masks.get(name)
-                    # Already pruned weights score −1: they stay pruned (the schedule only grows).
-                    scores[name] = score if mask is None else score.masked_fill(~mask, -1.0)
-            self.masks = global_topk_mask(scores, target)
+                scores = {name: w.detach().abs().double() for name, w in weights_of(self.model).items()}
+            self.masks = grow_masks(scores, self.masks, target)
             self.schedule.append((steps_done, target))
         super().after_step(steps_done)

@@ -1,8 +1,8 @@
 """Pruning masks over the tensors DWF factorizes, and a Trainer that keeps them applied.
 
 Baselines train through the DWF ``Trainer`` at depth 1 (w = ω1, plain L2 decay), so a mask acts on the single
-factor ``parametrizations.<attr>.original0``; collapse then yields the original classes and keys. Masks are
-dicts from state_dict name ("fc1.weight") to a bool tensor (True = kept) of the weight's shape.
+factor ``parametrizations.<attr>.original0``; collapse then yields the original classes and keys. The masks
+themselves (dwf_core.masking) are dicts from state_dict name ("fc1.weight") to a bool tensor (True = kept).
 """
 
 from __future__ import annotations
@@ -15,10 +15,22 @@ from torch import nn
 
 from dwf_core.errors import ConfigError
 from dwf_core.factorize import FactorizedTensor, factorized_tensors
+from dwf_core.masking import Masks, Scores, apply_masks, global_topk_mask, mask_sparsity, pruned_count
 from dwf_core.train import Trainer
 
-Masks = dict[str, torch.Tensor]
-Scores = dict[str, torch.Tensor]
+__all__ = [
+    "MaskedTrainer",
+    "Masks",
+    "Scores",
+    "apply_masks",
+    "depth_one_tensors",
+    "finetune_epochs_for",
+    "global_topk_mask",
+    "layer_density",
+    "mask_sparsity",
+    "pruned_count",
+    "weights_of",
+]
 
 
 def depth_one_tensors(model: nn.Module) -> list[FactorizedTensor]:
@@ -35,46 +47,6 @@ def depth_one_tensors(model: nn.Module) -> list[FactorizedTensor]:
 def weights_of(model: nn.Module) -> dict[str, torch.Tensor]:
     """The (single) factor of every factorized tensor, i.e. the weight itself at depth 1, by name."""
     return {t.name: t.factors()[0] for t in depth_one_tensors(model)}
-
-
-def pruned_count(total: int, sparsity: float) -> int:
-    """How many of ``total`` weights a sparsity S removes: round(S·total), so the achieved S is within 1/total."""
-    return min(total, max(0, round(sparsity * total)))
-
-
-def global_topk_mask(scores: Scores, sparsity: float) -> Masks:
-    """Keep the largest scores over all tensors together, pruning exactly round(S·N) of N entries."""
-    names = list(scores)
-    flat = torch.cat([scores[n].detach().reshape(-1).double() for n in names]) if names else torch.zeros(0)
-    keep = flat.numel() - pruned_count(flat.numel(), sparsity)
-    kept = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    if keep > 0:
-        kept[torch.topk(flat, keep, sorted=False).indices] = True
-    masks: Masks = {}
-    offset = 0
-    for n in names:
-        size = scores[n].numel()
-        masks[n] = kept[offset : offset + size].reshape(scores[n].shape).to(scores[n].device)
-        offset += size
-    return masks
-
-
-def apply_masks(model: nn.Module, masks: Masks) -> None:
-    """Zero every masked weight (writing +0.0, so the sparse encoders see true zeros)."""
-    with torch.no_grad():
-        for t in factorized_tensors(model):
-            mask = masks.get(t.name)
-            if mask is None:
-                continue
-            for factor in t.factors():
-                factor.masked_fill_(~mask.to(factor.device), 0.0)
-
-
-def mask_sparsity(masks: Masks) -> float:
-    """Fraction of masked (pruned) entries over all masks."""
-    total = sum(m.numel() for m in masks.values())
-    kept = sum(int(m.sum()) for m in masks.values())
-    return 1.0 - kept / total if total else 0.0
 
 
 def layer_density(masks: Masks) -> dict[str, float]:
@@ -109,6 +81,15 @@ class MaskedTrainer(Trainer):
             self.masks = self.make_masks(self)
         self.masks = {n: m.to(self.device) for n, m in self.masks.items()}
         apply_masks(self.model, self.masks)
+
+    def _keep_initial_state(self) -> None:
+        super()._keep_initial_state()
+        self.initial_masks = dict(self.masks)
+
+    def _restart(self) -> None:
+        """A restart (non-finite loss) also starts from the initial masks, not the ones grown since."""
+        super()._restart()
+        self.masks = dict(self.initial_masks)
 
     def after_step(self, steps_done: int) -> None:
         """Called after each optimizer step with the number of steps done; default: re-apply the masks."""

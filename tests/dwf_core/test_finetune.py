@@ -49,14 +49,18 @@ def test_pipeline_fine_tunes_automatically_only_when_the_target_cut_hurts(tmp_pa
         cfg = TrainConfig(epochs=2, seed=0, device="cpu", lr=0.05, **kw)  # type: ignore[arg-type]
         return run(RunSpec(model="lenet_300_100", data=data, out_dir=tmp_path / name, train=cfg, export_onnx=False))
 
-    # Two short epochs cannot prune 99% gently: the cut hurts, so "auto" fine-tunes 1 epoch (10% of 2, ≥ 1).
-    auto = metrics("auto", target_sparsity=0.99)
+    # Two short epochs cannot prune 99% gently: the final cut hurts, so "auto" fine-tunes 1 epoch (10% of 2, ≥ 1).
+    auto = metrics("auto", target_sparsity=0.99, cut="final")
     assert auto["finetune"] is not None and auto["finetune"]["reason"].startswith("auto")
     assert auto["finetune"]["epochs"] == 1
     assert [h["phase"] for h in auto["history"]] == ["train", "train", "finetune"]
     assert auto["finetune"]["val_accuracy_after"] == auto["val_accuracy"]
     assert auto["sparsity"] >= 0.99
     # 0 means never; without a target the auto threshold already bounds the cost, so nothing is fine-tuned.
-    never = metrics("never", target_sparsity=0.99, finetune_epochs=0)
+    never = metrics("never", target_sparsity=0.99, finetune_epochs=0, cut="final")
     assert never["finetune"] is None and never["sparsity"] == auto["sparsity"]
     assert metrics("lam", lam=1e-4)["finetune"] is None
+    # The default gradual cut reaches the target during training: the collapse cuts nothing the model still uses.
+    gradual = metrics("gradual", target_sparsity=0.99)
+    assert gradual["cut"]["mode"] == "gradual" and gradual["finetune"] is None and gradual["sparsity"] >= 0.99
+    assert gradual["factorized_val_accuracy"] == gradual["val_accuracy"]

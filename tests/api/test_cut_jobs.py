@@ -1,0 +1,68 @@
+"""/v1/jobs with ``cut``: checked against the method, reaches the run; the SDK sends it only when set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from dwf_service.context import ServiceContext
+from dwf_service.models import Job
+from tests.api.test_jobs import body, files  # noqa: F401  (the fixture is used by name)
+from tests.dwf_client.test_sdk import _client, _job
+
+
+@pytest.mark.parametrize(("cut", "resolved"), [("final", "final"), ("gradual", "gradual"), (None, "gradual")])
+def test_cut_reaches_the_training_config(
+    client: TestClient,
+    files: dict[str, Any],  # noqa: F811
+    ctx: ServiceContext,
+    cut: str | None,
+    resolved: str,
+) -> None:
+    from dwf_service.runner import _spec
+
+    method: dict[str, Any] = {"target_sparsity": 0.9} | ({"cut": cut} if cut else {})
+    resp = client.post("/v1/jobs", json=body(files, **method))
+    assert resp.status_code == 200, resp.text
+    with ctx.sessions() as session:
+        job = session.get(Job, resp.json()["id"])
+        assert job is not None
+        spec = _spec(ctx, job, {"model": Path("m.onnx"), "dataset": Path("d.npz")}, Path("out"), None)
+    assert spec.train.resolved().cut == resolved
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"target_sparsity": 0.9, "cut": "sometimes"},
+        {"cut": "final"},  # no target
+        {"type": "gmp", "target_sparsity": 0.9, "cut": "gradual"},
+        {"structure": "both", "target_sparsity": 0.9, "cut": "gradual"},
+    ],
+)
+def test_bad_cut_is_422_naming_the_field(
+    client: TestClient,
+    files: dict[str, Any],  # noqa: F811
+    method: dict[str, Any],
+) -> None:
+    resp = client.post("/v1/jobs", json=body(files, **method))
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"]["param"] in ("method.cut", "method")
+
+
+def test_sdk_sends_cut_only_when_set() -> None:
+    sent: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content)["method"])
+        return httpx.Response(200, json=_job())
+
+    client = _client(handler)
+    client.submit("lenet5", "file-d", target_sparsity=0.9, cut="final", epochs=2)
+    client.submit("lenet5", "file-d", target_sparsity=0.9, epochs=2)
+    assert sent[0]["cut"] == "final" and "cut" not in sent[1]
