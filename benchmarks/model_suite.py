@@ -143,6 +143,7 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
         "divergence_restarts": len(metrics.get("divergence_restarts") or []),
         "lam_restarts": len(metrics.get("lam_restarts") or []),
         "finetune_epochs": (metrics.get("finetune") or {}).get("epochs"),
+        "cut": (metrics.get("cut") or {}).get("mode"),
         "non_finite": any(not math.isfinite(h.get("train_loss", 0.0)) for h in metrics.get("history") or []),
         "seconds": time.monotonic() - started,
     }
