@@ -159,3 +159,12 @@ def test_cli_cut_option_reaches_metrics(tmp_path: Path) -> None:
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["cut"]["mode"] == metrics["config"]["cut"] == cut
         assert metrics["sparsity"] == pytest.approx(0.9, abs=1e-3)
+
+
+def test_frontier_of_a_gradual_run_keeps_only_ratios_at_or_above_the_target() -> None:
+    from dwf_core.frontier import compute_frontier
+
+    result = train(mlp(), DATA, VAL, CFG)  # target 0.9: CR 10
+    points = compute_frontier(result.model, [5.0, 20.0], VAL)
+    assert [p["requested_compression_ratio"] for p in points] == [20.0]
+    assert points[0]["compression_ratio"] == pytest.approx(20.0, rel=0.02)  # 768 weights: 38 of them kept
