@@ -7,7 +7,8 @@ const KEY_STORAGE = "dwf_api_key";
 const ACTIVE = new Set(["validating_files", "queued", "running"]);
 const $ = (sel, root = document) => root.querySelector(sel);
 
-const state = { jobsAfter: null, view: null, jobId: null, stream: null, poll: null, history: [], events: [], cut: null };
+const state = { jobsAfter: null, view: null, jobId: null, stream: null, poll: null, history: [], events: [], cut: null,
+  historyFinal: false };
 
 // ------------------------------------------------------------------------------------------------- API calls
 
@@ -194,6 +195,7 @@ async function openJob(jobId) {
   show("job");
   state.jobId = jobId;
   state.history = [];
+  state.historyFinal = false;
   state.events = [];
   state.phase = null;
   $("#job-title").textContent = jobId;
@@ -300,7 +302,8 @@ function addEvent(evt) {
     evt.message);
   $("#events").append(li);
   li.scrollIntoView({ block: "nearest" });
-  if (evt.type === "metrics" && evt.data) {
+  // A finished job's metrics carry its whole history (renderJob): its epoch events are listed, not charted again.
+  if (evt.type === "metrics" && evt.data && !state.historyFinal) {
     if (evt.data.restart) {
       // λ over-pruned: training starts over from epoch 1 (the event's message says why); the charts follow the new run.
       state.history = [];
@@ -342,13 +345,15 @@ function renderJob(job) {
     card(num(requested) ? `sparsity (requested ${pct(requested, 1)}${m.target_met === false ? ", missed" : ""})` : "sparsity achieved", pct(m.sparsity)),
     card("compression ratio", ratio(m.compression_ratio)),
   );
-  if (Array.isArray(m.history) && m.history.length) state.history = [...m.history];
+  state.historyFinal = Array.isArray(m.history) && m.history.length > 0;  // a finished job's whole history
+  if (state.historyFinal) state.history = [...m.history];
   state.cut = finalCut(job);
   drawEpochCharts(state.history);
   const layers = Array.isArray(m.layers) ? m.layers : [];
   Charts.bars($("#chart-layers"), layers.map((l) => ({ label: l.name, value: l.sparsity })),
     { title: "Sparsity per layer" });
   drawFrontier(m);
+  renderInference(m);
   renderSettings(job);
 }
 
@@ -404,6 +409,65 @@ function drawFrontier(m) {
     ? { x: m.compression_ratio, y: 100 * m.test_accuracy, label: "this model (test)" } : null;
   Charts.scatter(box, series, { title: "Accuracy vs compression ratio (frontier)", xlabel: "compression ratio (log)",
     ylabel: "accuracy (%)", xlog: true }, here);
+}
+
+// metrics.inference (dwf_core.inference.measure) and metrics.compact (dwf_core.compact): MACs, parameters, ONNX
+// bytes and onnxruntime latency of the dense, compact and int8 models, or why there are none. Text nodes only.
+const INFERENCE_MODELS = [["dense", "dense"], ["compact", "compact"], ["compact_int8", "int8"]];
+const count = (v) => (num(v) ? v.toLocaleString("en-US") : "—");
+const ms = (v) => (num(v) ? (v >= 10 ? v.toFixed(1) : v.toPrecision(2)) : "—");
+const small = (v) => (v === 0 ? "0" : Math.abs(v) < 1e-3 ? v.toExponential(1) : v.toPrecision(2));
+const speed = (v) => (num(v) ? `${v.toFixed(v < 10 ? 2 : 1)}×` : "—");
+const speedups = (s) => Object.entries(s).map(([b, v]) => `batch ${b} ${speed(v)}`).join(", ");
+
+function renderInference(m) {
+  const box = $("#job-inference");
+  const inference = m.inference && typeof m.inference === "object" ? m.inference : null;
+  const compact = m.compact && typeof m.compact === "object" ? m.compact : null;
+  box.hidden = !inference && !compact;
+  if (box.hidden) return box.replaceChildren();
+  const batches = ((inference && inference.batches) || [1, 64]).map(String);
+  const rows = INFERENCE_MODELS.filter(([key]) => inference && inference[key] && typeof inference[key] === "object")
+    .map(([key, label]) => {
+      const e = inference[key];
+      const latency = e.latency_ms || {};
+      const params = num(e.nonzero_params) && e.nonzero_params !== e.params
+        ? `${count(e.params)} (${count(e.nonzero_params)} non-zero)` : count(e.params);
+      return h("tr", { "data-model": label },
+        h("td", {}, label, e.file ? h("code", { class: "file" }, e.file) : null),
+        h("td", { class: "num", "data-col": "macs" }, count(e.macs)),
+        h("td", { class: "num", "data-col": "params" }, params),
+        h("td", { class: "num", "data-col": "bytes", title: num(e.bytes) ? `${count(e.bytes)} B` : null }, size(e.bytes)),
+        batches.map((b) => h("td", { class: "num", "data-col": `latency-${b}` }, ms(latency[b]))));
+    });
+  const notes = [];
+  if (inference && inference.skipped) notes.push(`Not measured: ${inference.skipped}`);
+  if (inference && inference.speedup && typeof inference.speedup === "object") {
+    const fewer = num(inference.mac_reduction) ? `${ratio(inference.mac_reduction)} fewer MACs; ` : "";
+    notes.push(`Compact vs dense: ${fewer}speed-up ${speedups(inference.speedup)}.`);
+  }
+  if (inference && inference.int8_speedup && typeof inference.int8_speedup === "object") {
+    notes.push(`int8 vs dense: speed-up ${speedups(inference.int8_speedup)}.`);
+  }
+  if (compact && compact.skipped) {
+    notes.push(`No compact model: ${compact.skipped}`);
+  } else if (compact) {
+    if (num(compact.max_abs_diff)) notes.push(`Compact vs sparse model: max |Δlogit| ${small(compact.max_abs_diff)}.`);
+    const int8 = compact.int8;
+    if (int8 && int8.skipped) notes.push(`No int8 model: ${int8.skipped}`);
+    else if (int8 && typeof int8 === "object") {
+      notes.push(`int8 test accuracy ${pct(int8.test_accuracy)} (float ${pct(int8.float_test_accuracy)}).`);
+    }
+  }
+  if (inference && inference.runtime) {
+    const threads = inference.threads === 1 ? "one thread" : `${inference.threads} threads`;
+    notes.push(`${inference.runtime}, ${threads}, latency in ms per batch (median of alternating runs).`);
+  }
+  const head = h("tr", {}, h("th", {}, "model"), h("th", {}, "MACs / sample"), h("th", {}, "parameters"),
+    h("th", {}, "ONNX bytes"), batches.map((b) => h("th", {}, `latency, batch ${b} (ms)`)));
+  box.replaceChildren(h("h2", {}, "Inference"),
+    rows.length ? h("table", { class: "list inference", id: "inference-table" }, h("thead", {}, head), h("tbody", {}, rows)) : null,
+    h("ul", { class: "inference-notes", id: "inference-notes" }, notes.map((n) => h("li", {}, n))));
 }
 
 function renderSettings(job) {
