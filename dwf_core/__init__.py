@@ -48,6 +48,7 @@ _EXPORTS = {
     "prepare": "dwf_core.pipeline",
     "run_baseline": "dwf_core.baselines.run",
     "DwfError": "dwf_core.errors",
+    "load_runtime": "dwf_core.runtime",
 }
 
 __all__ = sorted(_EXPORTS)
