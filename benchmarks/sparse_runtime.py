@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="whole-model time per batch size")
     parser.add_argument("--repeats", type=int, default=15, help="per-layer samples of each form")
     parser.add_argument("--sample-ms", type=float, default=2.0, help="minimum length of one per-layer sample")
+    parser.add_argument(
+        "--out", type=Path, default=OUT, help="results folder (default benchmarks/results/sparse-runtime)"
+    )
     args = parser.parse_args(argv)
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -216,10 +219,11 @@ def main(argv: list[str] | None = None) -> int:
                 if (job / name).is_file():
                     rows.append(_row("LeNet-300-100", how, dense, job / name, args))
     header = {**stamp("benchmarks.sparse_runtime", threads=1), "notes": notes}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "results.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
-    (OUT / "README.md").write_text(markdown(header, rows))
-    print((OUT / "README.md").read_text())
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
+    (out / "README.md").write_text(markdown(header, rows))
+    print((out / "README.md").read_text())
     return 0
 
 
