@@ -11,7 +11,8 @@ import copy
 import torch
 from torch import nn
 
-from dwf_core.baselines.masks import Masks, Scores, global_topk_mask, pruned_count, weights_of
+from dwf_core.baselines.masks import weights_of
+from dwf_core.masking import Masks, Scores, global_topk_mask, pruned_count
 
 SNIP_BATCHES = 4
 SYNFLOW_ROUNDS = 100

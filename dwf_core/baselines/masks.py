@@ -15,22 +15,8 @@ from torch import nn
 
 from dwf_core.errors import ConfigError
 from dwf_core.factorize import FactorizedTensor, factorized_tensors
-from dwf_core.masking import Masks, Scores, apply_masks, global_topk_mask, mask_sparsity, pruned_count
+from dwf_core.masking import Masks, apply_masks
 from dwf_core.train import Trainer
-
-__all__ = [
-    "MaskedTrainer",
-    "Masks",
-    "Scores",
-    "apply_masks",
-    "depth_one_tensors",
-    "finetune_epochs_for",
-    "global_topk_mask",
-    "layer_density",
-    "mask_sparsity",
-    "pruned_count",
-    "weights_of",
-]
 
 
 def depth_one_tensors(model: nn.Module) -> list[FactorizedTensor]:

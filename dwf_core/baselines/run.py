@@ -18,19 +18,12 @@ from torch import nn
 from dwf_core.baselines import PRUNING_METHODS
 from dwf_core.baselines.at_init import random_masks, snip_masks, synflow_masks
 from dwf_core.baselines.gmp import GMPTrainer
-from dwf_core.baselines.masks import (
-    MaskedTrainer,
-    Masks,
-    finetune_epochs_for,
-    global_topk_mask,
-    layer_density,
-    mask_sparsity,
-    weights_of,
-)
+from dwf_core.baselines.masks import MaskedTrainer, finetune_epochs_for, layer_density, weights_of
 from dwf_core.collapse import CollapseResult, collapse_and_verify
 from dwf_core.config import TrainConfig
 from dwf_core.errors import ConfigError
 from dwf_core.evaluate import Labeled
+from dwf_core.masking import Masks, global_topk_mask, mask_sparsity
 from dwf_core.train import ProgressEvent, Trainer, TrainResult
 
 # Fine-tuning restarts the cosine schedule from this fraction of the training LR.

@@ -15,13 +15,14 @@ from typer.testing import CliRunner
 from dwf_core.baselines import METHODS, PRUNING_METHODS
 from dwf_core.baselines.at_init import snip_scores, synflow_masks
 from dwf_core.baselines.gmp import gmp_sparsity, gmp_window
-from dwf_core.baselines.masks import finetune_epochs_for, global_topk_mask, weights_of
+from dwf_core.baselines.masks import finetune_epochs_for, weights_of
 from dwf_core.baselines.run import run_baseline
 from dwf_core.cli import app
 from dwf_core.config import TrainConfig
 from dwf_core.errors import ConfigError
 from dwf_core.factorize import factorize
 from dwf_core.intake import build_model
+from dwf_core.masking import global_topk_mask
 from dwf_core.report import sparsity_report
 
 from .helpers import ResidualNorm, TinySplit, mlp, separable_data, write_band_npz
