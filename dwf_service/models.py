@@ -1,6 +1,8 @@
-"""ORM models (SQLAlchemy 2.0): tenants, files, jobs, job events, artifacts, results and API keys.
+"""ORM models (SQLAlchemy 2.0): tenants, files, sweeps, jobs, job events, artifacts, results, webhook deliveries
+and API keys.
 
-Files, jobs and API keys carry a ``tenant_id``; events, artifacts and results belong to their job's tenant.
+Files, sweeps, jobs, webhook deliveries and API keys carry a ``tenant_id``; events, artifacts and results belong to
+their job's tenant, sweep artifacts to their sweep's.
 """
 
 from __future__ import annotations
@@ -95,6 +97,10 @@ class Tenant(Base):
     max_active_jobs: Mapped[int | None] = mapped_column(Integer)
     max_stored_bytes: Mapped[int | None] = mapped_column(BigInteger)
     max_epoch_examples: Mapped[int | None] = mapped_column(BigInteger)
+    # Called on every status change of the tenant's jobs (a job's own webhook_url replaces it); HMAC key of the
+    # signature header. The secret must be readable to sign, so it is stored as given (never logged or echoed).
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_secret: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -125,6 +131,22 @@ class File(TimestampedModel):
     # Training examples counted from the upload's headers (npz/safetensors y_train, CSV rows, image-folder
     # files); None where that is not cheap (tarballs, gzip): their epoch-examples quota is checked at validation.
     examples: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class Sweep(TimestampedModel):
+    """A grid of ordinary jobs (its children, ``Job.sweep_id``); its status is derived from theirs."""
+
+    __tablename__ = "sweeps"
+    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = _tenant_fk()
+    # The sweep as submitted: the base job request and the grid.
+    request: Mapped[dict[str, Any]]
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    # Set when every child has ended and the sweep's artifacts (frontier.json, frontier.png) are stored.
+    finished_at: Mapped[datetime | None]
 
 
 class Job(TimestampedModel):
@@ -159,6 +181,17 @@ class Job(TimestampedModel):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # Links without foreign-key constraints: adding one would make SQLite rebuild the jobs table (and cascade into
+    # its events); the service writes them only with ids it has just checked.
+    sweep_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    parent_job_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    # Called on every status change of this job (instead of the tenant's); see WebhookDelivery.
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    # The blob-store key of the job's latest training checkpoint and the epoch it ends (a re-delivered job resumes
+    # from it on any worker); cleared when the checkpoint is removed after the retention time.
+    checkpoint_key: Mapped[str | None] = mapped_column(String(512))
+    checkpoint_epoch: Mapped[int | None] = mapped_column(Integer)
 
 
 class JobEvent(Base):
@@ -197,6 +230,41 @@ class JobResult(Base):
     sparse_weights: Mapped[bytes] = mapped_column(LargeBinary)
     metrics: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SweepArtifact(Base):
+    """One output file of a sweep (frontier.json, frontier.png), stored in the blob store."""
+
+    __tablename__ = "sweep_artifacts"
+    __table_args__ = (UniqueConstraint("sweep_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sweep_id: Mapped[str] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One call of a webhook for one status change of a job: written in the same transaction as the change (an
+    outbox, so none is lost), then sent and retried with backoff until delivered or out of attempts."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = _tenant_fk()
+    url: Mapped[str] = mapped_column(String(2048))
+    event: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]]
+    # pending → delivered | failed (attempts used up)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(index=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
 
 
 class ApiKey(Base):
