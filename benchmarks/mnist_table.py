@@ -47,13 +47,27 @@ DWF_FT_METHODS = ("dwf-d3-ft", "dwf-d4-ft")
 # DWF started from the trained dense model of the same seed (the dense run's weights, balanced factors: what a user
 # with a trained model gets), then the same fine-tuning: twice the epochs of the other rows, plus 10%.
 DWF_PRE_METHODS = ("dwf-d3-pre", "dwf-d4-pre")
+# DWF inside the same budget as every other row: the first half of the epochs dense (TrainConfig.dense_epochs), the
+# second half DWF from those weights (issue 14's equal-budget comparison of dense-first against from-scratch).
+DWF_HALF_METHODS = ("dwf-d3-half", "dwf-d4-half")
 BASELINES = ("magnitude-ft", "gmp", "snip", "synflow", "random")
 # Row order of the table; "magnitude" is derived from "dense".
-ROWS = ("dwf-d3", "dwf-d4", "dwf-d2", *DWF_FT_METHODS, *DWF_PRE_METHODS, "magnitude", *BASELINES)
+ROWS = (
+    "dwf-d3",
+    "dwf-d4",
+    "dwf-d2",
+    *DWF_HALF_METHODS,
+    *DWF_FT_METHODS,
+    *DWF_PRE_METHODS,
+    "magnitude",
+    *BASELINES,
+)
 ROW_TITLES = {
     "dwf-d2": "DWF D=2 (L1)",
     "dwf-d3": "DWF D=3",
     "dwf-d4": "DWF D=4",
+    "dwf-d3-half": "DWF D=3, first half dense",
+    "dwf-d4-half": "DWF D=4, first half dense",
     "dwf-d3-ft": "DWF D=3 + fine-tune",
     "dwf-d4-ft": "DWF D=4 + fine-tune",
     "dwf-d3-pre": "DWF D=3 from dense + fine-tune",
@@ -72,7 +86,7 @@ MODES: dict[str, dict[str, Any]] = {
         "crs": (10.0, 50.0, 100.0, 200.0, 500.0),
         "seeds": (0, 1, 2),
         "epochs": 30,
-        "methods": ("dense", *DWF_METHODS, *BASELINES, *DWF_FT_METHODS, *DWF_PRE_METHODS),
+        "methods": ("dense", *DWF_METHODS, *DWF_HALF_METHODS, *BASELINES, *DWF_FT_METHODS, *DWF_PRE_METHODS),
     },
 }
 
@@ -138,6 +152,10 @@ def run_cell(cell: Cell, crs: tuple[float, ...]) -> dict[str, Any]:
     kwargs.update(MODEL_SETTINGS[cell.model])
     if cell.method == "dense":
         kwargs.update(method="dense", frontier=list(crs))
+    elif cell.method in DWF_HALF_METHODS:
+        dense_epochs = cell.epochs // 2
+        depth = int(cell.method.removeprefix("dwf-d")[0])
+        kwargs.update(method="dwf", depth=depth, dense_epochs=dense_epochs, epochs=cell.epochs - dense_epochs)
     elif cell.method in (*DWF_FT_METHODS, *DWF_PRE_METHODS):
         depth = int(cell.method.removeprefix("dwf-d")[0])
         kwargs.update(method="dwf", depth=depth, finetune_epochs=max(1, round(0.1 * cell.epochs)))
@@ -175,6 +193,7 @@ def run_cell(cell: Cell, crs: tuple[float, ...]) -> dict[str, Any]:
         "frontier": metrics.get("frontier"),
         "init": metrics["config"].get("init"),
         "finetune_epochs": (metrics.get("finetune") or {}).get("epochs"),
+        "dense_epochs": (metrics.get("dense_start") or {}).get("epochs", 0),
         "seconds": time.monotonic() - started,
     }
 
@@ -257,6 +276,12 @@ def markdown(header: dict[str, Any], summary: dict[str, Any], crs: tuple[float, 
             ' "from dense": DWF started from the dense model of the same seed and epochs (twice the training).'
             if any(m in summary["methods"] for m in DWF_PRE_METHODS)
             else ""
+        )
+        + (
+            ' "first half dense": the first half of the epochs trains the dense model, the second half DWF from it'
+            " (the same budget as the other rows)."
+            if any(m in summary["methods"] for m in DWF_HALF_METHODS)
+            else ""
         ),
         "",
         "| method | " + " | ".join(f"CR {cr:g}" for cr in crs) + " | largest CR within 1 pp of dense |",
@@ -330,10 +355,13 @@ README_START = "<!-- mnist-tables:start: written by `python -m benchmarks.mnist_
 README_END = "<!-- mnist-tables:end -->"
 
 
+KIND_TITLES = {"gpu": " on a GPU", "gpu-gradual-cut": " on a GPU, DWF with the gradual cut (the default)"}
+
+
 def update_readme(readme: Path = README, results: Path = ROOT / "results" / "mnist-table") -> list[str]:
     """Put every full table (its table.md and plot) between the README's markers; the tables it wrote."""
     blocks, names = [], []
-    for key, kind in (("lenet300", "full"), ("lenet5", "full"), ("lenet5", "gpu")):
+    for key, kind in (("lenet300", "full"), ("lenet5", "full"), ("lenet5", "gpu"), ("lenet5", "gpu-gradual-cut")):
         folder = results / f"{key}-{kind}"
         if not (folder / "table.md").exists():
             continue
@@ -341,7 +369,7 @@ def update_readme(readme: Path = README, results: Path = ROOT / "results" / "mni
         body = re.sub(r"\n{3,}", "\n\n", "\n".join(ln for ln in lines[1:] if not ln.startswith("All invocations")))
         rel = folder.relative_to(readme.parent)
         blocks.append(
-            f"**{MODEL_TITLES[key]}{' on a GPU' if kind == 'gpu' else ''}**: test accuracy (%) at compression ratio "
+            f"**{MODEL_TITLES[key]}{KIND_TITLES.get(kind, '')}**: test accuracy (%) at compression ratio "
             f"CR (`{rel}/`, per-run numbers in "
             f"`cells.json`)\n\n{body.strip()}\n\n![{MODEL_TITLES[key]}: accuracy vs CR]({rel}/table.png)"
         )
@@ -382,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds:
         mode["seeds"] = tuple(int(s) for s in args.seeds.split(","))
     if args.methods:
-        known = {"dense", *DWF_METHODS, *DWF_FT_METHODS, *DWF_PRE_METHODS, *BASELINES}
+        known = {"dense", *DWF_METHODS, *DWF_HALF_METHODS, *DWF_FT_METHODS, *DWF_PRE_METHODS, *BASELINES}
         unknown = set(args.methods.split(",")) - known
         if unknown:
             parser.error(f"unknown methods: {', '.join(sorted(unknown))}")

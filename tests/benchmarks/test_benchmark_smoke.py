@@ -150,3 +150,7 @@ def test_mnist_table_from_dense_and_fine_tune_rows(tmp_path: Path, monkeypatch: 
     ft = mnist_table.run_cell(mnist_table.Cell("lenet300", "dwf-d4-ft", 10.0, 0, 1, data), (10.0,))
     assert ft["compression_ratio"] == pytest.approx(10.0, rel=0.2)
     assert (ft["init"], ft["finetune_epochs"]) == ("varmatch", 1)
+    # "first half dense": the same budget as the other rows, split between the dense phase and DWF.
+    half = mnist_table.run_cell(mnist_table.Cell("lenet300", "dwf-d3-half", 10.0, 0, 2, data), (10.0,))
+    assert half["compression_ratio"] == pytest.approx(10.0, rel=0.2)
+    assert (half["dense_epochs"], half["init"]) == (1, "balanced")
