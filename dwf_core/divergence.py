@@ -1,4 +1,5 @@
-"""Restarts after a non-finite training loss: what each changes, how it is told, and the error once none is left.
+"""Restarts after a non-finite training loss (or a model stuck on one class, dwf_core.one_class): what each changes,
+how it is told, and the error once none is left.
 
 A loss that turns NaN or ±inf means a step too large for the model: LeNet-5-Caffe diverges within 7 steps at DWF's
 default LR 0.3, a transformer with SGD at LR 0.3 after ~50. Failing the run would leave the user to guess a safer
@@ -35,8 +36,22 @@ class NonFiniteLoss(TrainingError):
         self.loss = loss
 
 
+# Why an attempt was abandoned: its loss became NaN/inf at a step, or (dwf_core.one_class) at an epoch's end the model
+# answered one class for every validation example.
+NON_FINITE_LOSS = "non_finite_loss"
+ONE_CLASS = "one_class"
+
+
 def restart_record(
-    *, epoch: int, step: int, global_step: int, loss: float, lr: float, max_grad_norm: float | None, restart: int
+    *,
+    epoch: int,
+    step: int,
+    global_step: int,
+    loss: float,
+    lr: float,
+    max_grad_norm: float | None,
+    restart: int,
+    reason: str = NON_FINITE_LOSS,
 ) -> dict[str, Any]:
     """What attempt ``restart`` (1-based) ran into and the setting the next attempt gets: clipping if it was off,
     else the peak LR / DIVERGENCE_LR_FACTOR.
@@ -46,7 +61,7 @@ def restart_record(
     """
     clipped = max_grad_norm is not None
     return {
-        "reason": "non_finite_loss",
+        "reason": reason,
         "restart": restart,
         "epoch": epoch,
         "step": step,
@@ -72,14 +87,21 @@ def _clip_text(max_grad_norm: float | None) -> str:
 
 
 def restart_message(record: dict[str, Any]) -> str:
-    """One line for a user: where the loss became non-finite and what the next attempt changes."""
+    """One line for a user: what went wrong where (a non-finite loss, or one class for every input) and what the
+    next attempt changes."""
     if record["max_grad_norm_before"] is None:
         changes = f"the gradient norm clipped at {record['max_grad_norm_after']:g}"
     else:
         changes = f"peak lr {record['lr_after']:.3g}"
+    if record.get("reason") == ONE_CLASS:
+        what = (
+            f"the model answered one class for every validation example after epoch {record['epoch']} "
+            f"(training loss {float(record['loss']):.3g})"
+        )
+    else:
+        what = f"training loss became {record['loss']} at epoch {record['epoch']}, step {record['step']}"
     return (
-        f"training loss became {record['loss']} at epoch {record['epoch']}, step {record['step']} "
-        f"(peak lr {record['lr_before']:.3g}, {_clip_text(record['max_grad_norm_before'])}): restart "
+        f"{what} (peak lr {record['lr_before']:.3g}, {_clip_text(record['max_grad_norm_before'])}): restart "
         f"{record['restart']} of at most {defaults.MAX_DIVERGENCE_RESTARTS} from the initial weights with {changes}"
     )
 

@@ -334,7 +334,8 @@ def _restarts_note(restarts: Any) -> str:
 
 
 def _divergence_note(restarts: Any) -> str:
-    """What each restart after a non-finite loss changed (dwf_core.divergence), for the "training restarts" row."""
+    """What each restart after a non-finite loss or a model stuck on one class changed (dwf_core.divergence), for
+    the "training restarts" row."""
     if not isinstance(restarts, list):
         return ""
     parts = []
@@ -346,9 +347,14 @@ def _divergence_note(restarts: Any) -> str:
             changes.append(f"gradient norm clipped at {_esc(r.get('max_grad_norm_after'))}")
         if r.get("lr_after") != r.get("lr_before"):
             changes.append(f"peak LR {_esc(r.get('lr_before'))} → {_esc(r.get('lr_after'))}")
-        where = f"loss {_esc(r.get('loss'))} at epoch {_esc(r.get('epoch'))}, step {_esc(r.get('step'))}"
+        if r.get("reason") == "one_class":
+            where = f"one class for every validation example after epoch {_esc(r.get('epoch'))}"
+        else:
+            where = f"loss {_esc(r.get('loss'))} at epoch {_esc(r.get('epoch'))}, step {_esc(r.get('step'))}"
         parts.append(f"{where}: {', '.join(changes) or 'same setting'}")
-    return f"{len(parts)} after a non-finite loss ({'; '.join(parts)})" if parts else ""
+    one_class = any(isinstance(r, dict) and r.get("reason") == "one_class" for r in restarts)
+    why = "a non-finite loss or a one-class model" if one_class else "a non-finite loss"
+    return f"{len(parts)} after {why} ({'; '.join(parts)})" if parts else ""
 
 
 def _coverage_note(parameters: Any) -> str:

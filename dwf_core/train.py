@@ -29,11 +29,12 @@ from dwf_core.checkpoint import (
 from dwf_core.config import TrainConfig
 from dwf_core.controller import ControllerSettings, next_lam, scheduled_sparsity, target_met
 from dwf_core.denormals import flush_denormals, flushing
-from dwf_core.divergence import NonFiniteLoss, diverged_error, restart_record, setting_after
+from dwf_core.divergence import ONE_CLASS, NonFiniteLoss, diverged_error, restart_record, setting_after
 from dwf_core.errors import DwfError, TrainingError
 from dwf_core.evaluate import Labeled, evaluate
 from dwf_core.factorize import factorize, init_stats, is_factorized
 from dwf_core.gradual_cut import GradualCut
+from dwf_core.one_class import predicts_one_class
 from dwf_core.penalty import factor_penalty, factor_weight_decay, misalignment, param_groups
 from dwf_core.report import sparsity_report
 from dwf_core.schedule import lr_at
@@ -424,6 +425,36 @@ class Trainer:
         self._restart()
         return record
 
+    def _restart_if_one_class(self, epoch: int, metrics: dict[str, Any]) -> dict[str, Any] | None:
+        """Restart with the safer setting of a divergence restart when the model answers one class for every
+        validation example (dwf_core.one_class; the loss stayed finite); the restart's record, or None.
+
+        Once MAX_DIVERGENCE_RESTARTS are used up, training goes on: unlike a NaN loss, a constant model still has
+        weights to save, and the data may be what keeps it there. Not for DWF with a penalty: its λ can empty a
+        model on the way to a target, which the λ restart (_restart_if_over_pruned) answers, not a lower LR.
+        """
+        if len(self.divergence_restarts) >= defaults.MAX_DIVERGENCE_RESTARTS:
+            return None
+        if self.config.method == "dwf" and self.lam > 0:
+            return None
+        if not predicts_one_class(self.model, self.val_data, device=self.device):
+            return None
+        record = restart_record(
+            epoch=epoch,
+            step=self.steps_per_epoch,
+            global_step=self.global_step,
+            loss=float(metrics["train_loss"]),
+            lr=self.lr,
+            max_grad_norm=self.max_grad_norm,
+            restart=len(self.divergence_restarts) + 1,
+            reason=ONE_CLASS,
+        )
+        record["val_accuracy"] = metrics["val_accuracy"]
+        self.divergence_restarts.append(record)
+        self.lr, self.max_grad_norm = record["lr_after"], record["max_grad_norm_after"]
+        self._restart()
+        return record
+
     def _may_restart(self) -> bool:
         """Whether an over-pruning λ may still be lowered by a restart: DWF with a target, restarts left."""
         cfg = self.config
@@ -558,6 +589,11 @@ class Trainer:
                 epoch = 0
                 continue
             metrics = self._epoch_metrics(epoch, sums, seen, lr, time.monotonic() - epoch_start)
+            restart = self._restart_if_one_class(epoch, metrics)
+            if restart is not None:
+                self._emit("restart", epoch, self.steps_per_epoch, metrics["train_loss"], lr, t0, restart=restart)
+                epoch = 0
+                continue
             if cfg.target_sparsity is not None:
                 self._control(epoch, metrics)
             elif cfg.target_macs is not None:
