@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 FACTOR = float(os.environ.get("RELEASE", "0"))
-MNIST = "mnist-idx:/work/shared/data/mnist"
 _PATCHED: list[int] = []
 
 
@@ -58,6 +57,7 @@ def cell(args: tuple[str, float, int, int]) -> dict[str, Any]:
     """One default DWF job at ``cr`` with the patch."""
     import torch
 
+    from benchmarks.stamp import MNIST_DIR
     from dwf_core.config import TrainConfig
     from dwf_core.pipeline import RunSpec, run
 
@@ -68,7 +68,7 @@ def cell(args: tuple[str, float, int, int]) -> dict[str, Any]:
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(method="dwf", epochs=epochs, seed=seed, target_sparsity=1 - 1 / cr, device="cpu", **extra)
-        m = run(RunSpec(model, MNIST, Path(tmp), train=cfg, export_onnx=False))
+        m = run(RunSpec(model, f"mnist-idx:{MNIST_DIR}", Path(tmp), train=cfg, export_onnx=False))
     return {
         "model": model,
         "cr": cr,
