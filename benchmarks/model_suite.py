@@ -59,12 +59,15 @@ class Cell:
     # Settings every method of the run gets instead of its default (--optimizer/--lr), for what-if tables.
     optimizer: str | None = None
     lr: float | None = None
+    # DWF's depth instead of its default (--depth; dwf_core.defaults.depth_for_target), for what-if tables.
+    depth: int | None = None
 
     @property
     def key(self) -> str:
         target = "dense" if self.sparsity is None else f"{self.sparsity:g}"
         what_if = "".join(f"/{k}={v:g}" if isinstance(v, float) else f"/{k}={v}"
-                          for k, v in (("optimizer", self.optimizer), ("lr", self.lr)) if v is not None)  # fmt: skip
+                          for k, v in (("optimizer", self.optimizer), ("lr", self.lr), ("depth", self.depth))
+                          if v is not None)  # fmt: skip
         return f"{self.pair}/{self.method}/{target}/seed{self.seed}/{self.epochs}ep/{self.n_train}{what_if}"
 
 
@@ -79,7 +82,8 @@ def plan(mode: dict[str, Any]) -> list[Cell]:
                 cells.append(Cell(pair, "dense", None, seed, **common))
             for sparsity in mode["sparsities"]:
                 for method in (m for m in methods if m != "dense"):
-                    cells.append(Cell(pair, method, sparsity, seed, **common))
+                    depth = mode.get("depth") if method == "dwf" else None  # the baselines train at depth 1
+                    cells.append(Cell(pair, method, sparsity, seed, **common, depth=depth))
     return cells
 
 
@@ -118,6 +122,8 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
     settings: dict[str, Any] = {"epochs": cell.epochs, "seed": cell.seed, "method": cell.method}
     if cell.method == "dwf":
         settings.pop("method")  # the default job: DWF with nothing but the target
+        if cell.depth is not None:
+            settings["depth"] = cell.depth
     if cell.sparsity is not None:
         settings["target_sparsity"] = cell.sparsity
     if pair.include:
@@ -192,8 +198,12 @@ def markdown(header: dict[str, Any], summary: dict[str, Any], sparsities: tuple[
         "",
         *(
             [
-                f"**What-if table:** every method ran with {', '.join(f'{k} {v}' for k, v in what_if.items())} "
-                "instead of its default.",
+                "**What-if table:** "
+                + "; ".join(
+                    f"DWF ran at depth {v}" if k == "depth" else f"every method ran with {k} {v}"
+                    for k, v in what_if.items()
+                )
+                + " instead of the default.",
                 "",
             ]
             if (what_if := {k: v for k, v in (header.get("what_if") or {}).items() if v is not None})
@@ -315,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sparsities", help="override the mode's target sparsities, e.g. 0.9")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), help="what-if: every method uses this optimizer")
     parser.add_argument("--lr", type=float, help="what-if: every method uses this peak LR")
+    parser.add_argument("--depth", type=int, help="what-if: DWF uses this depth instead of its default")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/model-suite[-smoke])")
     args = parser.parse_args(argv)
@@ -342,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         mode["methods"] = _names(parser, args.methods, METHODS, "methods")
     if args.sparsities:
         mode["sparsities"] = tuple(float(x) for x in args.sparsities.split(","))
-    mode |= {"optimizer": args.optimizer, "lr": args.lr}
+    mode |= {"optimizer": args.optimizer, "lr": args.lr, "depth": args.depth}
     skipped = [p for p in mode["pairs"] if not available(PAIR_BY_NAME[p])]
     mode["pairs"] = tuple(p for p in mode["pairs"] if p not in skipped)
     header = {
@@ -351,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": mode["epochs"],
         "seeds": list(mode["seeds"]),
         "sparsities": list(mode["sparsities"]),
-        "what_if": {"optimizer": args.optimizer, "lr": args.lr},
+        "what_if": {"optimizer": args.optimizer, "lr": args.lr, "depth": args.depth},
         "train": mode["train"],
         "test": mode["test"],
     }

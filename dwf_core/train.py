@@ -430,12 +430,17 @@ class Trainer:
         validation example (dwf_core.one_class; the loss stayed finite); the restart's record, or None.
 
         Once MAX_DIVERGENCE_RESTARTS are used up, training goes on: unlike a NaN loss, a constant model still has
-        weights to save, and the data may be what keeps it there. Not for DWF with a penalty: its λ can empty a
-        model on the way to a target, which the λ restart (_restart_if_over_pruned) answers, not a lower LR.
+        weights to save, and the data may be what keeps it there. Not for DWF with a penalty: a λ too large for the
+        model answers one class from the first epoch, before any weight is dead (tests/dwf_core/test_lam_restart.py),
+        and that is the λ restart's to answer (_restart_if_over_pruned), not a lower LR. Not once most weights are
+        dead either (masked by a pruning schedule, ``ONE_CLASS_MAX_DEAD``): such a model may answer one class for
+        lack of weights, which a lower LR does not bring back.
         """
         if len(self.divergence_restarts) >= defaults.MAX_DIVERGENCE_RESTARTS:
             return None
         if self.config.method == "dwf" and self.lam > 0:
+            return None
+        if float(metrics["dead_sparsity"]) >= defaults.ONE_CLASS_MAX_DEAD:
             return None
         if not predicts_one_class(self.model, self.val_data, device=self.device):
             return None

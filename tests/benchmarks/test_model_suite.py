@@ -5,6 +5,7 @@ accuracies of a 1-epoch run on 256 samples say nothing."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -49,3 +50,17 @@ def test_what_if_cells_carry_their_settings_in_the_key() -> None:
     assert all(c.key.endswith("/optimizer=adam/lr=0.003") and c.optimizer == "adam" for c in cells)
     default = model_suite.plan(model_suite.MODES["smoke"])
     assert all("optimizer=" not in c.key for c in default) and {c.method for c in default} == set(model_suite.METHODS)
+
+
+def test_depth_what_if_reaches_dwf_cells_only(tmp_path: Path) -> None:
+    """--depth: the DWF cells train at that depth (their key says so); the baselines' cells are the default ones."""
+    mode = {**model_suite.MODES["smoke"], "methods": ("gmp", "dwf"), "depth": 2}
+    cells = model_suite.plan(mode)
+    assert all(c.key.endswith("/depth=2") == (c.method == "dwf") for c in cells)
+    default_gmp = {c.key for c in model_suite.plan({**mode, "depth": None}) if c.method == "gmp"}
+    assert {c.key for c in cells if c.method == "gmp"} == default_gmp
+    dwf = next(c for c in cells if c.method == "dwf" and c.pair == "gru")
+    row = model_suite.run_cell(replace(dwf, epochs=1), tmp_path)
+    [run_dir] = (tmp_path / "runs").iterdir()
+    assert json.loads((run_dir / "metrics.json").read_text())["config"]["depth"] == 2
+    assert row["key"].endswith("/depth=2")
