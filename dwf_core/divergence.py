@@ -93,6 +93,8 @@ def restart_message(record: dict[str, Any]) -> str:
         changes = f"the gradient norm clipped at {record['max_grad_norm_after']:g}"
     else:
         changes = f"peak lr {record['lr_after']:.3g}"
+    if "lam_after" in record:  # DWF's one-class restart lowers λ too
+        changes += f" and λ {record['lam_after']:.3g}"
     if record.get("reason") == ONE_CLASS:
         what = (
             f"the model answered one class for every validation example after epoch {record['epoch']} "

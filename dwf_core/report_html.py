@@ -347,6 +347,8 @@ def _divergence_note(restarts: Any) -> str:
             changes.append(f"gradient norm clipped at {_esc(r.get('max_grad_norm_after'))}")
         if r.get("lr_after") != r.get("lr_before"):
             changes.append(f"peak LR {_esc(r.get('lr_before'))} → {_esc(r.get('lr_after'))}")
+        if "lam_after" in r:
+            changes.append(f"λ {_esc(r.get('lam_before'))} → {_esc(r.get('lam_after'))}")
         if r.get("reason") == "one_class":
             where = f"one class for every validation example after epoch {_esc(r.get('epoch'))}"
         else:

@@ -430,15 +430,13 @@ class Trainer:
         validation example (dwf_core.one_class; the loss stayed finite); the restart's record, or None.
 
         Once MAX_DIVERGENCE_RESTARTS are used up, training goes on: unlike a NaN loss, a constant model still has
-        weights to save, and the data may be what keeps it there. Not for DWF with a penalty: a λ too large for the
-        model answers one class from the first epoch, before any weight is dead (tests/dwf_core/test_lam_restart.py),
-        and that is the λ restart's to answer (_restart_if_over_pruned), not a lower LR. Not once most weights are
-        dead either (masked by a pruning schedule, ``ONE_CLASS_MAX_DEAD``): such a model may answer one class for
-        lack of weights, which a lower LR does not bring back.
+        weights to save, and the data may be what keeps it there. DWF with a penalty also gets λ₀ / LAM_RESTART_FACTOR:
+        a λ too large for the model answers one class from the first epoch too, before any weight is dead
+        (tests/dwf_core/test_lam_restart.py), and nothing seen here tells the two causes apart. Not once most weights
+        are dead (masked by a pruning schedule, ``ONE_CLASS_MAX_DEAD``): such a model may answer one class for lack of
+        weights, which a lower LR does not bring back.
         """
         if len(self.divergence_restarts) >= defaults.MAX_DIVERGENCE_RESTARTS:
-            return None
-        if self.config.method == "dwf" and self.lam > 0:
             return None
         if float(metrics["dead_sparsity"]) >= defaults.ONE_CLASS_MAX_DEAD:
             return None
@@ -455,6 +453,9 @@ class Trainer:
             reason=ONE_CLASS,
         )
         record["val_accuracy"] = metrics["val_accuracy"]
+        if self.config.method == "dwf" and self.lam0 > 0:
+            record["lam_before"], record["lam_after"] = self.lam0, self.lam0 / defaults.LAM_RESTART_FACTOR
+            self.lam0 = record["lam_after"]
         self.divergence_restarts.append(record)
         self.lr, self.max_grad_norm = record["lr_after"], record["max_grad_norm_after"]
         self._restart()

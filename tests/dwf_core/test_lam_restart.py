@@ -38,6 +38,7 @@ def _cfg(epochs: int = 20) -> TrainConfig:
 @pytest.fixture
 def map_lam(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(defaults, "lam_for_target", lambda *_args, **_kw: OVER_PRUNING_LAM)
+    _without_one_class_restart(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,15 @@ def restarted() -> TrainResult:
     """The over-pruning run, uninterrupted (shared: it takes the longest)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(defaults, "lam_for_target", lambda *_args, **_kw: OVER_PRUNING_LAM)
+        _without_one_class_restart(patch)
         return train(mlp(), DATA, VAL, _cfg())
+
+
+def _without_one_class_restart(patch: pytest.MonkeyPatch) -> None:
+    """This λ makes the MLP answer one class from epoch 1, which the one-class restart answers first (λ ÷ 4 with a
+    safer LR: tests/dwf_core/test_one_class_restart.py); skipping it (no model is "less than 0% dead") leaves the
+    λ restart's own path to test here."""
+    patch.setattr(defaults, "ONE_CLASS_MAX_DEAD", 0.0)
 
 
 def _without_times(history: list[dict[str, Any]]) -> list[dict[str, Any]]:

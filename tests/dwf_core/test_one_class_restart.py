@@ -4,8 +4,9 @@ Real collapse, no mock: the dense 20-8-4 MLP at SGD LR 100 with the gradient nor
 finite) ends its third epoch answering one class for all 64 validation examples (measured: val accuracy 0.3125,
 the share of that class); the restart at LR 100/3 does not get stuck.
 
-DWF with a penalty is left to the λ restart: tests/dwf_core/test_lam_restart.py (its over-pruning λ empties the
-model into one class before its dead weights pass the target) fails if this guard answers first.
+DWF's restart lowers λ too: a λ too large for the model also answers one class from its first epoch, before any
+weight is dead (tests/dwf_core/test_lam_restart.py's λ 0.1 on this MLP, measured: one class at epoch 1, 0% dead;
+the λ restart saw it at epoch 10).
 """
 
 from __future__ import annotations
@@ -90,3 +91,17 @@ def test_report_names_a_one_class_restart() -> None:
     assert note.startswith("1 after a non-finite loss or a one-class model (one class for every validation example")
     assert note.endswith("after epoch 3: peak LR 100 → 33.3333)")
 
+
+def test_dwf_answering_one_class_restarts_with_a_lower_lam_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The over-pruning λ of test_lam_restart: caught after epoch 1 instead of 10, with λ / 4 (and clipping), and
+    the run then ends as the λ restart's did (measured there: 90% dead, 96% validation accuracy)."""
+    monkeypatch.setattr(defaults, "lam_for_target", lambda *_args, **_kw: 0.1)
+    data, val = separable_data(512), separable_data(128, seed=1)
+    cfg = TrainConfig(depth=2, epochs=20, batch_size=32, target_sparsity=0.9, seed=0, device="cpu", cut="final")
+    result = train(mlp(), data, val, cfg)
+    [record] = result.extra["divergence_restarts"]
+    assert (record["reason"], record["epoch"], record["lam_before"]) == (ONE_CLASS, 1, 0.1)
+    assert record["lam_after"] == pytest.approx(0.1 / defaults.LAM_RESTART_FACTOR) == result.extra["lam"]
+    assert record["max_grad_norm_after"] == defaults.DIVERGENCE_MAX_GRAD_NORM and result.extra["lam_restarts"] == []
+    assert result.history[-1]["val_accuracy"] > 0.9 and not predicts_one_class(result.model, val)
+    assert "and λ 0.025" in restart_message(record)
