@@ -130,6 +130,9 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
         settings["include"] = list(pair.include)
     settings |= {k: v for k, v in (("optimizer", cell.optimizer), ("lr", cell.lr)) if v is not None}
     out = work / "runs" / cell.key.replace("/", "-")
+    # A cell runs only when cells.json lacks it, so a folder left here is a deleted row's or a killed run's, possibly
+    # from older code: its checkpoints would be resumed and give the old result. Every cell trains from scratch.
+    shutil.rmtree(out, ignore_errors=True)
     started = time.monotonic()
     spec = RunSpec(model_for(pair, cell.seed, work), str(data), out, weights=weights,
                    train=TrainConfig(**settings), export_onnx=False)  # fmt: skip

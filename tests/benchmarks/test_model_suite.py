@@ -64,3 +64,16 @@ def test_depth_what_if_reaches_dwf_cells_only(tmp_path: Path) -> None:
     [run_dir] = (tmp_path / "runs").iterdir()
     assert json.loads((run_dir / "metrics.json").read_text())["config"]["depth"] == 2
     assert row["key"].endswith("/depth=2")
+
+
+def test_a_cell_trains_from_scratch_even_when_an_old_run_folder_is_left(tmp_path: Path) -> None:
+    """A re-run after its row was deleted must not resume the old run's checkpoints (they may come from older code)."""
+    cell = model_suite.Cell("gru", "dwf", 0.9, 0, 1, 64, 32)
+    first = model_suite.run_cell(cell, tmp_path)
+    [run_dir] = (tmp_path / "runs").iterdir()
+    assert any((run_dir / "checkpoints").rglob("*.safetensors"))
+    (run_dir / "stale-marker").write_text("left by an older run")
+    again = model_suite.run_cell(cell, tmp_path)
+    assert not (run_dir / "stale-marker").exists()
+    assert json.loads((run_dir / "metrics.json").read_text())["resumed_from_epoch"] is None
+    assert again["test_accuracy"] == first["test_accuracy"]  # same seed, same code: the same run again
