@@ -25,6 +25,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from dwf_service import jobs
+from dwf_service.blob_checkpoints import CheckpointSync
 from dwf_service.context import ServiceContext
 from dwf_service.db import session_scope
 from dwf_service.models import Artifact, File, Job, JobResult
@@ -455,12 +456,22 @@ def train_job(ctx: ServiceContext, job_id: str) -> None:
     workdir = ctx.settings.work_dir / job_id
     keep_workdir = False
     writer = _ProgressWriter(ctx, job_id, owner)
+    # Another worker may have trained this job before: its last checkpoint comes from the blob store.
+    checkpoints = CheckpointSync(ctx, job_id, owner, workdir / "checkpoints")
+
+    def on_progress(event: ProgressEvent) -> None:
+        writer.on_progress(event)
+        checkpoints.on_progress(event)
+
     try:
         with _Lease(ctx, job_id, owner) as lease:
             _test_fault(ctx, job, lease)
             paths = _materialize(ctx, job, workdir / "inputs")
+            if checkpoints.restore_if_missing(job.checkpoint_key):
+                with session_scope(ctx.sessions) as session:
+                    jobs.add_event(session, job_id, f"resuming from the checkpoint of epoch {job.checkpoint_epoch}")
             spec = _spec(ctx, job, paths, workdir / "out", workdir / "checkpoints")
-            metrics = run(spec, on_progress=writer.on_progress, should_stop=lease.should_stop, on_phase=writer.on_phase)
+            metrics = run(spec, on_progress=on_progress, should_stop=lease.should_stop, on_phase=writer.on_phase)
         if not _store_results(ctx, job_id, owner, workdir / "out", metrics):
             log.warning("job %s finished but its lease was lost; results not recorded", job_id)
     except TrainingCancelled:

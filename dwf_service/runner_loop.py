@@ -1,5 +1,6 @@
 """The reconciler as a daemon thread (in the API process; no celery beat needed), which also deletes the SQL
-broker's delivered messages (``broker_gc``). Imports no dwf_core."""
+broker's delivered messages (``broker_gc``) and expired checkpoint blobs (``blob_checkpoints``). Imports no
+dwf_core."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import threading
 
 from dwf_service import jobs
+from dwf_service.blob_checkpoints import expire_checkpoints
 from dwf_service.broker_gc import clean_broker
 from dwf_service.context import ServiceContext
 from dwf_service.db import session_scope
@@ -30,6 +32,10 @@ def _pass(ctx: ServiceContext) -> None:
         clean_broker(ctx)
     except Exception:
         log.exception("broker clean-up failed")
+    try:
+        expire_checkpoints(ctx.sessions, ctx.storage, ctx.settings.checkpoint_retention_seconds)
+    except Exception:
+        log.exception("checkpoint clean-up failed")
 
 
 def _loop(ctx: ServiceContext, stop: threading.Event) -> None:

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     quota_retry_after_seconds: int = Field(default=60, ge=1)
     # How long an Idempotency-Key of POST /v1/jobs is remembered (from its job's creation); then it is new again.
     idempotency_key_ttl_seconds: float = Field(default=86_400.0, gt=0)
+    # Training checkpoints also go to the blob store after every epoch, so a job re-delivered to another worker
+    # resumes there (dwf_service/blob_checkpoints.py); a job's blob is deleted this long after it ended (0 = at the
+    # reconciler's next pass). A blob larger than checkpoint_max_bytes is not unpacked.
+    checkpoint_retention_seconds: float = Field(default=86_400.0, ge=0)
+    checkpoint_max_bytes: int = Field(default=8 * 1024**3, gt=0)
     device: str = "auto"
     env: Literal["dev", "production"] = "dev"
 

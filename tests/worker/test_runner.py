@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +247,50 @@ def test_the_job_eta_is_that_of_the_running_attempt(
     runner._ProgressWriter(ctx, job_id, "me").on_progress(event)
     job = job_row(ctx, job_id)
     assert (job.progress, job.eta_seconds) == (pytest.approx(timing["global_step"] / 100), pytest.approx(eta))
+
+
+def test_another_worker_resumes_from_the_blob_checkpoint(
+    ctx: ServiceContext, inputs: dict[str, Path], published: list[Message]
+) -> None:
+    """Issue 15: the first worker stops after epoch 1 and its machine is gone (work dir deleted); the next worker
+    restores the epoch-1 checkpoint from the blob store and resumes there; the blob expires after the retention."""
+    from dwf_service.blob_checkpoints import expire_checkpoints
+
+    job_id = stored_job(ctx, inputs["model"], inputs["data"], epochs=2)
+    runner.validate_job(ctx, job_id)
+    report = runner._ProgressWriter.on_progress
+
+    def on_progress(self: runner._ProgressWriter, event: object) -> None:
+        report(self, event)  # type: ignore[arg-type]
+        if getattr(event, "kind", "") == "epoch":
+            runner.SHUTDOWN.set()
+
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(runner._ProgressWriter, "on_progress", on_progress)
+            runner.train_job(ctx, job_id)
+    finally:
+        runner.SHUTDOWN.clear()
+    job = job_row(ctx, job_id)
+    assert (job.status, job.checkpoint_epoch) == (jobs.QUEUED, 1) and job.checkpoint_key
+    first_key = job.checkpoint_key
+    assert ctx.storage.size(first_key) > 0
+    shutil.rmtree(ctx.settings.work_dir / job_id)  # another machine: nothing local
+    runner.train_job(ctx, job_id)
+    job = job_row(ctx, job_id)
+    assert job.status == jobs.SUCCEEDED
+    assert job.metrics is not None and job.metrics["resumed_from_epoch"] == 1
+    assert job.checkpoint_epoch == 2 and job.checkpoint_key != first_key
+    with pytest.raises(FileNotFoundError):
+        ctx.storage.size(first_key)  # replaced by the epoch-2 blob
+    with ctx.sessions() as session:
+        messages = session.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)).all()
+    assert "resuming from the checkpoint of epoch 1" in messages
+    # Kept for the retention time, then deleted by the reconciler's pass.
+    assert expire_checkpoints(ctx.sessions, ctx.storage, 3600.0) == []
+    last_key = job.checkpoint_key
+    assert last_key is not None
+    assert expire_checkpoints(ctx.sessions, ctx.storage, 0.0) == [job_id]
+    with pytest.raises(FileNotFoundError):
+        ctx.storage.size(last_key)
+    assert job_row(ctx, job_id).checkpoint_key is None
