@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import torch
+from sqlalchemy.engine import make_url
 
 from dwf_core.checkpoint import Checkpoint, latest_epoch, load_checkpoint, save_checkpoint
 from dwf_service import jobs
@@ -23,10 +27,26 @@ REQUEST = {"model": {"name": "lenet_300_100"}, "dataset": {"file_id": "file-x"},
 
 
 @pytest.fixture
-def stack(tmp_path: Path, postgres_url: str, s3_endpoint: str, s3_bucket: str) -> ServiceContext:
+def own_database(postgres_url: str) -> Iterator[str]:
+    """A database of this test's own on the session's PostgreSQL (other tests expect theirs empty)."""
+    url = make_url(postgres_url)
+    name = f"dwf_ckpt_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def stack(tmp_path: Path, own_database: str, s3_endpoint: str, s3_bucket: str) -> Iterator[ServiceContext]:
     settings = Settings(
         data_dir=tmp_path,
-        database_url=postgres_url,
+        database_url=own_database,
         storage="s3",
         s3_endpoint_url=s3_endpoint,
         s3_bucket=s3_bucket,
@@ -36,7 +56,9 @@ def stack(tmp_path: Path, postgres_url: str, s3_endpoint: str, s3_bucket: str) -
         checkpoint_retention_seconds=0,
     )
     upgrade_db(settings.database_url)
-    return ServiceContext.create(settings, publisher=lambda *_args: None, use_celery=False)
+    ctx = ServiceContext.create(settings, publisher=lambda *_args: None, use_celery=False)
+    yield ctx
+    ctx.engine.dispose()
 
 
 def _keys(s3_client: Any, bucket: str) -> list[str]:

@@ -246,10 +246,12 @@ def test_dwf_job_end_to_end_on_redis_postgres_s3(
     assert stored.keys() == ARTIFACT_NAMES and files.keys() == {model_id, data_id}
     assert {a["name"]: a["sha256"] for a in artifacts} == {name: a.sha256 for name, a in stored.items()}
 
-    # The S3 bucket holds the two uploads and the four artifacts, byte for byte; nothing else.
+    # The S3 bucket holds the two uploads, the artifacts, byte for byte, and the job's last training checkpoint (kept
+    # for DWF_CHECKPOINT_RETENTION_SECONDS after the job ended, so a continuation or a post-mortem can use it).
     objects = _s3_objects(s3_client, services["DWF_S3_BUCKET"])
     expected_keys = {a.storage_key for a in stored.values()} | {f.storage_key for f in files.values()}
-    assert objects.keys() == expected_keys
+    assert row.checkpoint_key is not None and row.checkpoint_key.startswith(f"jobs/{job['id']}/checkpoints/")
+    assert objects.keys() == expected_keys | {row.checkpoint_key}
     for name, art in stored.items():
         assert objects[art.storage_key] == (out / name).read_bytes()
         assert hashlib.sha256(objects[art.storage_key]).hexdigest() == art.sha256
