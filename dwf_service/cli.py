@@ -18,6 +18,10 @@ register_client_commands(app)
 app.add_typer(keys_app, name="keys")
 
 
+# Each embedded worker trains one job at a time in its own process; more than the cores only adds contention.
+MAX_EMBEDDED_WORKERS = 32
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
@@ -26,8 +30,11 @@ def serve(
         Path | None,
         typer.Option(help="Database, blobs, broker and checkpoints (default $DWF_DATA_DIR or ~/.local/share/dwf)"),
     ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, max=MAX_EMBEDDED_WORKERS, help="Worker processes, each training one job at a time")
+    ] = 1,
 ) -> None:
-    """Run the job service: REST API plus one Celery worker, on SQLite and a local blob folder."""
+    """Run the job service: REST API plus Celery workers (one by default), on SQLite and a local blob folder."""
     from dwf_service.serve import serve as run_serve
     from dwf_service.settings import SettingsError, load_settings
 
@@ -38,7 +45,7 @@ def serve(
     except SettingsError as exc:  # e.g. a DWF_API_KEY that could never match: refuse to start, in one line
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from None
-    run_serve(settings, host, port, echo=typer.echo)
+    run_serve(settings, host, port, echo=typer.echo, workers=workers)
 
 
 def main() -> None:

@@ -57,8 +57,9 @@ def ensure_api_key(ctx: ServiceContext, url: str) -> str | None:
     return new_key
 
 
-def worker_command() -> list[str]:
-    """One Celery worker consuming both queues, one task at a time."""
+def worker_command(index: int = 0) -> list[str]:
+    """One Celery worker consuming both queues, one task at a time; ``index`` tells apart the node names of
+    ``dwf serve --workers N``'s workers."""
     return [
         sys.executable,
         "-m",
@@ -79,17 +80,17 @@ def worker_command() -> list[str]:
         "--without-gossip",
         "--without-mingle",
         "-n",
-        f"dwf-embedded-{os.getpid()}@%h",
+        f"dwf-embedded-{os.getpid()}-{index}@%h",
     ]
 
 
-def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings, index: int = 0) -> subprocess.Popen[bytes]:
     """Start the worker in its own session (a terminal's Ctrl-C reaches only us; we stop it with SIGTERM)."""
     env = dict(os.environ)
     env["DWF_DATA_DIR"] = str(settings.data_dir)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    return subprocess.Popen(worker_command(), env=env, start_new_session=True)
+    return subprocess.Popen(worker_command(index), env=env, start_new_session=True)
 
 
 def stop_worker(proc: subprocess.Popen[bytes]) -> None:
@@ -108,9 +109,9 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
 class _Supervisor:
     """Keeps one worker process alive until stopped."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.proc = start_worker(settings)
+    def __init__(self, settings: Settings, index: int = 0) -> None:
+        self.settings, self.index = settings, index
+        self.proc = start_worker(settings, index)
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="dwf-worker-supervisor", daemon=True)
         self.thread.start()
@@ -127,7 +128,7 @@ class _Supervisor:
             log.warning("worker exited with %s; restarting it in %.0f s", code, delay)
             if self.stopping.wait(delay):
                 return
-            self.proc = start_worker(self.settings)
+            self.proc = start_worker(self.settings, self.index)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -143,8 +144,9 @@ class _Server(uvicorn.Server):
         self._captured_signals.clear()
 
 
-def serve(settings: Settings, host: str, port: int, echo: object = None) -> None:
-    """Run migrations, ensure an API key, start the worker and serve the API until SIGINT/SIGTERM."""
+def serve(settings: Settings, host: str, port: int, echo: object = None, workers: int = 1) -> None:
+    """Run migrations, ensure an API key, start ``workers`` worker processes (one job each at a time) and serve the
+    API until SIGINT/SIGTERM."""
     from api.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -155,10 +157,11 @@ def serve(settings: Settings, host: str, port: int, echo: object = None) -> None
     new_key = ensure_api_key(ctx, url)
     if new_key is not None and callable(echo):
         echo(f"API key (shown once, also saved in {config_path(settings)}): {new_key}")
-    supervisor = _Supervisor(settings)
+    supervisors = [_Supervisor(settings, index) for index in range(workers)]
     try:
         server = _Server(uvicorn.Config(create_app(settings, context=ctx), host=host, port=port, log_level="info"))
         server.run()
     finally:
-        supervisor.stop()
+        for supervisor in supervisors:
+            supervisor.stop()
         ctx.engine.dispose()

@@ -37,8 +37,8 @@ pytestmark = pytest.mark.slow
 class Server:
     """A ``dwf serve`` subprocess on a free port with its own data dir."""
 
-    def __init__(self, data_dir: Path, **env: str) -> None:
-        self.data_dir, self.env = data_dir, env
+    def __init__(self, data_dir: Path, *args: str, **env: str) -> None:
+        self.data_dir, self.args, self.env = data_dir, args, env
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / "serve.log"
 
@@ -57,6 +57,7 @@ class Server:
             str(self.port),
             "--data-dir",
             str(self.data_dir),
+            *self.args,
         ]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -168,5 +169,38 @@ def test_killed_worker_job_resumes_from_its_checkpoint(inputs: dict[str, Path], 
         assert job["attempts"] == 2 and job["metrics"]["resumed_from_epoch"] >= 1
         events = srv.client.get(f"/v1/jobs/{job_id}/events?limit=100").json()["data"]
         assert any("lease expired" in e["message"] for e in events)
+    finally:
+        srv.stop()
+
+
+def test_two_workers_run_two_jobs_at_once(inputs: dict[str, Path], tmp_path: Path) -> None:
+    """``dwf serve --workers 2``: two jobs are running at the same moment, under two different workers.
+
+    Both jobs sleep 8 s when their training starts (the test-only fault of dwf_service.runner, keyed by seed), so
+    with one worker the second could only start after the first had finished."""
+    srv = Server(tmp_path / "data", "--workers", "2", DWF_TEST_FAULTS="71=sleep:8,72=sleep:8")
+    srv.start()
+    try:
+        model_id, data_id = _upload(srv, inputs["model"], "model"), _upload(srv, inputs["data"], "dataset")
+        ids = [
+            srv.client.post(
+                "/v1/jobs",
+                json={
+                    "model": {"file_id": model_id},
+                    "dataset": {"file_id": data_id},
+                    "method": {"epochs": 1},
+                    "seed": seed,
+                },
+            ).json()["id"]
+            for seed in (71, 72)
+        ]
+        deadline, both_running = time.monotonic() + 90, False
+        while not both_running:
+            assert time.monotonic() < deadline, srv.log.read_text()[-3000:]
+            statuses = [srv.client.get(f"/v1/jobs/{i}").json()["status"] for i in ids]
+            both_running = statuses == ["running", "running"]
+            time.sleep(0.2)
+        for job_id in ids:
+            assert srv.wait(job_id, timeout=120)["status"] == "succeeded"
     finally:
         srv.stop()
