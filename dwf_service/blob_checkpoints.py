@@ -120,7 +120,14 @@ def restore_checkpoint(storage: Storage, key: str, dest: Path, *, max_bytes: int
 
 
 def _has_checkpoint(directory: Path) -> bool:
-    return directory.is_dir() and any(directory.rglob("latest.json"))
+    return bool(_checkpoint_stamp(directory))
+
+
+def _checkpoint_stamp(directory: Path) -> tuple[tuple[str, int], ...]:
+    """Which checkpoints the folder holds now (each ``latest.json`` and when it was written); empty when none."""
+    if not directory.is_dir():
+        return ()
+    return tuple(sorted((str(p), p.stat().st_mtime_ns) for p in directory.rglob("latest.json")))
 
 
 class CheckpointSync:
@@ -134,6 +141,7 @@ class CheckpointSync:
     def __init__(self, ctx: ServiceContext, job_id: str, owner: str, directory: Path) -> None:
         self.ctx, self.job_id, self.owner, self.directory = ctx, job_id, owner, directory
         self.published = 0
+        self._last_stamp: tuple[tuple[str, int], ...] = ()
 
     def restore_if_missing(self, key: str | None) -> bool:
         """Unpack the blob ``key`` into the local folder when this machine has no checkpoint of the job (another
@@ -150,13 +158,20 @@ class CheckpointSync:
         return True
 
     def on_progress(self, event: ProgressEvent) -> None:
-        """After an epoch's checkpoint: upload it and point the job at it (while this worker holds the lease)."""
-        if event.kind != "epoch" or not _has_checkpoint(self.directory):
+        """After an epoch's checkpoint: upload it and point the job at it (while this worker holds the lease).
+
+        Epoch events that wrote no checkpoint (fine-tuning, a λ restart) leave the folder as it was: nothing to upload.
+        """
+        if event.kind != "epoch":
+            return
+        stamp = _checkpoint_stamp(self.directory)
+        if not stamp or stamp == self._last_stamp:
             return
         try:
             if publish_checkpoint(self.ctx.sessions, self.ctx.storage, self.job_id, self.owner, self.directory,
                                   event.epoch):  # fmt: skip
                 self.published += 1
+                self._last_stamp = stamp
         except Exception:  # the blob copy is a convenience for another machine, never a reason to stop training
             log.exception("checkpoint of %s (epoch %d) not uploaded", self.job_id, event.epoch)
 

@@ -125,15 +125,12 @@ def test_cancel_during_training_stops_within_a_step(ctx: ServiceContext, inputs:
     assert job.epoch in (None, 1, 2)
 
 
-def test_shutdown_requeues_and_the_next_run_resumes(
-    ctx: ServiceContext, inputs: dict[str, Path], published: list[Message]
-) -> None:
-    job_id = stored_job(ctx, inputs["model"], inputs["data"], epochs=2)
-    runner.validate_job(ctx, job_id)
-    stop_after_epoch_1 = runner._ProgressWriter.on_progress
+def _train_until_shutdown_after_epoch_1(ctx: ServiceContext, job_id: str) -> None:
+    """Run the job's training with the worker's shutdown signalled right after epoch 1 (it then re-queues)."""
+    report = runner._ProgressWriter.on_progress
 
     def on_progress(self: runner._ProgressWriter, event: object) -> None:
-        stop_after_epoch_1(self, event)  # type: ignore[arg-type]
+        report(self, event)  # type: ignore[arg-type]
         if getattr(event, "kind", "") == "epoch":
             runner.SHUTDOWN.set()
 
@@ -143,6 +140,14 @@ def test_shutdown_requeues_and_the_next_run_resumes(
             runner.train_job(ctx, job_id)
     finally:
         runner.SHUTDOWN.clear()
+
+
+def test_shutdown_requeues_and_the_next_run_resumes(
+    ctx: ServiceContext, inputs: dict[str, Path], published: list[Message]
+) -> None:
+    job_id = stored_job(ctx, inputs["model"], inputs["data"], epochs=2)
+    runner.validate_job(ctx, job_id)
+    _train_until_shutdown_after_epoch_1(ctx, job_id)
     job = job_row(ctx, job_id)
     assert (job.status, job.epoch, job.lease_owner, job.attempts) == (jobs.QUEUED, 1, None, 0)
     assert published[-1] == Message(TASK_TRAIN, job_id)
@@ -258,19 +263,7 @@ def test_another_worker_resumes_from_the_blob_checkpoint(
 
     job_id = stored_job(ctx, inputs["model"], inputs["data"], epochs=2)
     runner.validate_job(ctx, job_id)
-    report = runner._ProgressWriter.on_progress
-
-    def on_progress(self: runner._ProgressWriter, event: object) -> None:
-        report(self, event)  # type: ignore[arg-type]
-        if getattr(event, "kind", "") == "epoch":
-            runner.SHUTDOWN.set()
-
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(runner._ProgressWriter, "on_progress", on_progress)
-            runner.train_job(ctx, job_id)
-    finally:
-        runner.SHUTDOWN.clear()
+    _train_until_shutdown_after_epoch_1(ctx, job_id)
     job = job_row(ctx, job_id)
     assert (job.status, job.checkpoint_epoch) == (jobs.QUEUED, 1) and job.checkpoint_key
     first_key = job.checkpoint_key
