@@ -14,18 +14,20 @@ from api.deps import authenticate
 from api.errors import ErrorResponse
 from api.limits import BodyLimitMiddleware
 from api.metrics import install_metrics
-from api.routes import files, health, jobs
+from api.routes import files, health, jobs, sweeps, webhooks
 from dwf_service.auth import add_key
 from dwf_service.context import ServiceContext
 from dwf_service.db import session_scope
 from dwf_service.queue import Publisher
 from dwf_service.runner_loop import start_reconciler
 from dwf_service.settings import Settings, get_settings
+from dwf_service.webhooks import start_sender
 
 # Multipart framing around the file part (boundaries, headers, the purpose field).
 MULTIPART_OVERHEAD = 1 << 20
+# 400: a body that cannot be parsed (not JSON, not UTF-8), before any field is validated (422).
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422)
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422)
 }
 
 
@@ -47,12 +49,17 @@ def create_app(
                 add_key(session, settings.api_key, name="DWF_API_KEY")
         stop = threading.Event()
         thread = start_reconciler(ctx, stop) if reconciler and settings.reconcile_seconds > 0 else None
+        # The webhook sender: status changes leave outbox rows (dwf_service/webhooks.py); this process sends them.
+        send_webhooks = reconciler and settings.webhook_poll_seconds > 0
+        sender = start_sender(ctx.sessions, settings, stop) if send_webhooks else None
         try:
             yield
         finally:
             stop.set()
             if thread is not None:
                 thread.join(timeout=5)
+            if sender is not None:
+                sender.join(timeout=settings.webhook_timeout_seconds + 1)
 
     app = FastAPI(
         title="dwf",
@@ -66,6 +73,8 @@ def create_app(
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=ERROR_RESPONSES)
     v1.include_router(files.router)
     v1.include_router(jobs.router)
+    v1.include_router(sweeps.router)
+    v1.include_router(webhooks.router)
     app.include_router(v1)
     # Job status checks the key itself, in one thread-pool trip with the read (the route clients poll).
     app.include_router(jobs.status_router, prefix="/v1", responses=ERROR_RESPONSES)

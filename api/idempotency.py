@@ -30,15 +30,18 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from api.deps import ContextDep, CurrentKey
 from api.errors import ApiError
+from dwf_service.models import Job, Sweep, utcnow
+from dwf_service.settings import Settings
 
 try:
     import fcntl
@@ -66,6 +69,34 @@ def in_use() -> ApiError:
         param="Idempotency-Key",
         headers={"Retry-After": str(RETRY_AFTER_S)},
     )
+
+
+Keyed = TypeVar("Keyed", Job, Sweep)
+
+
+def earlier_request(
+    session: Session, settings: Settings, model: type[Keyed], tenant_id: str, key: str, request_hash: str
+) -> Keyed | None:
+    """The tenant's job (or sweep) created with Idempotency-Key ``key`` less than DWF_IDEMPOTENCY_KEY_TTL_SECONDS
+    ago, which a repeat answers; None when there is none, or it is older (it then gives the key up, keeping its
+    updated_at: a tenant's keys are unique). Call it under the tenant's lock (``quotas.lock_tenant``).
+
+    Raises:
+        ApiError: 409 ``idempotency_key_reused`` when that request had another body.
+    """
+    row = session.scalar(select(model).where(model.tenant_id == tenant_id, model.idempotency_key == key))
+    if row is None:
+        return None
+    if row.created_at <= utcnow() - timedelta(seconds=settings.idempotency_key_ttl_seconds):
+        unkeyed = update(model).where(model.id == row.id).values(idempotency_key=None, updated_at=model.updated_at)
+        session.execute(unkeyed)
+        return None
+    if row.request_hash != request_hash:
+        raise ApiError(
+            409, "idempotency_key_reused", "this Idempotency-Key was used with a different request body",
+            param="Idempotency-Key",
+        )  # fmt: skip
+    return row
 
 
 def lock_claim(session: Session, tenant_id: str, key: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from api.schemas import ArtifactOut, EventOut, FileOut, JobError, JobOut, Progress
+from api.schemas import ArtifactOut, EventOut, FileOut, JobError, JobOut, Progress, WebhookOut
 from dwf_service.models import Artifact, File, JobEvent
 
 
@@ -48,6 +48,9 @@ class JobFields(Protocol):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    sweep_id: str | None
+    webhook_url: str | None
+    parent_job_id: str | None
 
 
 def job_out(job: JobFields) -> JobOut:
@@ -74,6 +77,9 @@ def job_out(job: JobFields) -> JobOut:
         created_at=rfc3339(job.created_at) or "",
         started_at=rfc3339(job.started_at),
         finished_at=rfc3339(job.finished_at),
+        sweep_id=job.sweep_id,
+        parent_job_id=job.parent_job_id,
+        webhook=WebhookOut(url=job.webhook_url) if job.webhook_url else None,
         urls={
             "self": base,
             "cancel": f"{base}/cancel",

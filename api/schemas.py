@@ -8,11 +8,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from dwf_service.webhooks import check_secret, check_url
+
 # Mirrors of dwf_core's ranges (dwf_core.factorize.MAX_DEPTH, dwf_core.config), kept here so the API needs no torch;
 # the worker's validation step re-checks everything with dwf_core itself.
 MAX_DEPTH = 8
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 65_536
+MAX_DEVICES = 8  # dwf_core.distributed.MAX_DEVICES
 # timm:NAME takes a timm registry name (dwf_core.intake.timm_source.TIMM_NAME_PATTERN, checked equal in the tests):
 # the API refuses a malformed one at once, the worker's validation checks that timm knows it.
 TIMM_PREFIX = "timm:"
@@ -88,6 +91,9 @@ class DwfMethod(Strict):
     epochs: int = Field(default=40, ge=1, le=MAX_EPOCHS)
     lr: float | None = Field(default=None, gt=0, le=10)
     batch_size: int = Field(default=128, ge=1, le=MAX_BATCH_SIZE)
+    # Processes that train the job with DistributedDataParallel on its worker: that many GPUs (the job fails with
+    # device_unavailable on a worker with fewer), or CPU processes. batch_size stays the global batch.
+    devices: int = Field(default=1, ge=1, le=MAX_DEVICES)
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = Field(default=0.9, ge=0, lt=1)
     init: Literal["varmatch", "balanced"] | None = None
@@ -156,6 +162,36 @@ class DwfMethod(Strict):
         return self
 
 
+class WebhookIn(Strict):
+    """A webhook: the URL called on every status change of a job, and the secret its calls are signed with."""
+
+    url: str = Field(max_length=2048, description="http(s) URL; it gets a signed POST on every status change")
+    secret: str | None = Field(
+        default=None,
+        min_length=16,
+        max_length=128,
+        description="HMAC-SHA256 key of the X-Dwf-Signature header; omitted: the server generates one and returns it "
+        "once, in this response only",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url_shape(cls, value: str) -> str:
+        return check_url(value, allow_private=True)  # the address check depends on the server: done by the route
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_chars(cls, value: str | None) -> str | None:
+        return None if value is None else check_secret(value)
+
+
+class WebhookOut(BaseModel):
+    """A webhook as answered: its URL, and its secret only in the answer that generated it."""
+
+    url: str
+    secret: str | None = None
+
+
 class JobCreate(Strict):
     """POST /v1/jobs."""
 
@@ -165,6 +201,46 @@ class JobCreate(Strict):
     method: DwfMethod
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    # Called on every status change of this job instead of the tenant's webhook (PUT /v1/webhook).
+    webhook: WebhookIn | None = None
+
+
+# A job id as new_id makes it: "job-" and 26 Crockford base32 characters.
+JOB_ID_PATTERN = r"^job-[0-9a-hjkmnp-tv-z]{26}$"
+
+
+class JobSubmit(Strict):
+    """The body POST /v1/jobs takes: a JobCreate, or with ``from_job`` the continuation of a finished DWF job.
+
+    The fields mirror JobCreate's (tests/api check that they stay the same), but model and dataset may be omitted
+    with ``from_job``: the child takes its parent's (api/from_job.py has the rules).
+    """
+
+    # First: the validators of model and dataset read it.
+    from_job: str | None = Field(
+        default=None,
+        pattern=JOB_ID_PATTERN,
+        description="A succeeded DWF job of yours: this job starts from its trained factors and trains on to a "
+        "higher method.target_sparsity; model, dataset and the method settings you omit are the parent's",
+    )
+    model: ModelRef | None = Field(default=None, validate_default=True)
+    weights_file_id: str | None = None
+    dataset: DatasetRef | None = Field(default=None, validate_default=True)
+    method: DwfMethod
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    webhook: WebhookIn | None = None
+
+    @field_validator("model", "dataset")
+    @classmethod
+    def _given_without_parent(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None and info.data.get("from_job") is None:
+            raise ValueError(f"{info.field_name} is required (unless from_job names a job to continue)")
+        return value
+
+    def as_job(self) -> JobCreate:
+        """The JobCreate of a body without ``from_job`` (its fields as set)."""
+        return JobCreate.model_validate(self.model_dump(exclude_unset=True, exclude={"from_job"}))
 
 
 class FileOut(BaseModel):
@@ -217,6 +293,12 @@ class JobOut(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+    # The sweep this job is a child of (POST /v1/sweeps), or None.
+    sweep_id: str | None = None
+    # The finished job this one continues (POST /v1/jobs with from_job), or None.
+    parent_job_id: str | None = None
+    # The job's own webhook (its secret only in the POST answer that generated it), or None.
+    webhook: WebhookOut | None = None
     urls: dict[str, str]
 
 

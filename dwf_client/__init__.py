@@ -17,6 +17,7 @@ from dwf_client.models import (
     DwfMethod,
     Event,
     FileObject,
+    JobContinue,
     JobCreate,
     JobData,
     JobError,
@@ -24,6 +25,7 @@ from dwf_client.models import (
     ModelRef,
     Progress,
 )
+from dwf_client.sweeps import Sweep, SweepChild, SweepData
 
 __all__ = [
     "Artifact",
@@ -37,10 +39,14 @@ __all__ = [
     "Event",
     "FileObject",
     "Job",
+    "JobContinue",
     "JobCreate",
     "JobData",
     "JobError",
     "JobProgress",
     "ModelRef",
     "Progress",
+    "Sweep",
+    "SweepChild",
+    "SweepData",
 ]

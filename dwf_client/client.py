@@ -30,6 +30,7 @@ from dwf_client.models import (
     EventList,
     FileList,
     FileObject,
+    JobContinue,
     JobCreate,
     JobData,
     JobList,
@@ -38,6 +39,8 @@ from dwf_client.models import (
     Purpose,
     event_seq,
 )
+from dwf_client.sweeps import SweepMethods
+from dwf_client.webhooks import Webhook, WebhookDelivery, WebhookInfo
 
 UploadProgress = Callable[[int, int], None]
 """``on_progress(bytes_sent, bytes_total)`` of an upload (starts again from 0 when the upload is retried)."""
@@ -232,7 +235,7 @@ class _Follower(threading.Thread):
             self.items.put(exc)
 
 
-class Client:
+class Client(SweepMethods):
     """The dwf job service over HTTP: files, jobs, events, artifacts. Errors are ``DwfApiError``.
 
     ``Client(server, api_key)``, or ``Client.from_env()`` (DWF_SERVER / DWF_API_KEY, else the config.json that
@@ -252,6 +255,7 @@ class Client:
         self.server = server.rstrip("/")
         self.max_retries = max_retries
         self._sleep = sleep
+        self._transport = transport
         self._http = httpx.Client(
             base_url=self.server,
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": "dwf-client/0.1"},
@@ -379,9 +383,14 @@ class Client:
 
     # ------------------------------------------------------------------------------------------------------ jobs
 
-    def create_job(self, request: JobCreate | Mapping[str, Any], *, idempotency_key: str | None = None) -> Job:
-        """``POST /v1/jobs``; a generated Idempotency-Key makes retries return the same job, never a second one."""
-        body = request.body() if isinstance(request, JobCreate) else dict(request)
+    def create_job(
+        self, request: JobCreate | JobContinue | Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> Job:
+        """``POST /v1/jobs``; a generated Idempotency-Key makes retries return the same job, never a second one.
+
+        A ``JobContinue`` (or a mapping with ``from_job``) continues a finished DWF job: see ``continue_job``.
+        """
+        body = request.body() if isinstance(request, JobCreate | JobContinue) else dict(request)
         key = idempotency_key or f"dwf-client-{uuid.uuid4()}"
         response = self._request("POST", "/v1/jobs", safe=True, json=body, headers={"Idempotency-Key": key})
         return self._job(_json(response))
@@ -404,6 +413,8 @@ class Client:
         metadata: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
         on_upload: Callable[[str, int, int], None] | None = None,
+        webhook: str | None = None,
+        webhook_secret: str | None = None,
         **method_options: Any,
     ) -> Job:
         """Upload what needs uploading and create a job; returns it at once (``job.wait()`` follows it).
@@ -411,7 +422,9 @@ class Client:
         ``model``: a zoo/torchvision/timm name (``lenet_300_100``, ``torchvision:resnet18``, ``timm:resnet18``: random
         weights), an .onnx file path, or a ``file-…`` id already uploaded. ``dataset``: a file path, a ``file-…`` id,
         or ``mnist-idx:DIR`` (converted here to .npz). ``on_upload(filename, bytes_sent, bytes_total)`` reports upload
-        progress. Other DWF settings (batch_size, optimizer, threshold, …) go in ``method_options``.
+        progress. Other DWF settings (batch_size, optimizer, threshold, …) go in ``method_options``. ``webhook``: a URL
+        called (signed with ``webhook_secret``, or a generated secret returned once in ``job.webhook.secret``) on every
+        status change of this job.
         """
         model_ref = self._model_ref(model, num_classes, on_upload)
         weights_id = self._file_ref(weights, "weights", on_upload) if weights is not None else None
@@ -431,6 +444,33 @@ class Client:
             ),
             seed=seed,
             metadata=dict(metadata) if metadata else None,
+            webhook=Webhook(url=webhook, secret=webhook_secret) if webhook else None,
+        )
+        return self.create_job(request, idempotency_key=idempotency_key)
+
+    def continue_job(
+        self,
+        from_job: str,
+        *,
+        target_sparsity: float,
+        epochs: int | None = None,
+        seed: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        webhook: str | None = None,
+        webhook_secret: str | None = None,
+        **method_options: Any,
+    ) -> Job:
+        """Create a job that starts from the trained factors of ``from_job`` (a succeeded DWF job of yours) and trains
+        on to ``target_sparsity``, above the parent's; ``job.parent_job_id`` links it. The model, the dataset and every
+        method setting not given here (depth, lr, epochs…) are the parent's; 409 ``parent_state_unavailable`` once
+        the parent's checkpoint is past the server's retention (DWF_CHECKPOINT_RETENTION_SECONDS)."""
+        request = JobContinue(
+            from_job=from_job,
+            method=DwfMethod(target_sparsity=target_sparsity, epochs=epochs, **method_options),
+            seed=seed,
+            metadata=dict(metadata) if metadata else None,
+            webhook=Webhook(url=webhook, secret=webhook_secret) if webhook else None,
         )
         return self.create_job(request, idempotency_key=idempotency_key)
 
@@ -474,9 +514,12 @@ class Client:
         """One job."""
         return self._job(self._get(f"/v1/jobs/{job_id}"))
 
-    def list_jobs(self, *, status: str | None = None, after: str | None = None, limit: int = 20) -> JobList:
-        """A page of jobs, newest first (``after``: the ``last_id`` of the previous page)."""
-        body = self._get("/v1/jobs", status=status, after=after, limit=limit)
+    def list_jobs(
+        self, *, status: str | None = None, sweep_id: str | None = None, after: str | None = None, limit: int = 20
+    ) -> JobList:
+        """A page of jobs, newest first (``after``: the ``last_id`` of the previous page; ``sweep_id``: only that
+        sweep's children)."""
+        body = self._get("/v1/jobs", status=status, sweep_id=sweep_id, after=after, limit=limit)
         page = JobList.model_validate({**body, "data": []})
         page.data = [self._job(item) for item in body.get("data", [])]
         return page
@@ -496,6 +539,40 @@ class Client:
         key = f"dwf-client-{uuid.uuid4()}"
         response = self._request("POST", f"/v1/jobs/{job_id}/cancel", safe=True, headers={"Idempotency-Key": key})
         return self._job(_json(response))
+
+    # -------------------------------------------------------------------------------------------------- webhooks
+
+    def set_webhook(self, url: str, *, secret: str | None = None) -> WebhookInfo:
+        """``PUT /v1/webhook``: the URL called on every status change of your jobs (those without their own). Without
+        ``secret`` the server generates one: it is in the answer's ``secret``, and never shown again."""
+        body = Webhook(url=url, secret=secret).model_dump(exclude_none=True)
+        return WebhookInfo.model_validate(_json(self._request("PUT", "/v1/webhook", safe=True, json=body)))
+
+    def get_webhook(self) -> WebhookInfo | None:
+        """Your webhook's URL, or None when none is set."""
+        try:
+            return WebhookInfo.model_validate(self._get("/v1/webhook"))
+        except DwfApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def delete_webhook(self) -> bool:
+        """Remove your webhook; False when none was set."""
+        try:
+            self._request("DELETE", "/v1/webhook", safe=True)
+        except DwfApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def list_webhook_deliveries(
+        self, job_id: str, *, after: str | None = None, limit: int = 100
+    ) -> list[WebhookDelivery]:
+        """A page of the job's webhook deliveries, oldest first (status, attempts, last status code or error)."""
+        body = self._get(f"/v1/jobs/{job_id}/webhook_deliveries", after=after, limit=limit)
+        return [WebhookDelivery.model_validate(item) for item in body["data"]]
 
     # ---------------------------------------------------------------------------------------------------- events
 
@@ -682,17 +759,34 @@ class Client:
 
     def _download_once(self, job_id: str, artifact: Artifact, part: Path, on_progress: DownloadProgress | None) -> None:
         url = artifact.url or f"/v1/jobs/{job_id}/artifacts/{artifact.name}"
-        digest, done = hashlib.sha256(), 0
         with self._http.stream("GET", url) as response:
-            if response.is_error:
-                raise DwfApiError.from_response(response)
-            with open(part, "wb") as fh:
-                for chunk in response.iter_bytes(CHUNK):
-                    fh.write(chunk)
-                    digest.update(chunk)
-                    done += len(chunk)
-                    if on_progress is not None:
-                        on_progress(artifact.name, done, artifact.bytes)
+            if not (response.is_redirect and "location" in response.headers):
+                self._save(response, artifact, part, on_progress)
+                return
+            target = response.url.join(response.headers["location"])
+        # A 307 to the blob store's short-lived presigned URL (S3 storage): fetched by a client of its own, so the
+        # API key is never sent there; the bytes are checked against the artifact's size and sha256 all the same.
+        timeout = self._http.timeout
+        headers = {"User-Agent": "dwf-client/0.1"}
+        with (
+            httpx.Client(timeout=timeout, transport=self._transport, headers=headers) as blob_store,
+            blob_store.stream("GET", target) as response,
+        ):
+            self._save(response, artifact, part, on_progress)
+
+    @staticmethod
+    def _save(response: httpx.Response, artifact: Artifact, part: Path, on_progress: DownloadProgress | None) -> None:
+        """Write a download answer to ``part``; DwfApiError for an error answer, DwfError for wrong bytes."""
+        if response.is_error or response.is_redirect:
+            raise DwfApiError.from_response(response)
+        digest, done = hashlib.sha256(), 0
+        with open(part, "wb") as fh:
+            for chunk in response.iter_bytes(CHUNK):
+                fh.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if on_progress is not None:
+                    on_progress(artifact.name, done, artifact.bytes)
         if done != artifact.bytes or digest.hexdigest() != artifact.sha256:
             raise DwfError(
                 f"{artifact.name}: downloaded {done} bytes with sha256 {digest.hexdigest()[:12]}…, expected "

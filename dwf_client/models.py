@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dwf_client.webhooks import Webhook, WebhookInfo
+
 JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 Purpose = Literal["model", "weights", "dataset"]
@@ -65,6 +67,8 @@ class DwfMethod(_Request):
     epochs: int | None = None
     lr: float | None = None
     batch_size: int | None = None
+    # Processes (GPUs, or CPU processes) that train the job together with DDP on one worker, 1 to 8.
+    devices: int | None = None
     optimizer: Literal["sgd", "adam"] | None = None
     momentum: float | None = None
     init: Literal["varmatch", "balanced"] | None = None
@@ -99,9 +103,26 @@ class JobCreate(_Request):
     method: DwfMethod = Field(default_factory=DwfMethod)
     seed: int | None = None
     metadata: dict[str, str] | None = None
+    # Called on every status change of this job (instead of the tenant's webhook); see dwf_client.webhooks.
+    webhook: Webhook | None = None
 
     def body(self) -> dict[str, Any]:
         """The JSON body, without the unset (``None``) fields so the server's defaults apply."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class JobContinue(_Request):
+    """Body of ``POST /v1/jobs`` that continues a finished DWF job (``from_job``) from its trained factors toward a
+    higher ``method.target_sparsity``; the model, dataset and method settings left unset are the parent's."""
+
+    from_job: str
+    method: DwfMethod = Field(default_factory=DwfMethod)
+    seed: int | None = None
+    metadata: dict[str, str] | None = None
+    webhook: Webhook | None = None
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body, without the unset (``None``) fields so the parent's settings and the defaults apply."""
         return self.model_dump(mode="json", exclude_none=True)
 
 
@@ -158,6 +179,12 @@ class JobData(_Response):
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
+    # The sweep this job is a child of (``client.submit_sweep``), or None.
+    sweep_id: str | None = None
+    # The job's own webhook; its secret only in the create answer that generated it.
+    webhook: WebhookInfo | None = None
+    # The finished job this one continues (created with from_job), or None.
+    parent_job_id: str | None = None
     urls: dict[str, str] = Field(default_factory=dict)
 
     @property

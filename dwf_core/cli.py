@@ -182,12 +182,26 @@ def train(
     include: Annotated[list[str] | None, typer.Option(help="Parameter-name glob to factorize (repeatable)")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Parameter-name glob to leave dense (repeatable)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
+    devices: Annotated[
+        int,
+        typer.Option(
+            help="Train with DDP in this many processes: GPUs from --device's on (NCCL), or CPU processes (gloo); "
+            "--batch-size stays the global batch. 1 to 8"
+        ),
+    ] = 1,
     val_fraction: Annotated[
         float, typer.Option(help="Validation share carved from train when the dataset has none")
     ] = 0.1,
     normalize: Annotated[str, typer.Option(help="auto, none or standardize")] = "auto",
     onnx: Annotated[bool, typer.Option(help="Also export model.onnx (checked with onnxruntime)")] = True,
     fresh: Annotated[bool, typer.Option(help="Ignore an existing checkpoint in OUT instead of resuming")] = False,
+    from_run: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue a finished DWF run: start from the trained factors of that run folder (an earlier OUT) "
+            "toward a higher --target-sparsity; depth and --include/--exclude default to that run's"
+        ),
+    ] = None,
     frontier: Annotated[
         str | None,
         typer.Option(
@@ -247,6 +261,7 @@ def _train(**kw: Any) -> dict[str, Any]:
         include=kw["include"] or None,
         exclude=kw["exclude"] or None,
         device=kw["device"],
+        devices=kw["devices"],
         finetune_epochs=kw["finetune_epochs"],
         frontier=_parse_frontier(kw["frontier"]),
         dense_epochs=kw["dense_epochs"],
@@ -258,6 +273,13 @@ def _train(**kw: Any) -> dict[str, Any]:
     config.validate()
     out: Path = kw["out"]
     checkpoints = out / "checkpoints"
+    start_state = None
+    if kw["from_run"] is not None:
+        from dwf_core.continuation import start_state_path
+
+        start_state = start_state_path(kw["from_run"])
+        if start_state.resolve() == checkpoints.resolve():
+            raise ConfigError("--from-run must be another run's folder than --out", param="from_run")
     if kw["fresh"] and checkpoints.exists():
         shutil.rmtree(checkpoints)
     spec = RunSpec(
@@ -271,6 +293,7 @@ def _train(**kw: Any) -> dict[str, Any]:
         export_onnx=kw["onnx"],
         checkpoint_dir=checkpoints,
         allow_onnx_external_data=True,
+        start_state=start_state,
     )
     bar = _TrainProgress(console)
     # Before torch starts its intra-op threads (they inherit it): pruned weights sink into the subnormal range,
@@ -349,6 +372,10 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     if metrics.get("target_sparsity") is not None:
         table.add_row("sparsity (requested)", f"{100 * metrics['target_sparsity']:.3f}%")
         table.add_row("final λ" if method == "dwf" else "L2 λ", f"{metrics['lam']:.3g}")
+    source = metrics.get("continued_from")
+    if source:  # --from-run: where the factors came from
+        reached = "" if source.get("sparsity") is None else f", {100 * source['sparsity']:.2f}% sparse"
+        table.add_row("continued from", f"epoch {source['epoch']} of a depth-{source['depth']} run{reached}")
     cut = metrics.get("cut")
     if cut:
         steps = f" ({cut['events']} masking steps, {cut['start_step']}–{cut['end_step']})" if "events" in cut else ""

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from dwf_core import defaults
 from dwf_core.baselines import METHODS, PRUNING_METHODS
+from dwf_core.distributed import MAX_DEVICES
 from dwf_core.errors import ConfigError
 from dwf_core.factorize import MAX_DEPTH
 
@@ -52,6 +53,10 @@ class TrainConfig:
     exclude: list[str] | None = None
     seed: int = 0
     device: str = "auto"
+    # Processes training the run with DistributedDataParallel (dwf_core.distributed): GPUs base..base+N-1 on CUDA,
+    # N gloo processes on CPU; batch_size stays the global batch, split over them. Checked against the GPUs present
+    # by pipeline.prepare on the machine that trains (the service's API has none to count).
+    devices: int = 1
     amp: bool = True
     # None: no clipping, until a non-finite loss restarts training with the norm clipped at 5 (dwf_core.divergence).
     max_grad_norm: float | None = None
@@ -226,6 +231,13 @@ class TrainConfig:
             "device",
             "auto/cpu/cuda/mps",
         )
+        need(
+            isinstance(self.devices, int) and not isinstance(self.devices, bool) and 1 <= self.devices <= MAX_DEVICES,
+            "devices",
+            f"an integer in [1, {MAX_DEVICES}]",
+        )
+        if self.devices > 1 and self.device.startswith("mps"):
+            raise ConfigError("devices > 1 needs CUDA GPUs or CPU processes; MPS runs one process", param="devices")
         need(
             self.max_grad_norm is None or (finite(self.max_grad_norm) and self.max_grad_norm > 0),
             "max_grad_norm",

@@ -64,6 +64,9 @@ class RunSpec:
     # A local run may read an ONNX model's weights from a side file next to it (torch's dynamo exporter
     # writes one by default); the service keeps refusing external data, since uploads are single files.
     allow_onnx_external_data: bool = False
+    # A continued DWF run (dwf_core.continuation): the checkpoint folder of a finished DWF run whose trained factors
+    # replace the init; depth, include and exclude default to that run's.
+    start_state: Path | None = None
 
 
 @dataclass
@@ -276,6 +279,11 @@ def prepare(spec: RunSpec) -> Prepared:
         decision = decide_init(model, data.val, batch_size=spec.train.eval_batch_size)
         init = decision.init
     config = replace(spec.train, init=init or "varmatch").resolved()
+    if config.devices > 1:  # a job asking for more GPUs than its worker has fails here, before any training
+        from dwf_core.distributed import backend_for
+        from dwf_core.train import resolve_device
+
+        backend_for(resolve_device(config.device), config.devices)
     return Prepared(model, data, config, source, coverage(model, config.include, config.exclude), decision)
 
 
@@ -309,6 +317,12 @@ def run(
     phase = on_phase or (lambda _name: None)
     started = time.monotonic()
     phase("loading")
+    start = None
+    if spec.start_state is not None:
+        from dwf_core.continuation import continued_config, load_start_state
+
+        start = load_start_state(spec.start_state)
+        spec = replace(spec, train=continued_config(spec.train, start))
     prepared = prepare(spec)
     cfg, data = prepared.config, prepared.data
     out = Path(spec.out_dir)
@@ -336,7 +350,8 @@ def run(
             given = spec.weights is not None or prepared.model_source == "onnx"
             model, dense_info = _train_dense_first(model, data, cfg, hooks, init="balanced" if given else "varmatch")
             phase("training")
-        result = Trainer(model, data.train, data.val, cfg, **hooks).fit()
+        start_tensors = start.tensors if start is not None else None
+        result = Trainer(model, data.train, data.val, cfg, start_state=start_tensors, **hooks).fit()
         if dense_info is not None:
             history = [{**h, "phase": "dense"} for h in dense_info.pop("history")]
             result = replace(
@@ -477,6 +492,8 @@ def run(
         "finetune": finetune_info,
         # DWF with dense_epochs: the dense training it started from (epochs, lr, L2, val accuracy, seconds).
         "dense_start": dense_info,
+        # A continued run (RunSpec.start_state): the finished run's final epoch it started from; None otherwise.
+        "continued_from": start.describe() if start is not None else None,
         "init_stats": result.init_stats,
         "config": cfg.to_dict(),
         "model": {"spec": model_label(spec), "source": prepared.model_source, "weights": spec.weights},
@@ -492,6 +509,8 @@ def run(
         # MACs, parameters, ONNX bytes and onnxruntime latency of the dense and compact models (dwf_core.inference).
         "inference": inference_info,
         "device": result.device,
+        # Processes that trained the main phase with DDP (config.devices; dwf_core.distributed), else 1.
+        "processes": result.extra.get("processes", 1),
         "train_seconds": result.train_seconds,
         "total_seconds": time.monotonic() - started,
         "resumed_from_epoch": result.resumed_from_epoch,

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,10 @@ from dwf_core.checkpoint import (
     save_checkpoint,
 )
 from dwf_core.config import TrainConfig
+from dwf_core.continuation import apply_start_state
 from dwf_core.controller import ControllerSettings, next_lam, scheduled_sparsity, target_met
 from dwf_core.denormals import flush_denormals, flushing
+from dwf_core.distributed import SINGLE, Comm
 from dwf_core.divergence import ONE_CLASS, NonFiniteLoss, diverged_error, restart_record, setting_after
 from dwf_core.errors import DwfError, TrainingError
 from dwf_core.evaluate import Labeled, evaluate
@@ -163,7 +165,15 @@ class Trainer:
             resumes from it.
         on_progress: called with a ``ProgressEvent`` (steps, throttled, and epochs).
         should_stop: polled before every step; when it returns True training raises ``TrainingCancelled``.
+        start_state: a continued run (dwf_core.continuation): the factorized model's tensors by name, loaded over
+            the fresh init after factorization; a restart goes back to them, a resume overwrites them.
+
+    With ``config.devices`` > 1, ``fit()`` trains in that many processes (dwf_core.distributed): this one is rank 0
+    and alone evaluates, decides (restarts, λ), checkpoints and calls ``on_progress``/``should_stop``.
     """
+
+    # Whether fit() may spread the run over config.devices processes (the trainer must pickle: no closures).
+    distributable = True
 
     def __init__(
         self,
@@ -175,8 +185,10 @@ class Trainer:
         checkpoint_dir: str | Path | None = None,
         on_progress: Callable[[ProgressEvent], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        start_state: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self.config = (config or TrainConfig()).resolved()
+        self.start_state = start_state
         self.model = model
         self.train_data = train
         self.val_data = val
@@ -184,6 +196,10 @@ class Trainer:
         self.on_progress = on_progress
         self.should_stop = should_stop
         self.history: list[dict[str, Any]] = []
+        # The other ranks of a distributed run (set by dwf_core.distributed); alone by default. ``net`` is what the
+        # training step calls: the model, or its DDP wrapper (evaluation and checkpoints use ``model``).
+        self.comm: Comm = SINGLE
+        self.net: nn.Module = model
 
     # -- setup -----------------------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -210,7 +226,7 @@ class Trainer:
         # The peak LR and gradient-norm clip of the running attempt: the config's until a divergence restart.
         assert cfg.lr is not None
         self.lr, self.max_grad_norm = cfg.lr, cfg.max_grad_norm
-        self.device = resolve_device(cfg.device)
+        self.device = self.comm.local_device(resolve_device(cfg.device))
         self.model.to(self.device)
         n = int(self.train_data.x.shape[0])
         if n == 0:
@@ -278,7 +294,8 @@ class Trainer:
         if ckpt is None:
             return
         state = ckpt.state
-        saved = TrainConfig.from_dict(state["config"])
+        # The number of processes does not change the run (same global batch): a resume may use another.
+        saved = replace(TrainConfig.from_dict(state["config"]), devices=self.config.devices)
         if saved != self.config:
             diff = [k for k, v in self.config.to_dict().items() if saved.to_dict().get(k) != v]
             raise TrainingError(
@@ -344,9 +361,10 @@ class Trainer:
             group["lr"] = lr
         ctx = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
         with ctx:
-            logits = self.model(xb)
-            loss = nn.functional.cross_entropy(logits.float(), yb)
-        if not torch.isfinite(loss):
+            logits = self.net(xb)
+            # The batch's mean loss; with DDP this rank's share of it (dwf_core.distributed.ProcessGroupComm.loss).
+            loss, loss_sum = self.comm.loss(logits.float(), yb)
+        if self.comm.any(not bool(torch.isfinite(loss))):
             raise NonFiniteLoss(float(loss.detach()), lr, self.lam, self.global_step)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -364,7 +382,7 @@ class Trainer:
         if self.cut is not None:
             self.cut.after_step(self.global_step + 1)
         correct = (logits.detach().argmax(dim=1) == yb).sum()
-        return torch.stack([loss.detach().float() * yb.shape[0], correct.float()])
+        return torch.stack([loss_sum, correct.float()])
 
     def _epoch_metrics(self, epoch: int, sums: torch.Tensor, seen: int, lr: float, seconds: float) -> dict[str, Any]:
         cfg = self.config
@@ -527,6 +545,68 @@ class Trainer:
                 )
             )
 
+    def _end_epoch(self, epoch: int, sums: torch.Tensor, seen: int, lr: float, t0: float, epoch_start: float) -> bool:
+        """Evaluate, restart or adapt λ, checkpoint and report the finished ``epoch`` (rank 0 alone with DDP);
+        True when training starts over from epoch 1."""
+        cfg = self.config
+        metrics = self._epoch_metrics(epoch, sums, seen, lr, time.monotonic() - epoch_start)
+        restart = self._restart_if_one_class(epoch, metrics)
+        if restart is not None:
+            self._emit("restart", epoch, self.steps_per_epoch, metrics["train_loss"], lr, t0, restart=restart)
+            return True
+        if cfg.target_sparsity is not None:
+            self._control(epoch, metrics)
+        elif cfg.target_macs is not None:
+            # Structured DWF: λ follows the MACs of the live units toward the budget (dwf_core.structured.control).
+            self.lam, mac_seen = control_lam(
+                self.model, self.x_train[:2], cfg.target_macs, epoch, cfg.epochs, self.lam, self.lam0
+            )
+            set_lam(self.optimizer, self.lam)
+            metrics.update(mac_seen)
+        if self._restart_if_over_pruned(epoch, metrics):
+            # The epoch event still goes out (with metrics["restart"]): a watcher sees why epochs start over.
+            self._emit("epoch", epoch, self.steps_per_epoch, metrics["train_loss"], lr, t0, metrics)
+            return True
+        self.history.append(metrics)
+        if self.checkpoint_dir is not None:
+            self._save(epoch)
+        self._emit("epoch", epoch, self.steps_per_epoch, metrics["train_loss"], lr, t0, metrics)
+        return False
+
+    def _follow_rank0(self, restarted: bool) -> bool:
+        """DDP: the other ranks take rank 0's decision at an epoch's end (restart, λ, LR, clip), then its weights
+        and gradual-cut masks, so every rank starts the next epoch from the same state; returns the decision. Also
+        called before the first step, so that λ₀ and a resumed state are rank 0's from the start.
+
+        The ranks' weights stay equal anyway (the same averaged gradients); the copy keeps a difference in the
+        last bits (GPU kernels) from growing into different masks.
+        """
+        if not self.comm.distributed:
+            return restarted
+        mine: dict[str, Any] = {
+            "restarted": restarted,
+            "lam": self.lam,
+            "lam0": self.lam0,
+            "lr": self.lr,
+            "max_grad_norm": self.max_grad_norm,
+            "restarts": self.restarts,
+            "divergence_restarts": self.divergence_restarts,
+        }
+        decision = self.comm.share(mine)
+        if not self.comm.is_main:
+            self.lam0, self.lr, self.max_grad_norm = decision["lam0"], decision["lr"], decision["max_grad_norm"]
+            self.restarts, self.divergence_restarts = decision["restarts"], decision["divergence_restarts"]
+            if decision["restarted"]:
+                self._restart()
+            self.lam = decision["lam"]
+            set_lam(self.optimizer, self.lam)
+        self.comm.sync_tensors(list(self.model.state_dict().values()))
+        if self.cut is not None:
+            self.cut.masks = self.comm.share({k: v.cpu() for k, v in self.cut.masks.items()})
+            self.cut.masks = {k: v.to(self.device) for k, v in self.cut.masks.items()}
+            self.cut.events = self.comm.share(self.cut.events)
+        return bool(decision["restarted"])
+
     def fit(self) -> TrainResult:
         """Run (or resume) training for ``config.epochs`` epochs and return the factorized model.
 
@@ -538,6 +618,12 @@ class Trainer:
             TrainingCancelled: when ``should_stop`` returned True.
             ConfigError: invalid settings.
         """
+        if self.config.devices > 1 and not self.comm.distributed and self.distributable:
+            from dwf_core.distributed import can_spread, fit_distributed
+
+            # A factorized model (fine-tuning after the cut) trains in this process alone: extra["processes"] says so.
+            if can_spread(self.model):
+                return fit_distributed(self, resolve_device(self.config.device))
         was_flushing = flushing()
         flush_denormals(True)
         try:
@@ -548,9 +634,14 @@ class Trainer:
 
     def _fit(self) -> TrainResult:
         self._prepare()
+        if self.start_state is not None:
+            apply_start_state(self.model, self.start_state)
+            self.init_stats = init_stats(self.model)
         self._keep_initial_state()
         if self.checkpoint_dir is not None:
-            self._maybe_resume()
+            self._maybe_resume()  # every rank reads the same checkpoint
+        self.net = self.comm.wrap(self.model, self.device)
+        self._follow_rank0(restarted=False)
         cfg = self.config
         t0 = time.monotonic()
         self._start_attempt_clock()
@@ -566,9 +657,9 @@ class Trainer:
             seen = 0
             restart: dict[str, Any] | None = None
             for step in range(self.steps_per_epoch):
-                if self.should_stop is not None and self.should_stop():
+                if self.comm.any(self.should_stop is not None and self.should_stop()):
                     raise TrainingCancelled(f"training cancelled at epoch {epoch}, step {step}")
-                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                idx = self.comm.shard(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])
                 if self.x_train.device != torch.device("cpu"):
                     idx = idx.to(self.x_train.device)
                 xb = self.x_train[idx].to(self.device, non_blocking=True)
@@ -588,36 +679,17 @@ class Trainer:
                 seen += int(yb.shape[0])
                 self.global_step += 1
                 if (step + 1) % cfg.progress_every == 0:
-                    self._emit("step", epoch, step + 1, float(sums[0]) / seen, lr, t0)
+                    total, count = self.comm.total(sums, seen)
+                    self._emit("step", epoch, step + 1, float(total[0]) / max(count, 1), lr, t0)
             if restart is not None:
                 # Told at once (the abandoned epoch has no metrics): a watcher sees why epochs start over.
                 self._emit("restart", epoch, restart["step"], float(restart["loss"]), lr, t0, restart=restart)
                 epoch = 0
                 continue
-            metrics = self._epoch_metrics(epoch, sums, seen, lr, time.monotonic() - epoch_start)
-            restart = self._restart_if_one_class(epoch, metrics)
-            if restart is not None:
-                self._emit("restart", epoch, self.steps_per_epoch, metrics["train_loss"], lr, t0, restart=restart)
+            sums, seen = self.comm.total(sums, seen)
+            restarted = self.comm.is_main and self._end_epoch(epoch, sums, seen, lr, t0, epoch_start)
+            if self._follow_rank0(restarted):
                 epoch = 0
-                continue
-            if cfg.target_sparsity is not None:
-                self._control(epoch, metrics)
-            elif cfg.target_macs is not None:
-                # Structured DWF: λ follows the MACs of the live units toward the budget (dwf_core.structured.control).
-                self.lam, mac_seen = control_lam(
-                    self.model, self.x_train[:2], cfg.target_macs, epoch, cfg.epochs, self.lam, self.lam0
-                )
-                set_lam(self.optimizer, self.lam)
-                metrics.update(mac_seen)
-            if self._restart_if_over_pruned(epoch, metrics):
-                # The epoch event still goes out (with metrics["restart"]): a watcher sees why epochs start over.
-                self._emit("epoch", epoch, self.steps_per_epoch, metrics["train_loss"], lr, t0, metrics)
-                epoch = 0
-                continue
-            self.history.append(metrics)
-            if self.checkpoint_dir is not None:
-                self._save(epoch)
-            self._emit("epoch", epoch, self.steps_per_epoch, metrics["train_loss"], lr, t0, metrics)
         return TrainResult(
             self.model,
             cfg,
@@ -633,6 +705,8 @@ class Trainer:
                 "max_grad_norm": self.max_grad_norm,
                 "divergence_restarts": self.divergence_restarts,
                 "cut": self.cut.describe() if self.cut is not None else None,
+                # How many processes trained the run (config.devices, or 1 for a trainer that cannot spread).
+                "processes": self.comm.world_size,
             },
         )
 

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from dwf_service.db import session_scope
-from dwf_service.jobs import TERMINAL, update_owned
+from dwf_service.jobs import ACTIVE, TERMINAL, update_owned
 from dwf_service.models import Job, utcnow
 from dwf_service.storage import Storage, download_to, upload_file
 
@@ -177,12 +177,18 @@ class CheckpointSync:
 
 
 def expire_checkpoints(sessions: sessionmaker[Session], storage: Storage, retention_seconds: float) -> list[str]:
-    """Delete the checkpoint blobs of jobs that ended more than ``retention_seconds`` ago; returns their job ids."""
+    """Delete the checkpoint blobs of jobs that ended more than ``retention_seconds`` ago; returns their job ids.
+
+    A job that an unfinished job continues (``parent_job_id``, POST /v1/jobs with from_job) keeps its blob: the
+    child starts from it when it trains. Its retention counts on; the first pass after the child ends removes it.
+    """
     cutoff = utcnow() - timedelta(seconds=retention_seconds)
+    child = aliased(Job)
+    continued = select(child.id).where(child.parent_job_id == Job.id, child.status.in_(ACTIVE)).exists()
     with sessions() as session:
         rows = session.execute(
             select(Job.id, Job.checkpoint_key).where(
-                Job.status.in_(TERMINAL), Job.checkpoint_key.is_not(None), Job.finished_at <= cutoff
+                Job.status.in_(TERMINAL), Job.checkpoint_key.is_not(None), Job.finished_at <= cutoff, ~continued
             )
         ).all()
     expired = []

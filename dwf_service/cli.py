@@ -11,11 +11,15 @@ import typer
 from dwf_core.cli import train
 from dwf_service.client_cli import register as register_client_commands
 from dwf_service.keys_cli import keys_app
+from dwf_service.sweep_cli import register as register_sweep_commands
+from dwf_service.webhook_cli import webhook_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Deep Weight Factorization: sparse models.")
 app.command()(train)
 register_client_commands(app)
+register_sweep_commands(app)
 app.add_typer(keys_app, name="keys")
+app.add_typer(webhook_app, name="webhook")
 
 
 # Each embedded worker trains one job at a time in its own process; more than the cores only adds contention.

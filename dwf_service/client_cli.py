@@ -33,6 +33,7 @@ from rich.progress import (
 from rich.table import Table
 
 from dwf_client import Client, DwfApiError, DwfError, Event, Job, JobData, JobProgress
+from dwf_service.continue_cli import continue_options, continue_usage_error
 
 # soft_wrap: a message stays one line however narrow the terminal; a pipe or file gets 200 columns, not rich's 80.
 PIPE_WIDTH = 200
@@ -245,13 +246,25 @@ def _wait(job: Job) -> Job:
 def submit(
     ctx: typer.Context,
     model: Annotated[
-        str,
+        str | None,
         typer.Argument(
             help="Zoo name (lenet_300_100, lenet5, vgg16, resnet18), torchvision:NAME, timm:NAME (a timm.list_models() "
-            "name, random weights), an .onnx file or a transformers config.json"
+            "name, random weights), an .onnx file or a transformers config.json (omitted with --from-job)"
         ),
-    ],
-    data: Annotated[str, typer.Argument(help="Dataset file (.npz, .safetensors, CSV, image .zip…) or mnist-idx:DIR")],
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Argument(
+            help="Dataset file (.npz, .safetensors, CSV, image .zip…) or mnist-idx:DIR (omitted with --from-job)"
+        ),
+    ] = None,
+    from_job: Annotated[
+        str | None,
+        typer.Option(
+            help="Continue this succeeded DWF job from its trained factors to a higher --target-sparsity (its model, "
+            "dataset and the settings not given here are the parent's)"
+        ),
+    ] = None,
     depth: Annotated[
         int | None, typer.Option(help="Factorization depth D (server default 3, or 4 for a target ≥ 0.995)")
     ] = None,
@@ -269,6 +282,10 @@ def submit(
         ),
     ] = "dwf",
     batch_size: Annotated[int | None, typer.Option(help="Batch size (server default 128)")] = None,
+    devices: Annotated[
+        int | None,
+        typer.Option(help="Train on this many GPUs of one worker (CPU processes without GPUs) with DDP; 1 to 8"),
+    ] = None,
     dense_epochs: Annotated[
         int | None, typer.Option(help="DWF: train the plain model this many epochs first, then DWF from it")
     ] = None,
@@ -302,15 +319,34 @@ def submit(
     idempotency_key: Annotated[
         str | None, typer.Option(help="Reuse to make a re-run return the same job (default: a fresh one)")
     ] = None,
+    webhook: Annotated[
+        str | None, typer.Option(help="URL POSTed (signed) on every status change of this job (`dwf deliveries`)")
+    ] = None,
+    webhook_secret: Annotated[
+        str | None,
+        typer.Option(
+            envvar="DWF_WEBHOOK_SECRET",
+            show_envvar=True,
+            help="Signing secret of --webhook (16-128 characters; default: generated and printed once)",
+        ),
+    ] = None,
     server: ServerOption = None,
 ) -> None:
-    """Upload MODEL (if a file) and DATA, create a DWF job and print its id; --wait follows it to the end."""
+    """Upload MODEL (if a file) and DATA, create a DWF job and print its id; --wait follows it to the end.
+
+    With --from-job JOB instead of MODEL and DATA: a job that continues JOB from its trained factors."""
     if lam is not None and target_sparsity is not None:
         err.print("[red]error:[/] give --lam or --target-sparsity, not both")
+        raise typer.Exit(EXIT_USAGE)
+    usage = continue_usage_error(from_job, model, data, target_sparsity, weights, num_classes, val_fraction)
+    if usage is not None:
+        err.print(f"[red]error:[/] {escape(usage)}")
         raise typer.Exit(EXIT_USAGE)
     options: dict[str, Any] = {}
     if batch_size is not None:
         options["batch_size"] = batch_size
+    if devices is not None:
+        options["devices"] = devices
     if optimizer is not None:
         options["optimizer"] = optimizer
     if threshold is not None:
@@ -327,29 +363,48 @@ def submit(
         options["cut"] = cut
     pairs = _parse_metadata(metadata)
     with _errors(), _client(ctx, server) as client:
-        if data.startswith("mnist-idx:"):
+        if data is not None and data.startswith("mnist-idx:"):
             err.print(f"converting {escape(data)} to .npz…")
         with _transfer_progress() as transfers:
-            job = client.submit(
-                model,
-                data,
-                depth=depth,
-                lam=lam,
-                target_sparsity=target_sparsity,
-                epochs=epochs,
-                lr=lr,
-                method=method,
-                weights=weights,
-                num_classes=num_classes,
-                val_fraction=val_fraction,
-                seed=seed,
-                metadata=pairs,
-                idempotency_key=idempotency_key,
-                on_upload=_uploader(transfers),
-                **options,
-            )
+            if from_job is not None:
+                assert target_sparsity is not None  # continue_usage_error
+                job = client.continue_job(
+                    from_job,
+                    target_sparsity=target_sparsity,
+                    epochs=epochs,
+                    seed=seed,
+                    metadata=pairs,
+                    idempotency_key=idempotency_key,
+                    webhook=webhook,
+                    webhook_secret=webhook_secret,
+                    **continue_options(depth, lr, method, options),
+                )
+            else:
+                assert model is not None and data is not None  # continue_usage_error
+                job = client.submit(
+                    model,
+                    data,
+                    depth=depth,
+                    lam=lam,
+                    target_sparsity=target_sparsity,
+                    epochs=epochs,
+                    lr=lr,
+                    method=method,
+                    weights=weights,
+                    num_classes=num_classes,
+                    val_fraction=val_fraction,
+                    seed=seed,
+                    metadata=pairs,
+                    idempotency_key=idempotency_key,
+                    on_upload=_uploader(transfers),
+                    webhook=webhook,
+                    webhook_secret=webhook_secret,
+                    **options,
+                )
         out.print(job.id)
         sys.stdout.flush()
+        if job.webhook is not None and job.webhook.secret is not None:
+            err.print(f"webhook signing secret (shown once): {job.webhook.secret}", markup=False)
         if not wait:
             err.print(f"submitted {job.id} ({job.status}); follow it with `dwf events {job.id} -f`")
             return
@@ -435,6 +490,8 @@ def status(
         ("finished", job.finished_at or "-"),
         ("attempts", str(job.attempts)),
     ]
+    if job.parent_job_id is not None:  # created with --from-job: it started from that job's trained factors
+        rows.insert(1, ("continues", job.parent_job_id))
     if job.error is not None:
         where = f" [{job.error.param}]" if job.error.param else ""
         rows.append(("error", f"{job.error.code}: {job.error.message}{where}"))
@@ -490,6 +547,26 @@ def cancel(ctx: typer.Context, job_id: JobId, server: ServerOption = None) -> No
         out.print(f"{job.id}: cancellation requested (status {job.status}); it stops at its next training step")
 
 
+def deliveries(
+    ctx: typer.Context,
+    job_id: JobId,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
+    server: ServerOption = None,
+) -> None:
+    """Show a job's webhook deliveries: event, status, attempts, last HTTP status or error."""
+    with _errors(), _client(ctx, server) as client:
+        rows = client.list_webhook_deliveries(job_id)
+    if not rows:
+        err.print(f"{job_id} has no webhook deliveries (no webhook was set when its status changed)")
+    for row in rows:
+        if as_json:
+            out.print(row.model_dump_json(), markup=False, highlight=False)
+            continue
+        result = row.last_error or (f"HTTP {row.last_status_code}" if row.last_status_code else "-")
+        line = f"{row.id}  {row.event:<22} {row.status:<9} attempts={row.attempts}  {result}"
+        out.print(line, markup=False, highlight=False)
+
+
 def _download(client: Client, job_id: str, directory: Path) -> None:
     with _transfer_progress() as transfers:
         paths = client.download_artifacts(job_id, directory, on_progress=_downloader(transfers))
@@ -513,5 +590,5 @@ def download(
 def register(app: typer.Typer) -> None:
     """Add the client commands and the global ``--server`` option to the ``dwf`` app."""
     app.callback()(root)
-    for command in (submit, jobs, status, events, cancel, download):
+    for command in (submit, jobs, status, events, cancel, download, deliveries):
         app.command()(command)

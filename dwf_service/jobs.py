@@ -15,8 +15,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, CursorResult, or_, select, update
 from sqlalchemy.orm import Session
 
+from dwf_service import webhooks
 from dwf_service.models import DEFAULT_TENANT_ID, Job, JobEvent, utcnow
-from dwf_service.queue import TASK_TRAIN, TASK_VALIDATE, enqueue
+from dwf_service.queue import TASK_FINALIZE_SWEEP, TASK_TRAIN, TASK_VALIDATE, enqueue
 from dwf_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,11 @@ def create_job(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
     tenant_id: str = DEFAULT_TENANT_ID,
+    sweep_id: str | None = None,
+    webhook: tuple[str, str] | None = None,
 ) -> Job:
-    """Insert a job of ``tenant_id`` in ``validating_files`` and enqueue its validation (sent after commit)."""
+    """Insert a job of ``tenant_id`` (a child of ``sweep_id`` when given) in ``validating_files`` and enqueue its
+    validation (sent after commit). ``webhook``: the job's own (url, secret), called on its status changes."""
     from dwf_service.models import new_id
 
     now = utcnow()
@@ -90,6 +94,9 @@ def create_job(
         cancel_requested=False,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        sweep_id=sweep_id,
+        webhook_url=webhook[0] if webhook else None,
+        webhook_secret=webhook[1] if webhook else None,
         enqueued_at=now,
         created_at=now,
         updated_at=now,
@@ -97,6 +104,7 @@ def create_job(
     session.add(job)
     session.flush()
     add_event(session, job.id, "job created; validating the files")
+    webhooks.on_status(session, job.id, VALIDATING, None)
     enqueue(session, TASK_VALIDATE, job.id)
     return job
 
@@ -183,12 +191,21 @@ def start_running(session: Session, job_id: str, owner: str) -> bool:
     """queued|running → running for the lease holder; sets started_at on the first attempt."""
     job = session.get(Job, job_id)
     started = job.started_at if job is not None and job.started_at is not None else utcnow()
-    return _update(
+    previous = _status_of(session, job_id)
+    ok = _update(
         session,
         job_id,
         [Job.lease_owner == owner, Job.status.in_((QUEUED, RUNNING))],
         {"status": RUNNING, "started_at": started, "phase": "loading"},
     )
+    if ok and previous != RUNNING:  # a re-delivered running job does not change status
+        webhooks.on_status(session, job_id, RUNNING, previous)
+    return ok
+
+
+def _status_of(session: Session, job_id: str) -> str | None:
+    """The job's status as stored now (for the webhook payload's previous_status)."""
+    return session.scalar(select(Job.status).where(Job.id == job_id))
 
 
 def mark_validated(session: Session, job_id: str, owner: str, summary: str) -> bool:
@@ -207,6 +224,7 @@ def mark_validated(session: Session, job_id: str, owner: str, summary: str) -> b
     )
     if ok:
         add_event(session, job_id, f"files validated: {summary}; queued for training")
+        webhooks.on_status(session, job_id, QUEUED, VALIDATING)
         enqueue(session, TASK_TRAIN, job_id)
     return ok
 
@@ -235,8 +253,11 @@ def _finish_where(
     values.update(status=status, finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
     if error is not None:
         values.update(error_code=error.get("code"), error_message=error.get("message"), error_param=error.get("param"))
+    previous = _status_of(session, job_id)
     ok = _update(session, job_id, where, values)
     if ok:
+        _ended(session, job_id)
+        webhooks.on_status(session, job_id, status, previous)
         if status == FAILED and error is not None:
             where_txt = f" ({error['param']})" if error.get("param") else ""
             add_event(
@@ -263,6 +284,8 @@ def requeue(session: Session, job_id: str, owner: str | None, reason: str, *, co
     if not _update(session, job_id, where, values):
         return False
     add_event(session, job_id, f"re-queued: {reason}", level="warn")
+    if "status" in values:  # running → queued; validating_files and queued jobs keep their status
+        webhooks.on_status(session, job_id, QUEUED, RUNNING)
     enqueue(session, TASK_VALIDATE if job.status == VALIDATING else TASK_TRAIN, job_id)
     return True
 
@@ -277,6 +300,7 @@ def request_cancel(session: Session, job_id: str) -> None:
 
 def _cancel_unstarted(session: Session, job_id: str) -> bool:
     now = utcnow()
+    previous = _status_of(session, job_id)
     ok = _update(
         session,
         job_id,
@@ -284,8 +308,17 @@ def _cancel_unstarted(session: Session, job_id: str) -> bool:
         {"status": CANCELLED, "finished_at": now, "lease_owner": None, "lease_expires_at": None},
     )
     if ok:
+        _ended(session, job_id)
+        webhooks.on_status(session, job_id, CANCELLED, previous)
         add_event(session, job_id, "job cancelled")
     return ok
+
+
+def _ended(session: Session, job_id: str) -> None:
+    """A job reached a terminal status: a sweep's child asks for its sweep's frontier (made once all have ended)."""
+    sweep_id = session.scalar(select(Job.sweep_id).where(Job.id == job_id))
+    if sweep_id is not None:
+        enqueue(session, TASK_FINALIZE_SWEEP, sweep_id)
 
 
 def reconcile(session: Session, settings: Settings) -> list[str]:

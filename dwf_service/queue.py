@@ -23,14 +23,18 @@ log = logging.getLogger(__name__)
 
 TASK_VALIDATE = "dwf.validate_job"
 TASK_TRAIN = "dwf.train_job"
-QUEUE_OF = {TASK_VALIDATE: "validate", TASK_TRAIN: "train"}
+# Makes a sweep's frontier once its children have ended: seconds of CPU, so it shares the fast "validate" queue.
+TASK_FINALIZE_SWEEP = "dwf.finalize_sweep"
+QUEUE_OF = {TASK_VALIDATE: "validate", TASK_TRAIN: "train", TASK_FINALIZE_SWEEP: "validate"}
+# The keyword argument that carries a message's id to its task.
+ID_KWARG = {TASK_VALIDATE: "job_id", TASK_TRAIN: "job_id", TASK_FINALIZE_SWEEP: "sweep_id"}
 _OUTBOX = "dwf_outbox"
 _PUBLISHER = "dwf_publisher"
 
 
 @dataclass(frozen=True)
 class Message:
-    """One task to send: its name and the job it is about."""
+    """One task to send: its name and the job (for TASK_FINALIZE_SWEEP: the sweep) it is about."""
 
     task: str
     job_id: str
@@ -41,10 +45,14 @@ Publisher = Callable[[Message], None]
 
 
 def enqueue(session: Session, task: str, job_id: str) -> None:
-    """Buffer a task for ``job_id``; it is sent after ``session`` commits and dropped if it rolls back."""
+    """Buffer a task for ``job_id`` (a sweep id for TASK_FINALIZE_SWEEP); it is sent after ``session`` commits and
+    dropped if it rolls back."""
     if task not in QUEUE_OF:
         raise ValueError(f"unknown task {task!r}")
-    session.info.setdefault(_OUTBOX, []).append(Message(task, job_id))
+    outbox: list[Message] = session.info.setdefault(_OUTBOX, [])
+    message = Message(task, job_id)
+    if message not in outbox:  # e.g. a sweep's children cancelled together: one finalize message is enough
+        outbox.append(message)
 
 
 def _after_commit(session: Session) -> None:
@@ -159,7 +167,7 @@ def celery_publisher(settings: Settings) -> Callable[[Message], None]:
     app = make_celery(settings)
 
     def publish(message: Message) -> None:
-        app.send_task(message.task, kwargs={"job_id": message.job_id}, queue=QUEUE_OF[message.task])
+        app.send_task(message.task, kwargs={ID_KWARG[message.task]: message.job_id}, queue=QUEUE_OF[message.task])
 
     return publish
 

@@ -105,8 +105,11 @@ def lock_tenant(session: Session, tenant: Tenant) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def check_new_job(session: Session, settings: Settings, tenant: Tenant, *, epochs: int, examples: int | None) -> None:
-    """Raise QuotaExceeded when a new job of ``epochs`` over ``examples`` training examples is over quota."""
+def check_new_job(
+    session: Session, settings: Settings, tenant: Tenant, *, epochs: int, examples: int | None, count: int = 1
+) -> None:
+    """Raise QuotaExceeded when ``count`` new jobs (a sweep's children: all or none) of ``epochs`` over
+    ``examples`` training examples each are over quota."""
     limits = limits_for(tenant, settings)
     wait = settings.quota_retry_after_seconds
     if examples is not None:
@@ -114,11 +117,17 @@ def check_new_job(session: Session, settings: Settings, tenant: Tenant, *, epoch
     if limits.max_active_jobs:
         lock_tenant(session, tenant)
         active = active_jobs(session, tenant.id)
-        if active >= limits.max_active_jobs:
+        if active + count > limits.max_active_jobs:
+            if count == 1:
+                message = f"this tenant already has {active} unfinished jobs, its limit"
+            else:
+                message = (
+                    f"this sweep's {count} jobs and the tenant's {active} unfinished jobs are over its limit of "
+                    f"{limits.max_active_jobs}; none was created"
+                )
             raise QuotaExceeded(
                 "active_jobs_quota_exceeded",
-                f"this tenant already has {active} unfinished jobs, its limit; retry when one has finished "
-                "(or cancel one)",
+                f"{message}; retry when one has finished (or cancel one)",
                 wait,
             )
 

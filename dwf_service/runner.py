@@ -27,6 +27,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from dwf_service import jobs
 from dwf_service.blob_checkpoints import CheckpointSync
 from dwf_service.context import ServiceContext
+from dwf_service.continuation import fetch_parent_state, with_parent
 from dwf_service.db import session_scope
 from dwf_service.models import Artifact, File, Job, JobResult
 from dwf_service.storage import download_to, upload_file
@@ -120,6 +121,7 @@ def _spec(ctx: ServiceContext, job: Job, paths: dict[str, Path], out_dir: Path, 
         optimizer=method.get("optimizer", "sgd"),
         momentum=method.get("momentum", 0.9),
         batch_size=method.get("batch_size", 128),
+        devices=method.get("devices", 1),
         init=method.get("init"),
         threshold=threshold if threshold == "auto" else float(threshold),
         tolerance=method.get("tolerance", 0.001),
@@ -466,12 +468,16 @@ def train_job(ctx: ServiceContext, job_id: str) -> None:
     try:
         with _Lease(ctx, job_id, owner) as lease:
             _test_fault(ctx, job, lease)
+            # A continued job (from_job): the parent's trained factors, in a folder of their own; fails fast if gone.
+            start_state = fetch_parent_state(ctx, job, workdir / "parent-state")
             paths = _materialize(ctx, job, workdir / "inputs")
             if checkpoints.restore_if_missing(job.checkpoint_key):
                 with session_scope(ctx.sessions) as session:
                     jobs.add_event(session, job_id, f"resuming from the checkpoint of epoch {job.checkpoint_epoch}")
             spec = _spec(ctx, job, paths, workdir / "out", workdir / "checkpoints")
+            spec.start_state = start_state
             metrics = run(spec, on_progress=on_progress, should_stop=lease.should_stop, on_phase=writer.on_phase)
+            metrics = with_parent(metrics, job)
         if not _store_results(ctx, job_id, owner, workdir / "out", metrics):
             log.warning("job %s finished but its lease was lost; results not recorded", job_id)
     except TrainingCancelled:

@@ -1,5 +1,6 @@
 """The reconciler as a daemon thread (in the API process; no celery beat needed), which also deletes the SQL
-broker's delivered messages (``broker_gc``) and expired checkpoint blobs (``blob_checkpoints``). Imports no
+broker's delivered messages (``broker_gc``) and expired checkpoint blobs (``blob_checkpoints``), and re-sends lost
+sweep finalize messages (``sweeps``). Imports no
 dwf_core."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from dwf_service import jobs
+from dwf_service import jobs, sweeps
 from dwf_service.blob_checkpoints import expire_checkpoints
 from dwf_service.broker_gc import clean_broker
 from dwf_service.context import ServiceContext
@@ -17,9 +18,11 @@ log = logging.getLogger(__name__)
 
 
 def reconcile_once(ctx: ServiceContext) -> list[str]:
-    """One reconciler pass in its own transaction."""
+    """One reconciler pass in its own transaction: jobs, then sweeps whose finalize message was lost."""
     with session_scope(ctx.sessions) as session:
-        return jobs.reconcile(session, ctx.settings)
+        touched = jobs.reconcile(session, ctx.settings)
+    with session_scope(ctx.sessions) as session:
+        return touched + sweeps.reconcile_sweeps(session, ctx.settings)
 
 
 def _pass(ctx: ServiceContext) -> None:

@@ -66,11 +66,29 @@ class Settings(BaseSettings):
     quota_retry_after_seconds: int = Field(default=60, ge=1)
     # How long an Idempotency-Key of POST /v1/jobs is remembered (from its job's creation); then it is new again.
     idempotency_key_ttl_seconds: float = Field(default=86_400.0, gt=0)
+    # The most children (grid points) one sweep may have; each child also counts against quota_max_active_jobs.
+    sweep_max_children: int = Field(default=64, ge=1, le=1024)
     # Training checkpoints also go to the blob store after every epoch, so a job re-delivered to another worker
     # resumes there (dwf_service/blob_checkpoints.py); a job's blob is deleted this long after it ended (0 = at the
     # reconciler's next pass). A blob larger than checkpoint_max_bytes is not unpacked.
     checkpoint_retention_seconds: float = Field(default=86_400.0, ge=0)
     checkpoint_max_bytes: int = Field(default=8 * 1024**3, gt=0)
+    # Webhooks (dwf_service/webhooks.py): every status change of a job is POSTed to its (or its tenant's) URL,
+    # retried base × 2^(n-1) seconds (at most webhook_max_delay_seconds) apart, at most webhook_max_attempts times.
+    # The API process sends them every webhook_poll_seconds (0 = this process sends none).
+    webhook_max_attempts: int = Field(default=6, ge=1, le=50)
+    webhook_base_delay_seconds: float = Field(default=10.0, ge=0)
+    webhook_max_delay_seconds: float = Field(default=3600.0, ge=0)
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    webhook_poll_seconds: float = Field(default=1.0, ge=0)
+    # URLs naming or resolving to loopback, private, link-local or reserved addresses (SSRF): None = allowed in dev,
+    # refused in production.
+    webhook_allow_private: bool | None = None
+    # S3 storage: artifact downloads answer 307 to a presigned URL valid this long (False: the API streams them).
+    # Presigned URLs name s3_public_endpoint_url when set (the address clients reach S3 at), else s3_endpoint_url.
+    s3_presign_downloads: bool = True
+    s3_presign_expiry_seconds: int = Field(default=300, ge=1, le=604_800)
+    s3_public_endpoint_url: str | None = None
     device: str = "auto"
     env: Literal["dev", "production"] = "dev"
 
@@ -96,6 +114,11 @@ class Settings(BaseSettings):
         if self.env == "production" and self.s3_secret_access_key in ("minioadmin", "changeme"):
             raise ValueError("refusing a default S3 secret outside dev")
         return self
+
+    @property
+    def webhook_private_allowed(self) -> bool:
+        """Whether webhook URLs may reach loopback/private addresses (``webhook_allow_private``, default: dev only)."""
+        return self.env == "dev" if self.webhook_allow_private is None else self.webhook_allow_private
 
     @property
     def blob_dir(self) -> Path:

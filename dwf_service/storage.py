@@ -133,6 +133,8 @@ class S3Storage:
             aws_access_key_id=settings.s3_access_key_id,
             aws_secret_access_key=settings.s3_secret_access_key,
         )
+        self._settings = settings
+        self._presign_client: Any = None
 
     def _key(self, key: str) -> str:
         return self.prefix + _check_key(key)
@@ -171,6 +173,32 @@ class S3Storage:
     def ping(self) -> None:
         """HEAD the bucket."""
         self.client.head_bucket(Bucket=self.bucket)
+
+    def presigned_url(self, key: str, expires_seconds: int, filename: str) -> str:
+        """A GET URL for the object, valid ``expires_seconds``, that needs no credentials and saves as ``filename``."""
+        if self._presign_client is None:
+            import boto3
+            from botocore.config import Config
+
+            # Presigning is local (no request): a client of its own signs with SigV4 (boto3 may pick the deprecated
+            # V2 for query strings) and names the endpoint clients reach S3 at, when that differs from the service's
+            # (compose: http://minio:9000 inside, http://localhost:9000 outside).
+            settings = self._settings
+            self._presign_client = boto3.client(
+                "s3",
+                endpoint_url=settings.s3_public_endpoint_url or settings.s3_endpoint_url,
+                region_name=settings.s3_region,
+                aws_access_key_id=settings.s3_access_key_id,
+                aws_secret_access_key=settings.s3_secret_access_key,
+                config=Config(signature_version="s3v4"),
+            )
+        params = {
+            "Bucket": self.bucket,
+            "Key": self._key(key),
+            "ResponseContentDisposition": f'attachment; filename="{filename}"',
+        }
+        url: str = self._presign_client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_seconds)
+        return url
 
 
 def make_storage(settings: Settings) -> Storage:

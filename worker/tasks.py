@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from dwf_service import runner
+from dwf_service import runner, sweeps
 from dwf_service.context import ServiceContext
-from dwf_service.queue import TASK_TRAIN, TASK_VALIDATE
+from dwf_service.queue import TASK_FINALIZE_SWEEP, TASK_TRAIN, TASK_VALIDATE
 from dwf_service.runner import DB_ERRORS
 from dwf_service.settings import get_settings
 from worker.celery_app import app
@@ -32,3 +32,9 @@ def validate_job(*, job_id: str) -> None:
 def train_job(*, job_id: str) -> None:
     """Train, collapse, export and store a validated job."""
     runner.train_job(context(), job_id)
+
+
+@app.task(name=TASK_FINALIZE_SWEEP, ignore_result=True, **RETRY)  # type: ignore[untyped-decorator]
+def finalize_sweep(*, sweep_id: str) -> None:
+    """Store a sweep's frontier once all its children have ended (a no-op before that, and after)."""
+    sweeps.finalize_sweep(context(), sweep_id)

@@ -9,27 +9,27 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, select
 
-from api import idempotency
+from api import from_job, idempotency
 from api.deps import ContextDep, CurrentJob, CurrentTenant, SessionDep, bearer_key, check_key, owned_file
+from api.downloads import blob_download
 from api.errors import ApiError, ErrorResponse
 from api.idempotency import IdempotencyKey
 from api.render import JobFields, artifact_out, event_out, job_out
-from api.schemas import ArtifactList, EventList, JobCreate, JobList, JobOut
+from api.routes.webhooks import checked_webhook
+from api.schemas import ArtifactList, EventList, JobCreate, JobList, JobOut, JobSubmit, WebhookOut
 from dwf_core.hf_config import FORMAT_HF_CONFIG
 from dwf_service import jobs, quotas
 from dwf_service.auth import key_matches, lookup_prefix
 from dwf_service.context import ServiceContext
 from dwf_service.db import autocommit_connection
-from dwf_service.models import ApiKey, Artifact, File, Job, JobEvent, Tenant, utcnow
-from dwf_service.settings import Settings
+from dwf_service.models import ApiKey, Artifact, File, Job, JobEvent, Tenant
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 # GET /v1/jobs/{id} alone: it checks the key itself, in the same thread-pool trip as the read (see api/deps.py).
@@ -48,53 +48,8 @@ def _check_file(session: SessionDep, tenant: Tenant, file_id: str, purpose: str,
     return file
 
 
-def _job_of_key(session: SessionDep, settings: Settings, tenant: Tenant, key: str) -> Job | None:
-    """The tenant's job created with Idempotency-Key ``key`` less than its lifetime ago; an older one frees the key."""
-    job = session.scalar(select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == key))
-    if job is None:
-        return None
-    if job.created_at > utcnow() - timedelta(seconds=settings.idempotency_key_ttl_seconds):
-        return job
-    # Expired: the key is new again. The old job gives it up (a tenant's keys are unique), keeping its updated_at.
-    session.execute(update(Job).where(Job.id == job.id).values(idempotency_key=None, updated_at=Job.updated_at))
-    return None
-
-
-@router.post("", response_model=JobOut, responses={429: {"model": ErrorResponse}})
-def create_job(
-    idempotency_key: IdempotencyKey,  # first: on SQLite its claim is taken before the session and freed after it
-    ctx: ContextDep,
-    session: SessionDep,
-    tenant: CurrentTenant,
-    body: JobCreate,
-) -> JobOut:
-    """Create a DWF job; it is validated first (status validating_files), then queued for training.
-
-    Answers 404 for a file id the caller does not own and 429 (with Retry-After) over one of the tenant's quotas.
-    A repeat of an ``Idempotency-Key`` within DWF_IDEMPOTENCY_KEY_TTL_SECONDS (24 h) of its job's creation answers
-    that job (409 ``idempotency_key_reused`` with another body); an older key is new again. A repeat that arrives
-    while the first request with the key is still being processed answers 409 ``idempotency_key_in_use`` with
-    Retry-After: 1 at once, creating nothing (api/idempotency.py).
-    """
-    request = body.model_dump(mode="json", exclude_none=True)
-    request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
-    if idempotency_key is not None:
-        # PostgreSQL: the key's claim, before any other lock (on SQLite claim_sqlite took it before the session).
-        idempotency.lock_claim(session, tenant.id, idempotency_key)
-    # A tenant's submits take turns from here to the commit, so the key lookup, the quota check and the insert see
-    # every submit that went before (a repeat that got the key's claim after the first committed replays its job).
-    quotas.lock_tenant(session, tenant)
-    if idempotency_key is not None:
-        existing = _job_of_key(session, ctx.settings, tenant, idempotency_key)
-        if existing is not None:
-            if existing.request_hash != request_hash:
-                raise ApiError(
-                    409,
-                    "idempotency_key_reused",
-                    "this Idempotency-Key was used with a different request body",
-                    param="Idempotency-Key",
-                )
-            return job_out(existing)
+def check_job_files(session: SessionDep, tenant: Tenant, body: JobCreate) -> File:
+    """404/422 unless the body's model, weights and dataset files are the tenant's and fit together; the dataset."""
     if body.model.file_id is not None:
         model_file = _check_file(session, tenant, body.model.file_id, "model", "model.file_id")
         # A transformers config.json is an architecture only: its weights may come as a file; an ONNX graph has its own.
@@ -107,10 +62,51 @@ def create_job(
             )
     if body.weights_file_id is not None:
         _check_file(session, tenant, body.weights_file_id, "weights", "weights_file_id")
-    dataset = _check_file(session, tenant, body.dataset.file_id, "dataset", "dataset.file_id")
-    epochs = body.method.epochs + body.method.dense_epochs  # the dense phase trains on the same examples
+    return _check_file(session, tenant, body.dataset.file_id, "dataset", "dataset.file_id")
+
+
+@router.post("", response_model=JobOut, responses={429: {"model": ErrorResponse}})
+def create_job(
+    idempotency_key: IdempotencyKey,  # first: on SQLite its claim is taken before the session and freed after it
+    ctx: ContextDep,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    body: JobSubmit,
+) -> JobOut:
+    """Create a DWF job; it is validated first (status validating_files), then queued for training.
+
+    Answers 404 for a file id the caller does not own and 429 (with Retry-After) over one of the tenant's quotas.
+    With ``from_job`` the job continues that finished job from its trained factors (rules: api/from_job.py).
+    A repeat of an ``Idempotency-Key`` within DWF_IDEMPOTENCY_KEY_TTL_SECONDS (24 h) of its job's creation answers
+    that job (409 ``idempotency_key_reused`` with another body); an older key is new again. A repeat that arrives
+    while the first request with the key is still being processed answers 409 ``idempotency_key_in_use`` with
+    Retry-After: 1 at once, creating nothing (api/idempotency.py).
+    """
+    request = body.model_dump(mode="json", exclude_none=True)
+    # The webhook goes to the job's own columns: its secret is never kept in (nor hashed into) the request.
+    webhook_in = request.pop("webhook", None)
+    hashed = request if webhook_in is None else {**request, "webhook": {"url": webhook_in["url"]}}
+    request_hash = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()
+    webhook = checked_webhook(ctx.settings, body.webhook, param="webhook.url")
+    if idempotency_key is not None:
+        # PostgreSQL: the key's claim, before any other lock (on SQLite claim_sqlite took it before the session).
+        idempotency.lock_claim(session, tenant.id, idempotency_key)
+    # A tenant's submits take turns from here to the commit, so the key lookup, the quota check and the insert see
+    # every submit that went before (a repeat that got the key's claim after the first committed replays its job).
+    quotas.lock_tenant(session, tenant)
+    if idempotency_key is not None:
+        existing = idempotency.earlier_request(session, ctx.settings, Job, tenant.id, idempotency_key, request_hash)
+        if existing is not None:
+            return job_out(existing)
+    # With from_job: the parent's model, dataset and method settings under the body's (api/from_job.py).
+    job_body, parent = from_job.resolve(session, ctx.settings, tenant, body)
+    if parent is not None:
+        request = from_job.stored_request(job_body, parent)
+    dataset = check_job_files(session, tenant, job_body)
+    epochs = job_body.method.epochs + job_body.method.dense_epochs  # the dense phase trains on the same examples
     quotas.check_new_job(session, ctx.settings, tenant, epochs=epochs, examples=dataset.examples)
-    file_ids = {"model": body.model.file_id, "weights": body.weights_file_id, "dataset": body.dataset.file_id}
+    model_id, dataset_id = job_body.model.file_id, job_body.dataset.file_id
+    file_ids = {"model": model_id, "weights": job_body.weights_file_id, "dataset": dataset_id}
     job = jobs.create_job(
         session,
         request,
@@ -118,8 +114,14 @@ def create_job(
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         tenant_id=tenant.id,
+        webhook=(webhook.url, webhook.secret) if webhook is not None else None,
     )
-    return job_out(job)
+    if parent is not None:
+        job.parent_job_id = parent.id  # written with the insert's commit
+    out = job_out(job)
+    if webhook is not None and webhook.generated:
+        out.webhook = WebhookOut(url=webhook.url, secret=webhook.secret)  # shown this once
+    return out
 
 
 @router.get("", response_model=JobList)
@@ -127,13 +129,16 @@ def list_jobs(
     session: SessionDep,
     tenant: CurrentTenant,
     status: Status | None = None,
+    sweep_id: Annotated[str | None, Query(max_length=40)] = None,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobList:
-    """The caller's jobs, newest first (ids sort by creation time); filtered before limiting."""
+    """The caller's jobs, newest first (ids sort by creation time); filtered (by status, by sweep) before limiting."""
     query = select(Job).where(Job.tenant_id == tenant.id).order_by(Job.id.desc()).limit(limit + 1)
     if status is not None:
         query = query.where(Job.status == status)
+    if sweep_id is not None:
+        query = query.where(Job.sweep_id == sweep_id)
     if after is not None:
         query = query.where(Job.id < after)
     rows = list(session.scalars(query))
@@ -226,20 +231,18 @@ def download_artifact(
     name: str,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """Stream one artifact with its Content-Length and sha256 ETag."""
+    """Stream one artifact with its Content-Length and sha256 ETag; on S3 storage, answer 307 to a short-lived
+    presigned URL instead (DWF_S3_PRESIGN_DOWNLOADS, DWF_S3_PRESIGN_EXPIRY_SECONDS): follow it without the API key."""
     artifact = session.scalar(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name))
     if artifact is None:
         raise ApiError(404, "artifact_not_found", f"job {job.id} has no artifact {name!r}", param="name")
-    etag = f'"{artifact.sha256}"'
-    if if_none_match == etag:
-        return Response(status_code=304, headers={"ETag": etag})
-    headers = {
-        "Content-Length": str(artifact.bytes),
-        "ETag": etag,
-        "Content-Disposition": f'attachment; filename="{artifact.name}"',
-    }
-    return StreamingResponse(
-        ctx.storage.open(artifact.storage_key), media_type="application/octet-stream", headers=headers
+    return blob_download(
+        ctx,
+        storage_key=artifact.storage_key,
+        name=artifact.name,
+        size=artifact.bytes,
+        sha256=artifact.sha256,
+        if_none_match=if_none_match,
     )
 
 

@@ -128,6 +128,9 @@ function route() {
   const hash = location.hash || "#/jobs";
   const m = hash.match(/^#\/jobs\/([\w-]+)$/);
   if (m) return openJob(m[1]);
+  const sw = hash.match(/^#\/sweeps\/([\w-]+)$/);
+  if (sw) return openSweep(sw[1]);  // sweeps.js
+  if (hash === "#/sweeps") return loadSweeps();
   if (hash === "#/new") return show("new");
   show("jobs");
   loadJobs(true);
@@ -476,7 +479,13 @@ function renderSettings(job) {
     if (v !== null && v !== undefined) rows.push([k, Array.isArray(v) ? v.join(", ") : v]);
   }
   rows.push(["attempts", job.attempts], ["started", when(job.started_at)], ["finished", when(job.finished_at)]);
-  $("#job-settings").replaceChildren(...rows.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, String(v ?? "")))));
+  const trs = rows.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, String(v ?? ""))));
+  // A continued job (from_job): a link to the job whose trained factors it started from.
+  if (job.parent_job_id) {
+    const link = h("a", { href: `#/jobs/${job.parent_job_id}`, id: "job-parent" }, job.parent_job_id);
+    trs.unshift(h("tr", {}, h("th", {}, "continues"), h("td", {}, link)));
+  }
+  $("#job-settings").replaceChildren(...trs);
 }
 
 async function loadArtifacts(jobId) {
@@ -632,6 +641,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#status-filter").addEventListener("change", () => loadJobs(true));
   $("#jobs-more").addEventListener("click", () => loadJobs(false));
   $("#job-form").addEventListener("submit", submitJob);
+  $("#sweep-cancel").addEventListener("click", cancelSweep);
   $("#job-form").addEventListener("change", syncForm);
   $("#job-cancel").addEventListener("click", async () => {
     try {

@@ -59,6 +59,8 @@ class MaskedTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.masks: Masks = dict(masks or {})
         self.make_masks = make_masks
+        # make_masks is a closure the other ranks of a DDP run could not receive: such a run trains in one process.
+        self.distributable = make_masks is None
 
     def _prepare(self) -> None:
         super()._prepare()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -39,3 +40,28 @@ def client(ctx: ServiceContext) -> Iterator[TestClient]:
     app = create_app(ctx.settings, context=ctx, reconciler=False)
     with TestClient(app, headers={"Authorization": f"Bearer {API_KEY}"}) as test_client:
         yield test_client
+
+
+# A second tenant's key: "bravo" (the ``client`` above is the "default" tenant's).
+KEY_B = "dwf_tenant-b-key-0123456789abcdefghijkl"
+
+
+@pytest.fixture
+def client_b(ctx: ServiceContext) -> Iterator[TestClient]:
+    """A client of a second tenant, "bravo"."""
+    with session_scope(ctx.sessions) as session:
+        add_key(session, KEY_B, name="b", tenant="bravo")
+    app = create_app(ctx.settings, context=ctx, reconciler=False)
+    with TestClient(app, headers={"Authorization": f"Bearer {KEY_B}"}) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def files(client: TestClient) -> dict[str, Any]:
+    """A model (an ONNX header) and a dataset (.npz) file of the default tenant."""
+    from tests.api.test_files import ONNX_HEAD, npz_bytes, upload
+
+    return {
+        "model": upload(client, ONNX_HEAD, "m.onnx", "model")["id"],
+        "dataset": upload(client, npz_bytes(), "d.npz", "dataset")["id"],
+    }

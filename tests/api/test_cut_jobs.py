@@ -12,14 +12,14 @@ from fastapi.testclient import TestClient
 
 from dwf_service.context import ServiceContext
 from dwf_service.models import Job
-from tests.api.test_jobs import body, files  # noqa: F401  (the fixture is used by name)
+from tests.api.test_jobs import body
 from tests.dwf_client.test_sdk import _client, _job
 
 
 @pytest.mark.parametrize(("cut", "resolved"), [("final", "final"), ("gradual", "gradual"), (None, "gradual")])
 def test_cut_reaches_the_training_config(
     client: TestClient,
-    files: dict[str, Any],  # noqa: F811
+    files: dict[str, Any],
     ctx: ServiceContext,
     cut: str | None,
     resolved: str,
@@ -47,7 +47,7 @@ def test_cut_reaches_the_training_config(
 )
 def test_bad_cut_is_422_naming_the_field(
     client: TestClient,
-    files: dict[str, Any],  # noqa: F811
+    files: dict[str, Any],
     method: dict[str, Any],
 ) -> None:
     resp = client.post("/v1/jobs", json=body(files, **method))

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError
 from api.idempotency import claim_id, registry_for
 from dwf_service.context import ServiceContext
-from tests.api.test_jobs import body, files  # noqa: F401 (files: a fixture, requested by name below)
+from tests.api.test_jobs import body
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLDER = textwrap.dedent(
@@ -79,7 +79,7 @@ def test_a_claim_is_one_holder_at_a_time_across_threads_and_processes(tmp_path: 
 def test_the_sqlite_claim_is_held_through_the_commit(
     ctx: ServiceContext,
     client: TestClient,
-    files: dict[str, Any],  # noqa: F811
+    files: dict[str, Any],
 ) -> None:
     """Taken before the request's session and freed after its commit, before the response is sent: a repeat that
     has the response in hand is never 409."""

@@ -16,16 +16,6 @@ from dwf_service.context import ServiceContext
 from dwf_service.db import session_scope
 from dwf_service.models import Artifact, Job
 from dwf_service.queue import TASK_VALIDATE, Message
-from tests.api.test_files import ONNX_HEAD, npz_bytes, upload
-
-
-@pytest.fixture
-def files(client: TestClient) -> dict[str, Any]:
-    """A model and a dataset file."""
-    return {
-        "model": upload(client, ONNX_HEAD, "m.onnx", "model")["id"],
-        "dataset": upload(client, npz_bytes(), "d.npz", "dataset")["id"],
-    }
 
 
 def body(files: dict[str, Any], **method: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from dwf_service import jobs
 from dwf_service.context import ServiceContext
 from dwf_service.db import session_scope
 from dwf_service.models import Job, utcnow
-from tests.api.test_jobs import body, files  # noqa: F401  (the files fixture)
+from tests.api.test_jobs import body
 
 
 def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -37,7 +37,7 @@ def jobs_gauge(samples: dict[Any, float], status: str) -> float:
 
 def test_metric_names_and_job_counts_follow_the_database(
     client: TestClient,
-    files: dict[str, Any],  # noqa: F811
+    files: dict[str, Any],
     ctx: ServiceContext,
 ) -> None:
     before = scrape(client)
@@ -69,7 +69,7 @@ def test_metric_names_and_job_counts_follow_the_database(
     assert later[("dwf_job_duration_seconds_bucket", (("le", "120.0"), *ok))] == 1
 
 
-def test_http_latency_is_labelled_by_route_template(client: TestClient, files: dict[str, Any]) -> None:  # noqa: F811
+def test_http_latency_is_labelled_by_route_template(client: TestClient, files: dict[str, Any]) -> None:
     job_id = client.post("/v1/jobs", json=body(files)).json()["id"]
     for _ in range(2):
         assert client.get(f"/v1/jobs/{job_id}").status_code == 200

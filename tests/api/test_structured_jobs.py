@@ -10,12 +10,12 @@ from fastapi.testclient import TestClient
 
 from dwf_service.context import ServiceContext
 from dwf_service.models import Job
-from tests.api.test_jobs import body, files  # noqa: F401  (the fixture is used by name)
+from tests.api.test_jobs import body
 
 
 def test_structure_and_target_macs_reach_the_training_config(
     client: TestClient,
-    files: dict[str, Any],  # noqa: F811
+    files: dict[str, Any],
     ctx: ServiceContext,
 ) -> None:
     from dwf_service.runner import _spec
@@ -33,7 +33,7 @@ def test_structure_and_target_macs_reach_the_training_config(
 
 def test_structure_defaults_to_weights(
     client: TestClient,
-    files: dict[str, Any],  # noqa: F811
+    files: dict[str, Any],
 ) -> None:
     resp = client.post("/v1/jobs", json=body(files))
     assert resp.status_code == 200, resp.text
@@ -55,7 +55,7 @@ def test_structure_defaults_to_weights(
 )
 def test_bad_structured_methods_are_422_naming_the_field(
     client: TestClient,
-    files: dict[str, Any],  # noqa: F811
+    files: dict[str, Any],
     method: dict[str, Any],
     param: str,
 ) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,24 +11,11 @@ from sqlalchemy import select
 
 from api.app import create_app
 from dwf_service import jobs
-from dwf_service.auth import add_key
 from dwf_service.context import ServiceContext
 from dwf_service.db import session_scope
 from dwf_service.models import DEFAULT_TENANT_ID, ApiKey, Artifact, File, Job, Tenant
 from tests.api.test_files import ONNX_HEAD, npz_bytes, upload
 from tests.api.test_jobs import body
-
-KEY_B = "dwf_tenant-b-key-0123456789abcdefghijkl"
-
-
-@pytest.fixture
-def client_b(ctx: ServiceContext) -> Iterator[TestClient]:
-    """A client of a second tenant, "bravo" (the conftest's ``client`` is the "default" tenant's)."""
-    with session_scope(ctx.sessions) as session:
-        add_key(session, KEY_B, name="b", tenant="bravo")
-    app = create_app(ctx.settings, context=ctx, reconciler=False)
-    with TestClient(app, headers={"Authorization": f"Bearer {KEY_B}"}) as test_client:
-        yield test_client
 
 
 @pytest.fixture

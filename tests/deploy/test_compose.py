@@ -81,7 +81,9 @@ def test_worker_reserves_one_gpu_and_consumes_both_queues(config: dict[str, Any]
     assert "gpus" not in worker  # the service-level key docker-compose 1.29 rejects
     (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia"
-    assert device["count"] == 1
+    # All host GPUs mapped in, CUDA_VISIBLE_DEVICES picks the worker's (one by default; DWF_WORKER_GPUS for DDP jobs).
+    assert device["count"] == "all"
+    assert worker["environment"]["CUDA_VISIBLE_DEVICES"] == "0"
     assert device["capabilities"] == ["gpu"]
     command = " ".join(worker["command"])
     assert "-A worker.celery_app worker" in command

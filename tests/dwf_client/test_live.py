@@ -194,3 +194,38 @@ def test_sdk_submit_wait_cancel_and_idempotency(client: Client, tiny_npz: Path, 
     assert (info.value.status, info.value.code) == (409, "idempotency_key_reused")
     first.cancel()
     assert first.wait(timeout=60).status == "cancelled"
+
+
+def test_cli_sweep_wait_download_and_sdk_cancel(server: Serve, client: Client, tiny_npz: Path, tmp_path: Path) -> None:
+    """``dwf sweep --grid … --wait --out``: the live table until every child ended, then frontier.json/.png; the SDK
+    lists it and cancels a second sweep's children."""
+    made = server.cli(
+        "sweep", "lenet_300_100", str(tiny_npz), "--grid", "target_sparsity=0.5,0.9", "--epochs", "1",
+        "--option", "batch_size=64", "--wait", "--out", str(tmp_path / "front"), timeout=240,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr + server.log.read_text()[-3000:]
+    sweep_id = made.stdout.strip().splitlines()[0]
+    assert sweep_id.startswith("swp-")
+    assert (tmp_path / "front" / "frontier.png").read_bytes().startswith(b"\x89PNG")
+    front = json.loads((tmp_path / "front" / "frontier.json").read_text())
+    assert front["succeeded"] == 2 and len(front["compression_front"]) >= 1
+    sweep = client.get_sweep(sweep_id)
+    assert sweep.status == "succeeded" and [c.point for c in sweep.children] == [
+        {"target_sparsity": 0.5},
+        {"target_sparsity": 0.9},
+    ]
+    assert [c.sparsity for c in sweep.children] == [pytest.approx(0.5, abs=0.01), pytest.approx(0.9, abs=0.01)]
+    assert all(client.get_job(c.job_id).method["batch_size"] == 64 for c in sweep.children)
+    children = client.list_jobs(sweep_id=sweep_id).data
+    assert sorted(j.id for j in children) == sorted(c.job_id for c in sweep.children)
+    assert all(j.sweep_id == sweep_id for j in children)
+    shown = server.cli("sweep-status", sweep_id)
+    assert shown.returncode == 0 and all(c.job_id in shown.stdout for c in sweep.children)
+    assert sweep_id in server.cli("sweeps").stdout
+
+    bad = server.cli("sweep", "lenet_300_100", str(tiny_npz), "--grid", "lam=0.1", "--option", "target_sparsity=0.9")
+    _one_error_line(bad, "invalid_grid_point")
+    second = client.submit_sweep("lenet_300_100", tiny_npz, {"depth": [2, 3, 4]}, epochs=50)
+    cancelled = second.cancel().wait(timeout=120, poll=0.5)
+    assert cancelled.status == "cancelled" and cancelled.counts["succeeded"] == 0
+    assert client.list_sweep_artifacts(second.id)  # the frontier of a cancelled sweep (no candidates) is stored too

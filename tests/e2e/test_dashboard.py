@@ -87,7 +87,7 @@ def test_dashboard_is_self_hosted() -> None:
     """No CDN: every script and stylesheet is a local /static file that exists."""
     html = (STATIC / "index.html").read_text()
     refs = re.findall(r'(?:src|href)="(/static/[^"]+)"', html)
-    assert sorted(refs) == ["/static/app.js", "/static/charts.js", "/static/style.css"]
+    assert sorted(refs) == ["/static/app.js", "/static/charts.js", "/static/style.css", "/static/sweeps.js"]
     assert all((STATIC / ref.removeprefix("/static/")).is_file() for ref in refs)
     for path in STATIC.iterdir():
         assert "http://" not in path.read_text().replace("http://www.w3.org/2000/svg", ""), path
@@ -119,7 +119,12 @@ def test_dashboard_page_and_assets_are_served(server: Server) -> None:
     index = httpx.get(f"{server.url}/")
     assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
     assert "<title>dwf dashboard</title>" in index.text
-    for name, kind in (("app.js", "javascript"), ("charts.js", "javascript"), ("style.css", "text/css")):
+    for name, kind in (
+        ("app.js", "javascript"),
+        ("charts.js", "javascript"),
+        ("sweeps.js", "javascript"),
+        ("style.css", "text/css"),
+    ):
         resp = httpx.get(f"{server.url}/static/{name}")
         assert resp.status_code == 200 and kind in resp.headers["content-type"], name
         assert resp.content == (STATIC / name).read_bytes()

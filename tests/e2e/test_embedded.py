@@ -173,34 +173,50 @@ def test_killed_worker_job_resumes_from_its_checkpoint(inputs: dict[str, Path], 
         srv.stop()
 
 
-def test_two_workers_run_two_jobs_at_once(inputs: dict[str, Path], tmp_path: Path) -> None:
-    """``dwf serve --workers 2``: two jobs are running at the same moment, under two different workers.
+def test_a_sweep_runs_its_children_on_two_workers_and_stores_its_frontier(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    """``dwf serve --workers 2`` and a 2-child sweep: both children are running at the same moment, under two
+    workers, and once both ended the worker's finalize task stores frontier.json/.png.
 
-    Both jobs sleep 8 s when their training starts (the test-only fault of dwf_service.runner, keyed by seed), so
-    with one worker the second could only start after the first had finished."""
-    srv = Server(tmp_path / "data", "--workers", "2", DWF_TEST_FAULTS="71=sleep:8,72=sleep:8")
+    The children sleep 8 s when their training starts (the test-only fault of dwf_service.runner, keyed by seed; a
+    sweep's children share its seed), so with one worker the second could only start after the first had finished.
+    """
+    srv = Server(tmp_path / "data", "--workers", "2", DWF_TEST_FAULTS="71=sleep:8")
     srv.start()
     try:
         model_id, data_id = _upload(srv, inputs["model"], "model"), _upload(srv, inputs["data"], "dataset")
-        ids = [
-            srv.client.post(
-                "/v1/jobs",
-                json={
-                    "model": {"file_id": model_id},
-                    "dataset": {"file_id": data_id},
-                    "method": {"epochs": 1},
-                    "seed": seed,
-                },
-            ).json()["id"]
-            for seed in (71, 72)
-        ]
+        sweep = srv.client.post(
+            "/v1/sweeps",
+            json={
+                "model": {"file_id": model_id},
+                "dataset": {"file_id": data_id},
+                "method": {"epochs": 1},
+                "seed": 71,
+                "grid": {"target_sparsity": [0.5, 0.9]},
+            },
+        ).json()
+        ids = [c["job_id"] for c in sweep["children"]]
         deadline, both_running = time.monotonic() + 90, False
         while not both_running:
             assert time.monotonic() < deadline, srv.log.read_text()[-3000:]
             statuses = [srv.client.get(f"/v1/jobs/{i}").json()["status"] for i in ids]
             both_running = statuses == ["running", "running"]
             time.sleep(0.2)
-        for job_id in ids:
-            assert srv.wait(job_id, timeout=120)["status"] == "succeeded"
+        children = [srv.wait(job_id, timeout=120) for job_id in ids]
+        assert [c["status"] for c in children] == ["succeeded", "succeeded"]
+        deadline = time.monotonic() + 60
+        while (out := srv.client.get(f"/v1/sweeps/{sweep['id']}").json())["status"] != "succeeded":
+            assert time.monotonic() < deadline and out["status"] == "finalizing", out
+            time.sleep(0.2)
+        assert [c["compression_ratio"] for c in out["children"]] == [
+            c["metrics"]["compression_ratio"] for c in children
+        ]
+        front = srv.client.get(f"/v1/sweeps/{sweep['id']}/artifacts/frontier.json").json()
+        assert {r["job_id"] for r in front["candidates"]} == set(ids)
+        best = max(children, key=lambda c: c["metrics"]["test_accuracy"])
+        assert best["id"] in {r["job_id"] for r in front["compression_front"]}
+        png = srv.client.get(f"/v1/sweeps/{sweep['id']}/artifacts/frontier.png")
+        assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
     finally:
         srv.stop()

@@ -371,6 +371,44 @@ def test_t11b_cold_shutdown_requeues(harness: Harness, tiny_inputs: dict[str, Pa
     assert harness.job(job_id)["attempts"] == 2
 
 
+def test_t12_redelivered_sweep_child(harness: Harness, tiny_inputs: dict[str, Path]) -> None:
+    """T12: a sweep of 3 children on 2 workers; the running child #1's train message and the sweep's finalize
+    message are delivered again (the finalize both before and after the children end): every child succeeds once,
+    with one training run each, and the frontier is stored once."""
+    from dwf_service.queue import TASK_FINALIZE_SWEEP, TASK_TRAIN, Message, celery_publisher
+    from dwf_service.settings import Settings
+
+    s = start_stack(harness, tiny_inputs, faults=FAULTS, workers=2)
+    body = {**s.body(SLEEP8), "grid": {"target_sparsity": [0.5, 0.8, 0.9]}}
+    resp = s.client.post("/v1/sweeps", json=body)
+    assert resp.status_code == 200, resp.text
+    sweep_id, ids = resp.json()["id"], [c["job_id"] for c in resp.json()["children"]]
+    harness.wait_until(_running(harness, ids[0]), 120, "child #1 running")
+    publish = celery_publisher(Settings(broker_url=harness.broker_url, data_dir=harness.root / "publisher"))
+    publish(Message(TASK_TRAIN, ids[0]))  # the re-delivery of a running child
+    publish(Message(TASK_FINALIZE_SWEEP, sweep_id))  # early: its children have not ended
+    took = harness.wait_terminal(ids, 3 * 20 + 120)
+    finished = harness.wait_until(
+        lambda: s.client.get(f"/v1/sweeps/{sweep_id}").json()["status"] == "succeeded", 60, "sweep finished"
+    )
+    publish(Message(TASK_FINALIZE_SWEEP, sweep_id))  # late: already finalized
+    time.sleep(3)
+    harness.table(f"T12 re-delivered sweep child (children done after {took:.1f} s, sweep {finished:.1f} s later)")
+    _check_all_succeeded_once(harness, ids)
+    for job_id in ids:
+        events = s.client.get(f"/v1/jobs/{job_id}/events?limit=100").json()["data"]
+        assert sum(e["message"].startswith("training started") for e in events) == 1, events
+    with harness.engine.connect() as conn:
+        names = (
+            conn.execute(sa.text("select name from sweep_artifacts where sweep_id = :s order by name"), {"s": sweep_id})
+            .scalars()
+            .all()
+        )
+    assert names == ["frontier.json", "frontier.png"]
+    logs = "".join(w.tail(200_000) for w in harness.workers)
+    assert f"job {ids[0]} is not available" in logs
+
+
 def test_job_stack_start(harness: Harness, tiny_inputs: dict[str, Path]) -> None:
     """Smoke: one plain job through the whole stack (shows the per-job cost the other tests are scaled by)."""
     s: Stack = start_stack(harness, tiny_inputs)

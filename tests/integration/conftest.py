@@ -33,6 +33,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from tests.service_helpers import mlp_onnx, mnist_npz
 
 PG_BIN = Path(os.environ.get("DWF_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 START_TIMEOUT_S = 30.0
@@ -374,3 +378,50 @@ def s3_bucket(s3_client: Any) -> Iterator[str]:
             for obj in page.get("Contents", []):
                 s3_client.delete_object(Bucket=name, Key=obj["Key"])
         s3_client.delete_bucket(Bucket=name)
+
+
+# ------------------------------------------------------------- the deployed stack's inputs and connections
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """2000/500 MNIST images as .npz and a LeNet-300-100-like ONNX MLP."""
+    d = tmp_path_factory.mktemp("stack-inputs")
+    return {"data": mnist_npz(d / "mnist.npz", 2000, 500), "model": mlp_onnx(d / "lenet300.onnx")}
+
+
+@pytest.fixture
+def services(redis_url: str, postgres_url: str, s3_endpoint: str, s3_bucket: str) -> dict[str, str]:
+    """The DWF_* variables that point the service at the real backing services."""
+    return {
+        "DWF_DATABASE_URL": postgres_url,
+        "DWF_BROKER_URL": redis_url,
+        "DWF_S3_ENDPOINT_URL": s3_endpoint,
+        "DWF_S3_BUCKET": s3_bucket,
+    }
+
+
+@pytest.fixture
+def engine(postgres_url: str) -> Iterator[sa.Engine]:
+    """An engine on the session's PostgreSQL database."""
+    eng = sa.create_engine(postgres_url, pool_pre_ping=True)
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+
+
+@pytest.fixture
+def own_database(postgres_url: str) -> Iterator[str]:
+    """A database of this test's own on the session's PostgreSQL (other tests expect theirs empty)."""
+    url = make_url(postgres_url)
+    name = f"dwf_ckpt_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

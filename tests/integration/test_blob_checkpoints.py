@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 import torch
-from sqlalchemy.engine import make_url
 
 from dwf_core.checkpoint import Checkpoint, latest_epoch, load_checkpoint, save_checkpoint
 from dwf_service import jobs
@@ -24,22 +21,6 @@ from dwf_service.settings import Settings
 from .conftest import S3_ACCESS_KEY_ID, S3_REGION, S3_SECRET_ACCESS_KEY
 
 REQUEST = {"model": {"name": "lenet_300_100"}, "dataset": {"file_id": "file-x"}, "method": {"epochs": 2}}
-
-
-@pytest.fixture
-def own_database(postgres_url: str) -> Iterator[str]:
-    """A database of this test's own on the session's PostgreSQL (other tests expect theirs empty)."""
-    url = make_url(postgres_url)
-    name = f"dwf_ckpt_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +34,6 @@ from tests.service_helpers import (
     ARTIFACT_NAMES,
     check_reported_results,
     download_artifacts,
-    mlp_onnx,
-    mnist_npz,
     upload,
     wait_for_job,
 )
@@ -157,33 +154,6 @@ class Stack:
 
     def logs(self) -> str:
         return f"--- api.log\n{_tail(self.root / 'api.log')}\n--- worker.log\n{_tail(self.root / 'worker.log')}"
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """2000/500 MNIST images as .npz and a LeNet-300-100-like ONNX MLP."""
-    d = tmp_path_factory.mktemp("stack-inputs")
-    return {"data": mnist_npz(d / "mnist.npz", 2000, 500), "model": mlp_onnx(d / "lenet300.onnx")}
-
-
-@pytest.fixture
-def services(redis_url: str, postgres_url: str, s3_endpoint: str, s3_bucket: str) -> dict[str, str]:
-    """The DWF_* variables that point the service at the real backing services."""
-    return {
-        "DWF_DATABASE_URL": postgres_url,
-        "DWF_BROKER_URL": redis_url,
-        "DWF_S3_ENDPOINT_URL": s3_endpoint,
-        "DWF_S3_BUCKET": s3_bucket,
-    }
-
-
-@pytest.fixture
-def engine(postgres_url: str) -> Iterator[sa.Engine]:
-    eng = sa.create_engine(postgres_url, pool_pre_ping=True)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
 
 
 def _stack(tmp_path: Path, services: dict[str, str], **overrides: str) -> Stack:
