@@ -1,6 +1,6 @@
 """Wall clock of one sweep on 1 worker and on 2: does a sweep fan out over the worker pool?
 
-    OMP_NUM_THREADS=1 python -m benchmarks.sweep_scaling [--children 4] [--epochs 3] [--train 6000] [--test 1000]
+    OMP_NUM_THREADS=1 python -m benchmarks.sweep_scaling [--children 4] [--epochs 5] [--train 60000] [--test 1000]
 
 For each worker count, starts ``dwf serve --workers N`` (the embedded stack: SQLite, SQL broker, N Celery worker
 processes, each one job at a time and one torch thread) on a fresh data dir, uploads an MNIST subset, creates a
@@ -108,8 +108,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--children", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--train", type=int, default=6000)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--train", type=int, default=60000)
     parser.add_argument("--test", type=int, default=1000)
     parser.add_argument("--workers", default="1,2", help="worker counts to time, comma-separated (1 first)")
     parser.add_argument("--out", type=Path, default=OUT)
