@@ -117,6 +117,9 @@ class DwfMethod(Strict):
     # DWF with target_sparsity: "gradual" (weights beyond the target are masked during training) or "final" (only the
     # cut after training); None: gradual (dwf_core TrainConfig.cut).
     cut: Literal["gradual", "final"] | None = None
+    # units/both with target_macs: "gradual" (whole units masked during training on a schedule of kept MACs) or
+    # "final" (λ follows the MACs, the collapse cuts); None: dwf_core's default (dwf_core TrainConfig.unit_cut).
+    unit_cut: Literal["gradual", "final"] | None = None
     # units/both: the fraction of the dense model's Linear/Conv MACs the collapsed model may keep.
     target_macs: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
     # units/both: MAC fractions at which the trained model is also cut and evaluated (metrics structured.mac_frontier);
@@ -157,8 +160,10 @@ class DwfMethod(Strict):
             raise ValueError("a structured run cuts at MAC budgets: use mac_frontier instead of frontier")
         if structured and self.depth is not None and self.depth < 2:
             raise ValueError("structure 'units'/'both' needs depth ≥ 2")
-        if self.cut is not None and (self.type != "dwf" or self.target_sparsity is None or structured):
-            raise ValueError("cut applies to method type 'dwf' with target_sparsity and structure 'weights' only")
+        if self.cut is not None and (self.type != "dwf" or self.target_sparsity is None or self.structure == "units"):
+            raise ValueError("cut applies to method type 'dwf' with target_sparsity and structure 'weights' or 'both'")
+        if self.unit_cut is not None and self.target_macs is None:
+            raise ValueError("unit_cut needs target_macs (the MAC budget the units are cut to)")
         return self
 
 

@@ -88,6 +88,8 @@ class DwfMethod(_Request):
     structure: Literal["weights", "units", "both"] | None = None
     # DWF with target_sparsity: "gradual" (default) or "final".
     cut: Literal["gradual", "final"] | None = None
+    # units/both with target_macs: "gradual" (units masked during training) or "final".
+    unit_cut: Literal["gradual", "final"] | None = None
     # units/both: fraction of the dense model's Linear/Conv MACs to keep, in (0, 1].
     target_macs: float | None = None
     # units/both: MAC fractions at which the model is also cut and evaluated ([]: none).

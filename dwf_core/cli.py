@@ -137,6 +137,13 @@ def train(
             "10%-75% of the steps, cubic schedule) or final (only the cut after training)"
         ),
     ] = None,
+    unit_cut: Annotated[
+        str | None,
+        typer.Option(
+            help="--structure units/both with --target-macs: gradual (whole units masked during training, 10%-60% "
+            "of the steps, cubic schedule of kept MACs) or final (default: λ follows the MACs, the collapse cuts)"
+        ),
+    ] = None,
     structure: Annotated[
         str,
         typer.Option(
@@ -266,6 +273,7 @@ def _train(**kw: Any) -> dict[str, Any]:
         frontier=_parse_frontier(kw["frontier"]),
         dense_epochs=kw["dense_epochs"],
         cut=cast(Literal["gradual", "final"] | None, kw["cut"]),
+        unit_cut=cast(Literal["gradual", "final"] | None, kw["unit_cut"]),
         structure=kw["structure"],
         target_macs=kw["target_macs"],
         mac_frontier=_parse_mac_frontier(kw["mac_frontier"]),
@@ -380,6 +388,9 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     if cut:
         steps = f" ({cut['events']} masking steps, {cut['start_step']}–{cut['end_step']})" if "events" in cut else ""
         table.add_row("cut", f"{cut['mode']}{steps}")
+    unit_cut = metrics.get("unit_cut")
+    if unit_cut:
+        table.add_row("unit cut", f"gradual ({unit_cut['events']} masking steps, {unit_cut['units_removed']} units)")
     structured = metrics.get("structured")
     if structured:
         kept = ", ".join(f"{layer['name']} {layer['units']}/{layer['units_total']}" for layer in structured["layers"])

@@ -18,7 +18,16 @@ import torch
 from torch import nn
 
 from dwf_core.factorize import factorized_tensors
-from dwf_core.masking import Masks, apply_masks, cubic_sparsity, grow_masks, mask_sparsity, pruning_due, pruning_window
+from dwf_core.masking import (
+    Masks,
+    apply_masks,
+    cubic_sparsity,
+    grow_masks,
+    mask_sparsity,
+    masks_from_checkpoint,
+    pruning_due,
+    pruning_window,
+)
 
 START = 0.10
 END = 0.75
@@ -74,11 +83,7 @@ class GradualCut:
     def load(self, tensors: dict[str, torch.Tensor], events: int) -> None:
         """Take the masks back from a checkpoint's tensors (those ``state_tensors`` wrote)."""
         device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
-        self.masks = {
-            key[len(_CHECKPOINT_PREFIX) :]: value.to(device=device, dtype=torch.bool)
-            for key, value in tensors.items()
-            if key.startswith(_CHECKPOINT_PREFIX)
-        }
+        self.masks = masks_from_checkpoint(tensors, _CHECKPOINT_PREFIX, device)
         self.events = events
 
     def describe(self) -> dict[str, Any]:

@@ -92,3 +92,12 @@ def grow_masks(scores: Scores, masks: Masks, sparsity: float) -> Masks:
         mask = masks.get(name)
         ranked[name] = score if mask is None else score.masked_fill(~mask, -1.0)
     return global_topk_mask(ranked, sparsity)
+
+
+def masks_from_checkpoint(tensors: dict[str, torch.Tensor], prefix: str, device: torch.device) -> Masks:
+    """The boolean masks a checkpoint keeps under ``prefix`` (names without it), on ``device``."""
+    return {
+        key[len(prefix) :]: value.to(device=device, dtype=torch.bool)
+        for key, value in tensors.items()
+        if key.startswith(prefix)
+    }

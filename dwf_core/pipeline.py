@@ -467,6 +467,8 @@ def run(
         # DWF with a target: how the weights beyond it went. "gradual" (dwf_core.gradual_cut): its schedule, the events
         # it pruned at and the mask's sparsity at the end; "final": only the cut after training; None without a target.
         "cut": result.extra.get("cut") or ({"mode": cfg.cut} if cfg.cut else None),
+        # Structured runs with target_macs and unit_cut "gradual": the unit masks' schedule and where they ended.
+        "unit_cut": result.extra.get("unit_cut"),
         # Each restart from the initial weights after the training loss became NaN/inf (dwf_core.divergence), with
         # the peak LR and gradient-norm clip it switched to; "lr" and "max_grad_norm" are those of the last attempt.
         "divergence_restarts": result.extra.get("divergence_restarts", []),

@@ -42,6 +42,7 @@ from dwf_core.report import sparsity_report
 from dwf_core.schedule import lr_at
 from dwf_core.structured.control import control_lam
 from dwf_core.structured.gates import attach_gates, has_gates
+from dwf_core.structured.unit_cut import GradualUnitCut
 
 
 class TrainingCancelled(DwfError):
@@ -237,6 +238,10 @@ class Trainer:
         self.cut: GradualCut | None = None
         if cfg.cut == "gradual" and cfg.target_sparsity is not None:
             self.cut = GradualCut(self.model, cfg.target_sparsity, self.total_steps)
+        # Structured DWF with a MAC budget: whole units masked during training (dwf_core.structured.unit_cut).
+        self.unit_cut: GradualUnitCut | None = None
+        if cfg.unit_cut == "gradual" and cfg.target_macs is not None:
+            self.unit_cut = GradualUnitCut(self.model, cfg.target_macs, self.total_steps, self.train_data.x[:2])
         # Current λ: fixed, or the controller's state when a target sparsity is given (saved in checkpoints).
         self.lam0 = initial_lam(cfg, self.total_steps)
         self.lam = self.lam0
@@ -254,6 +259,10 @@ class Trainer:
             x, y = x.to(self.device), y.to(self.device)
         self.x_train, self.y_train = x, y
 
+    def _cuts(self) -> list[GradualCut | GradualUnitCut]:
+        """The masks that grow during training: weights (gradual cut) and whole units (gradual unit cut)."""
+        return [cut for cut in (self.cut, self.unit_cut) if cut is not None]
+
     def _keep_initial_state(self) -> None:
         """Remember what every restart starts from: taken after a subclass's preparation (e.g. masks applied) and
         before a resume loads a checkpoint, on the CPU so that an accelerator holds one copy of the weights."""
@@ -269,8 +278,8 @@ class Trainer:
         if self.initial_cuda_rng is not None:
             torch.cuda.set_rng_state(self.initial_cuda_rng, self.device)
         self.lam = self.lam0
-        if self.cut is not None:
-            self.cut.reset()
+        for cut in self._cuts():
+            cut.reset()
         self._start_optimization()
         self.history = []
         self._start_attempt_clock()
@@ -327,6 +336,8 @@ class Trainer:
         self.resumed_from = self.start_epoch
         if self.cut is not None:
             self.cut.load(ckpt.tensors, int(state.get("cut_events", 0)))
+        if self.unit_cut is not None:
+            self.unit_cut.load(ckpt.tensors, int(state.get("unit_cut_events", 0)))
 
     def _save(self, epoch: int) -> None:
         assert self.checkpoint_dir is not None
@@ -337,8 +348,8 @@ class Trainer:
         tensors["rng/shuffle"] = self.shuffle_rng.get_state()
         if self.device.type == "cuda":
             tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
-        if self.cut is not None:
-            tensors.update(self.cut.state_tensors())
+        for cut in self._cuts():
+            tensors.update(cut.state_tensors())
         state = {
             "epoch": epoch,
             "global_step": self.global_step,
@@ -352,6 +363,7 @@ class Trainer:
             "init_stats": self.init_stats,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "cut_events": self.cut.events if self.cut is not None else 0,
+            "unit_cut_events": self.unit_cut.events if self.unit_cut is not None else 0,
         }
         save_checkpoint(self.checkpoint_dir, epoch, Checkpoint(tensors, state))
 
@@ -379,8 +391,8 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        if self.cut is not None:
-            self.cut.after_step(self.global_step + 1)
+        for cut in self._cuts():
+            cut.after_step(self.global_step + 1)
         correct = (logits.detach().argmax(dim=1) == yb).sum()
         return torch.stack([loss_sum, correct.float()])
 
@@ -601,10 +613,10 @@ class Trainer:
             self.lam = decision["lam"]
             set_lam(self.optimizer, self.lam)
         self.comm.sync_tensors(list(self.model.state_dict().values()))
-        if self.cut is not None:
-            self.cut.masks = self.comm.share({k: v.cpu() for k, v in self.cut.masks.items()})
-            self.cut.masks = {k: v.to(self.device) for k, v in self.cut.masks.items()}
-            self.cut.events = self.comm.share(self.cut.events)
+        for cut in self._cuts():
+            cut.masks = self.comm.share({k: v.cpu() for k, v in cut.masks.items()})
+            cut.masks = {k: v.to(self.device) for k, v in cut.masks.items()}
+            cut.events = self.comm.share(cut.events)
         return bool(decision["restarted"])
 
     def fit(self) -> TrainResult:
@@ -705,6 +717,7 @@ class Trainer:
                 "max_grad_norm": self.max_grad_norm,
                 "divergence_restarts": self.divergence_restarts,
                 "cut": self.cut.describe() if self.cut is not None else None,
+                "unit_cut": self.unit_cut.describe() if self.unit_cut is not None else None,
                 # How many processes trained the run (config.devices, or 1 for a trainer that cannot spread).
                 "processes": self.comm.world_size,
             },

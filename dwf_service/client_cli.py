@@ -301,6 +301,10 @@ def submit(
         str | None,
         typer.Option(help="DWF with --target-sparsity: gradual (server default: masked during training) or final"),
     ] = None,
+    unit_cut: Annotated[
+        str | None,
+        typer.Option(help="--structure units/both with --target-macs: gradual (units masked during training) or final"),
+    ] = None,
     threshold: Annotated[str | None, typer.Option(help="Collapse threshold: 'auto' or a number")] = None,
     frontier: Annotated[
         list[float] | None, typer.Option(help="Also save the model cut at this compression ratio (repeatable)")
@@ -361,6 +365,8 @@ def submit(
         options["target_macs"] = target_macs
     if cut is not None:
         options["cut"] = cut
+    if unit_cut is not None:
+        options["unit_cut"] = unit_cut
     pairs = _parse_metadata(metadata)
     with _errors(), _client(ctx, server) as client:
         if data is not None and data.startswith("mnist-idx:"):

@@ -1,4 +1,4 @@
-"""/v1/jobs with ``cut``: checked against the method, reaches the run; the SDK sends it only when set."""
+"""/v1/jobs with ``cut`` and ``unit_cut``: checked against the method, reach the run; the SDK sends cut when set."""
 
 from __future__ import annotations
 
@@ -36,13 +36,32 @@ def test_cut_reaches_the_training_config(
     assert spec.train.resolved().cut == resolved
 
 
+@pytest.mark.parametrize("unit_cut", ["gradual", "final"])
+def test_unit_cut_and_a_gradual_weight_cut_of_structure_both_reach_the_training_config(
+    client: TestClient, files: dict[str, Any], ctx: ServiceContext, unit_cut: str
+) -> None:
+    from dwf_service.runner import _spec
+
+    method = {"structure": "both", "target_sparsity": 0.99, "target_macs": 0.1, "cut": "gradual", "unit_cut": unit_cut}
+    resp = client.post("/v1/jobs", json=body(files, **method))
+    assert resp.status_code == 200, resp.text
+    with ctx.sessions() as session:
+        job = session.get(Job, resp.json()["id"])
+        assert job is not None
+        spec = _spec(ctx, job, {"model": Path("m.onnx"), "dataset": Path("d.npz")}, Path("out"), None)
+    resolved = spec.train.resolved()
+    assert (resolved.cut, resolved.unit_cut, resolved.structure) == ("gradual", unit_cut, "both")
+
+
 @pytest.mark.parametrize(
     "method",
     [
         {"target_sparsity": 0.9, "cut": "sometimes"},
         {"cut": "final"},  # no target
         {"type": "gmp", "target_sparsity": 0.9, "cut": "gradual"},
-        {"structure": "both", "target_sparsity": 0.9, "cut": "gradual"},
+        {"structure": "units", "target_macs": 0.5, "cut": "gradual"},
+        {"structure": "units", "unit_cut": "gradual"},  # no MAC budget
+        {"structure": "units", "target_macs": 0.5, "unit_cut": "sometimes"},
     ],
 )
 def test_bad_cut_is_422_naming_the_field(
@@ -52,7 +71,7 @@ def test_bad_cut_is_422_naming_the_field(
 ) -> None:
     resp = client.post("/v1/jobs", json=body(files, **method))
     assert resp.status_code == 422, resp.text
-    assert resp.json()["error"]["param"] in ("method.cut", "method")
+    assert resp.json()["error"]["param"] in ("method.cut", "method.unit_cut", "method")
 
 
 def test_sdk_sends_cut_only_when_set() -> None:
