@@ -19,12 +19,11 @@ from torch import nn
 
 from dwf_core.factorize import factorized_tensors
 from dwf_core.masking import (
-    Masks,
+    GrowingMasks,
     apply_masks,
     cubic_sparsity,
     grow_masks,
     mask_sparsity,
-    masks_from_checkpoint,
     pruning_due,
     pruning_window,
 )
@@ -32,7 +31,6 @@ from dwf_core.masking import (
 START = 0.10
 END = 0.75
 EVENTS = 50
-_CHECKPOINT_PREFIX = "cut/"
 
 
 def collapsed_magnitudes(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -47,20 +45,15 @@ def collapsed_magnitudes(model: nn.Module) -> dict[str, torch.Tensor]:
     return scores
 
 
-class GradualCut:
-    """Masks that grow from 0 to ``target`` on the cubic schedule over a run of ``total_steps`` optimizer steps.
+class GradualCut(GrowingMasks):
+    """Masks that grow from 0 to ``target`` on the cubic schedule over a run of ``total_steps`` optimizer steps."""
 
-    The trainer calls ``after_step`` after every optimizer step, ``reset`` when training starts over, and keeps
-    ``state_tensors`` in its checkpoints (``load`` on resume), so a resumed run masks exactly as an
-    uninterrupted one.
-    """
+    checkpoint_prefix = "cut/"
 
     def __init__(self, model: nn.Module, target: float, total_steps: int) -> None:
-        self.model = model
+        super().__init__(model)
         self.target = target
         self.window = pruning_window(total_steps, START, END, EVENTS)
-        self.masks: Masks = {}
-        self.events = 0
 
     def after_step(self, steps_done: int) -> None:
         """Grow the masks when a pruning step is due, then zero every masked entry's factors."""
@@ -71,20 +64,6 @@ class GradualCut:
             self.events += 1
         if self.masks:
             apply_masks(self.model, self.masks)
-
-    def reset(self) -> None:
-        """Training starts over (λ or divergence restart): no masks yet."""
-        self.masks, self.events = {}, 0
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """The masks, for a checkpoint."""
-        return {f"{_CHECKPOINT_PREFIX}{name}": mask for name, mask in self.masks.items()}
-
-    def load(self, tensors: dict[str, torch.Tensor], events: int) -> None:
-        """Take the masks back from a checkpoint's tensors (those ``state_tensors`` wrote)."""
-        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
-        self.masks = masks_from_checkpoint(tensors, _CHECKPOINT_PREFIX, device)
-        self.events = events
 
     def describe(self) -> dict[str, Any]:
         """For metrics.json: the schedule and where it stands."""

@@ -94,10 +94,38 @@ def grow_masks(scores: Scores, masks: Masks, sparsity: float) -> Masks:
     return global_topk_mask(ranked, sparsity)
 
 
-def masks_from_checkpoint(tensors: dict[str, torch.Tensor], prefix: str, device: torch.device) -> Masks:
-    """The boolean masks a checkpoint keeps under ``prefix`` (names without it), on ``device``."""
-    return {
-        key[len(prefix) :]: value.to(device=device, dtype=torch.bool)
-        for key, value in tensors.items()
-        if key.startswith(prefix)
-    }
+class GrowingMasks:
+    """Masks that grow during training (``dwf_core.gradual_cut``, ``dwf_core.structured.unit_cut``): what the trainer
+    calls (``after_step`` after every optimizer step, ``reset`` when training starts over) and their place in its
+    checkpoints (``state_tensors`` under ``checkpoint_prefix``, ``load`` on resume), so a resumed run masks exactly
+    as an uninterrupted one."""
+
+    checkpoint_prefix: str
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.masks: Masks = {}
+        self.events = 0
+
+    def after_step(self, steps_done: int) -> None:
+        """Grow the masks when a masking event is due, then apply them."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Training starts over (λ or divergence restart): no masks yet."""
+        self.masks, self.events = {}, 0
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The masks, for a checkpoint."""
+        return {f"{self.checkpoint_prefix}{name}": mask for name, mask in self.masks.items()}
+
+    def load(self, tensors: dict[str, torch.Tensor], events: int) -> None:
+        """Take the masks back from a checkpoint's tensors (those ``state_tensors`` wrote)."""
+        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        prefix = self.checkpoint_prefix
+        self.masks = {
+            key[len(prefix) :]: value.to(device=device, dtype=torch.bool)
+            for key, value in tensors.items()
+            if key.startswith(prefix)
+        }
+        self.events = events

@@ -36,6 +36,7 @@ from dwf_core.errors import DwfError, TrainingError
 from dwf_core.evaluate import Labeled, evaluate
 from dwf_core.factorize import factorize, init_stats, is_factorized
 from dwf_core.gradual_cut import GradualCut
+from dwf_core.masking import GrowingMasks
 from dwf_core.one_class import predicts_one_class
 from dwf_core.penalty import factor_penalty, factor_weight_decay, misalignment, param_groups
 from dwf_core.report import sparsity_report
@@ -259,7 +260,7 @@ class Trainer:
             x, y = x.to(self.device), y.to(self.device)
         self.x_train, self.y_train = x, y
 
-    def _cuts(self) -> list[GradualCut | GradualUnitCut]:
+    def _cuts(self) -> list[GrowingMasks]:
         """The masks that grow during training: weights (gradual cut) and whole units (gradual unit cut)."""
         return [cut for cut in (self.cut, self.unit_cut) if cut is not None]
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dwf_core.masking import cubic_sparsity, masks_from_checkpoint, pruning_due, pruning_window
+from dwf_core.masking import GrowingMasks, cubic_sparsity, pruning_due, pruning_window
 from dwf_core.structured.cut import UnitCutter, plain_copy
 from dwf_core.structured.gates import GATES_ATTR
 from dwf_core.structured.macs import probe_input
@@ -27,24 +27,21 @@ from dwf_core.structured.macs import probe_input
 START = 0.10
 END = 0.60
 EVENTS = 30
-_CHECKPOINT_PREFIX = "unit_cut/"
 
 
-class GradualUnitCut:
+class GradualUnitCut(GrowingMasks):
     """Unit masks that grow so that the kept MACs fall from all to ``target_macs`` over ``total_steps`` steps.
 
-    Like ``dwf_core.gradual_cut.GradualCut`` (and called at the same points of the trainer): ``after_step`` after
-    every optimizer step, ``reset`` when training starts over, ``state_tensors``/``load`` with the checkpoints.
+    Its masks map a gated module's name to a bool per unit, True where the unit is removed.
     """
 
+    checkpoint_prefix = "unit_cut/"
+
     def __init__(self, model: nn.Module, target_macs: float, total_steps: int, example: torch.Tensor) -> None:
-        self.model = model
+        super().__init__(model)
         self.target = target_macs
         self.window = pruning_window(total_steps, START, END, EVENTS)
         self.probe = probe_input(example.detach().cpu())
-        # Gated module name → bool per unit, True where the unit is removed.
-        self.masks: dict[str, torch.Tensor] = {}
-        self.events = 0
         self.mac_fraction = 1.0
 
     def scheduled(self, steps_done: int) -> float:
@@ -82,18 +79,9 @@ class GradualUnitCut:
                 getattr(self.model.get_submodule(name), GATES_ATTR)[:, mask] = 0.0
 
     def reset(self) -> None:
-        """Training starts over (λ or divergence restart): no unit removed yet."""
-        self.masks, self.events, self.mac_fraction = {}, 0, 1.0
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """The masks, for a checkpoint."""
-        return {f"{_CHECKPOINT_PREFIX}{name}": mask for name, mask in self.masks.items()}
-
-    def load(self, tensors: dict[str, torch.Tensor], events: int) -> None:
-        """Take the masks back from a checkpoint's tensors (those ``state_tensors`` wrote)."""
-        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
-        self.masks = masks_from_checkpoint(tensors, _CHECKPOINT_PREFIX, device)
-        self.events = events
+        """Training starts over: no unit removed yet."""
+        super().reset()
+        self.mac_fraction = 1.0
 
     def units_removed(self) -> int:
         """Units masked so far."""
