@@ -30,13 +30,16 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from tests.service_helpers import mlp_onnx, mnist_npz
+
+if TYPE_CHECKING:
+    from dwf_service.settings import Settings
 
 PG_BIN = Path(os.environ.get("DWF_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 START_TIMEOUT_S = 30.0
@@ -425,3 +428,20 @@ def own_database(postgres_url: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def s3_settings(data_dir: Path, s3_endpoint: str, bucket: str, **overrides: Any) -> Settings:
+    """Service settings on moto's S3 server (``bucket``) with ``data_dir`` for the rest; ``overrides`` on top
+    (``database_url`` for PostgreSQL, else SQLite in ``data_dir``)."""
+    from dwf_service.settings import Settings
+
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "storage": "s3",
+        "s3_endpoint_url": s3_endpoint,
+        "s3_bucket": bucket,
+        "s3_region": S3_REGION,
+        "s3_access_key_id": S3_ACCESS_KEY_ID,
+        "s3_secret_access_key": S3_SECRET_ACCESS_KEY,
+    }
+    return Settings(**(values | overrides))

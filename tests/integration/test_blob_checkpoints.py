@@ -16,26 +16,15 @@ from dwf_service.context import ServiceContext
 from dwf_service.db import session_scope
 from dwf_service.migrate import upgrade_db
 from dwf_service.models import Job
-from dwf_service.settings import Settings
 
-from .conftest import S3_ACCESS_KEY_ID, S3_REGION, S3_SECRET_ACCESS_KEY
+from .conftest import s3_settings
 
 REQUEST = {"model": {"name": "lenet_300_100"}, "dataset": {"file_id": "file-x"}, "method": {"epochs": 2}}
 
 
 @pytest.fixture
 def stack(tmp_path: Path, own_database: str, s3_endpoint: str, s3_bucket: str) -> Iterator[ServiceContext]:
-    settings = Settings(
-        data_dir=tmp_path,
-        database_url=own_database,
-        storage="s3",
-        s3_endpoint_url=s3_endpoint,
-        s3_bucket=s3_bucket,
-        s3_region=S3_REGION,
-        s3_access_key_id=S3_ACCESS_KEY_ID,
-        s3_secret_access_key=S3_SECRET_ACCESS_KEY,
-        checkpoint_retention_seconds=0,
-    )
+    settings = s3_settings(tmp_path, s3_endpoint, s3_bucket, database_url=own_database, checkpoint_retention_seconds=0)
     upgrade_db(settings.database_url)
     ctx = ServiceContext.create(settings, publisher=lambda *_args: None, use_celery=False)
     yield ctx

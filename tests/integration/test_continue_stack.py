@@ -17,10 +17,9 @@ from dwf_service.blob_checkpoints import expire_checkpoints
 from dwf_service.context import ServiceContext
 from dwf_service.db import session_scope
 from dwf_service.migrate import upgrade_db
-from dwf_service.settings import Settings
 from tests.service_helpers import job_row, mlp_onnx, mnist_npz, stored_job
 
-from .conftest import S3_ACCESS_KEY_ID, S3_REGION, S3_SECRET_ACCESS_KEY
+from .conftest import s3_settings
 from .test_blob_checkpoints import _keys
 
 KEY = "dwf_stack-continue-0123456789abcdefghij"
@@ -28,17 +27,8 @@ KEY = "dwf_stack-continue-0123456789abcdefghij"
 
 @pytest.fixture
 def stack(tmp_path: Path, own_database: str, s3_endpoint: str, s3_bucket: str) -> Iterator[ServiceContext]:
-    settings = Settings(
-        data_dir=tmp_path,
-        database_url=own_database,
-        storage="s3",
-        s3_endpoint_url=s3_endpoint,
-        s3_bucket=s3_bucket,
-        s3_region=S3_REGION,
-        s3_access_key_id=S3_ACCESS_KEY_ID,
-        s3_secret_access_key=S3_SECRET_ACCESS_KEY,
-        heartbeat_seconds=0.5,
-        device="cpu",
+    settings = s3_settings(
+        tmp_path, s3_endpoint, s3_bucket, database_url=own_database, heartbeat_seconds=0.5, device="cpu"
     )
     upgrade_db(settings.database_url)
     ctx = ServiceContext.create(settings, publisher=lambda *_args: None, use_celery=False)

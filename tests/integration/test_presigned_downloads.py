@@ -30,7 +30,7 @@ from dwf_service.models import DEFAULT_TENANT_ID, Artifact
 from dwf_service.settings import Settings
 from dwf_service.storage import S3Storage
 
-from .conftest import S3_ACCESS_KEY_ID, S3_REGION, S3_SECRET_ACCESS_KEY
+from .conftest import s3_settings
 
 KEY_A = "dwf_presign-a-key-0123456789abcdefghijk"
 KEY_B = "dwf_presign-b-key-0123456789abcdefghijk"
@@ -39,19 +39,8 @@ PAYLOAD = bytes(range(256)) * 4096 + b"tail"  # 1 MiB and a bit: more than one c
 
 
 def _settings(tmp_path: Path, s3_endpoint: str, bucket: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "data_dir": tmp_path / "data",
-        "storage": "s3",
-        "s3_endpoint_url": s3_endpoint,
-        "s3_bucket": bucket,
-        "s3_region": S3_REGION,
-        "s3_access_key_id": S3_ACCESS_KEY_ID,
-        "s3_secret_access_key": S3_SECRET_ACCESS_KEY,
-        "reconcile_seconds": 0,
-        "webhook_poll_seconds": 0,
-        "s3_presign_expiry_seconds": 120,
-    }
-    return Settings(**(values | overrides))
+    values: dict[str, Any] = {"reconcile_seconds": 0, "webhook_poll_seconds": 0, "s3_presign_expiry_seconds": 120}
+    return s3_settings(tmp_path / "data", s3_endpoint, bucket, **(values | overrides))
 
 
 @dataclass
