@@ -308,24 +308,32 @@ def claim_due(sessions: sessionmaker[Session], settings: Settings, now: datetime
                 if spent
                 else {"attempts": row.attempts + 1, "next_attempt_at": held_until}
             )
-            result = session.execute(
-                update(WebhookDelivery)
-                .where(
-                    WebhookDelivery.id == row.id,
-                    WebhookDelivery.status == PENDING,
-                    WebhookDelivery.attempts == row.attempts,
-                )
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
-            assert isinstance(result, CursorResult)
-            if spent and result.rowcount == 1:
+            if not _update_pending(session, row.id, row.attempts, values):
+                continue
+            if spent:
                 _add_gave_up_event(session, row.id, row.job_id, row.event, row.url, row.attempts, values["last_error"])
-            elif result.rowcount == 1:
+            else:
                 claim = Claim(row.id, row.job_id, row.url, row.event, row.payload, row.attempts + 1)
                 claim.secret = _secret_of(session, row)
                 claims.append(claim)
     return claims
+
+
+def _update_pending(session: Session, delivery_id: int, attempts: int, values: dict[str, Any]) -> bool:
+    """Write ``values`` to a delivery still pending with ``attempts`` attempts (a compare-and-set: another sender that
+    claimed or recorded it meanwhile wins); True when this call did."""
+    result = session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.status == PENDING,
+            WebhookDelivery.attempts == attempts,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    assert isinstance(result, CursorResult)
+    return result.rowcount == 1
 
 
 def send(http: httpx.Client, claim: Claim, settings: Settings) -> tuple[int | None, str | None]:
@@ -375,18 +383,7 @@ def record(
         delay = backoff_seconds(claim.attempts, settings.webhook_base_delay_seconds, settings.webhook_max_delay_seconds)
         values.update(next_attempt_at=now + timedelta(seconds=delay))
     with session_scope(sessions) as session:
-        result = session.execute(
-            update(WebhookDelivery)
-            .where(
-                WebhookDelivery.id == claim.id,
-                WebhookDelivery.status == PENDING,
-                WebhookDelivery.attempts == claim.attempts,
-            )
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        assert isinstance(result, CursorResult)
-        if result.rowcount != 1:
+        if not _update_pending(session, claim.id, claim.attempts, values):
             return None
         status = values.get("status", PENDING)
         if status == FAILED:
