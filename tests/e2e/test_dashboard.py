@@ -51,6 +51,18 @@ def _on_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+def fulfill_static(route: Any, path: str) -> bool:
+    """Answer a Playwright route for ``/`` (index.html) or a /static file from the tree; False for any other path."""
+    if path == "/":
+        route.fulfill(body=(STATIC / "index.html").read_text(), content_type="text/html")
+        return True
+    if path.startswith("/static/") and (STATIC / path.removeprefix("/static/")).is_file():
+        kind = "text/css" if path.endswith(".css") else "text/javascript"
+        route.fulfill(body=(STATIC / path.removeprefix("/static/")).read_text(), content_type=kind)
+        return True
+    return False
+
+
 def _require_browser() -> None:
     """Skip locally, fail on CI, when chromium or the playwright package is missing."""
     missing = []

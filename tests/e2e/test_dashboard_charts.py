@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS, STATIC, _require_browser
+from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS, _require_browser, fulfill_static
 
 ORIGIN = "http://dwf.test"
 JOB = "job-01chartstest"
@@ -65,14 +65,10 @@ def page() -> Iterator[Any]:
 
     def serve(route: Route) -> None:
         path = route.request.url.removeprefix(ORIGIN).split("?")[0]
-        if path == "/":
-            route.fulfill(body=(STATIC / "index.html").read_text(), content_type="text/html")
-        elif path.startswith("/static/") and (STATIC / path.removeprefix("/static/")).is_file():
-            kind = "text/css" if path.endswith(".css") else "text/javascript"
-            route.fulfill(body=(STATIC / path.removeprefix("/static/")).read_text(), content_type=kind)
-        else:
-            error = {"error": {"type": "invalid_request_error", "code": "not_found", "message": path, "param": None}}
-            route.fulfill(status=404, body=json.dumps(error), content_type="application/json")
+        if fulfill_static(route, path):
+            return
+        error = {"error": {"type": "invalid_request_error", "code": "not_found", "message": path, "param": None}}
+        route.fulfill(status=404, body=json.dumps(error), content_type="application/json")
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS, STATIC, _require_browser
+from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS, _require_browser, fulfill_static
 from tests.e2e.test_dashboard_charts import ORIGIN
 from tests.e2e.test_dashboard_charts import _job as chart_job
 from tests.e2e.test_embedded import Server
@@ -98,13 +98,9 @@ def page() -> Iterator[Any]:
 
     def serve(route: Route) -> None:
         path = route.request.url.removeprefix(ORIGIN).split("?")[0]
-        if path == "/":
-            route.fulfill(body=(STATIC / "index.html").read_text(), content_type="text/html")
-        elif path.startswith("/static/") and (STATIC / path.removeprefix("/static/")).is_file():
-            kind = "text/css" if path.endswith(".css") else "text/javascript"
-            route.fulfill(body=(STATIC / path.removeprefix("/static/")).read_text(), content_type=kind)
-        else:
-            route.fulfill(status=404, body=json.dumps({"error": {"message": path}}), content_type="application/json")
+        if fulfill_static(route, path):
+            return
+        route.fulfill(status=404, body=json.dumps({"error": {"message": path}}), content_type="application/json")
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS, STATIC, _require_browser
+from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS, _require_browser, fulfill_static
 from tests.e2e.test_dashboard_charts import ORIGIN
 
 pytestmark = pytest.mark.slow
@@ -93,12 +93,9 @@ def page() -> Iterator[Any]:
                 ],
             },
         }
-        if path == "/":
-            route.fulfill(body=(STATIC / "index.html").read_text(), content_type="text/html")
-        elif path.startswith("/static/") and (STATIC / path.removeprefix("/static/")).is_file():
-            kind = "text/css" if path.endswith(".css") else "text/javascript"
-            route.fulfill(body=(STATIC / path.removeprefix("/static/")).read_text(), content_type=kind)
-        elif path == "/v1/sweeps/swp-done/artifacts/frontier.png":
+        if fulfill_static(route, path):
+            return
+        if path == "/v1/sweeps/swp-done/artifacts/frontier.png":
             route.fulfill(body=PNG, content_type="application/octet-stream")
         elif path in answers:
             route.fulfill(body=json.dumps(answers[path]), content_type="application/json")
