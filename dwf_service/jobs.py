@@ -12,11 +12,11 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, Row, or_, select, update
 from sqlalchemy.orm import Session
 
 from dwf_service import webhooks
-from dwf_service.models import DEFAULT_TENANT_ID, Job, JobEvent, utcnow
+from dwf_service.models import DEFAULT_TENANT_ID, Job, JobEvent, Tenant, utcnow
 from dwf_service.queue import TASK_FINALIZE_SWEEP, TASK_TRAIN, TASK_VALIDATE, enqueue
 from dwf_service.settings import Settings
 
@@ -63,6 +63,20 @@ def _update(session: Session, job_id: str, where: Iterable[Any], values: dict[st
     result = session.execute(update(Job).where(Job.id == job_id, *where).values(**values))
     assert isinstance(result, CursorResult)
     return result.rowcount == 1
+
+
+def _update_returning(
+    session: Session, job_id: str, where: Iterable[Any], values: dict[str, Any], columns: Iterable[Any]
+) -> Row[Any] | None:
+    """``_update`` that also gives ``columns`` of the row as it wrote it; None when the guard kept the row as is."""
+    if not session.get_bind().dialect.update_returning:
+        # SQLite before 3.35 has no RETURNING: read the row back after the update, in the same transaction.
+        if not _update(session, job_id, where, values):
+            return None
+        return session.execute(select(*columns).where(Job.id == job_id)).one()
+    values.setdefault("updated_at", utcnow())
+    statement = update(Job).where(Job.id == job_id, *where).values(**values).returning(*columns)
+    return session.execute(statement).one_or_none()
 
 
 def create_job(
@@ -152,14 +166,15 @@ def settle(session: Session, job_id: str, max_attempts: int, statuses: tuple[str
     now = utcnow()
     where = [Job.status.in_(statuses), _lease_free(now)]
     row = session.execute(
-        select(Job.attempts, Job.lease_owner, Job.cancel_requested).where(
-            Job.id == job_id, *where, or_(Job.cancel_requested.is_(True), Job.attempts >= max_attempts)
-        )
+        select(Job.attempts, Job.lease_owner, Job.cancel_requested, *_BEFORE_END)
+        .join(Tenant, Tenant.id == Job.tenant_id)
+        .where(Job.id == job_id, *where, or_(Job.cancel_requested.is_(True), Job.attempts >= max_attempts))
     ).one_or_none()
     if row is None:
         return False
+    before = (row.status, row.tenant_url)  # what _end would read again
     if row.cancel_requested:
-        return _finish_where(session, job_id, CANCELLED, [*where, Job.cancel_requested.is_(True)])
+        return _finish_where(session, job_id, CANCELLED, [*where, Job.cancel_requested.is_(True)], before=before)
     # A lease still set is one whose worker stopped heart-beating; a released one was re-queued after an error.
     last = "its worker stopped responding" if row.lease_owner is not None else "it was re-queued after an error"
     error = {
@@ -168,7 +183,7 @@ def settle(session: Session, job_id: str, max_attempts: int, statuses: tuple[str
         "param": None,
     }
     where += [Job.cancel_requested.is_(False), Job.attempts >= max_attempts]
-    return _finish_where(session, job_id, FAILED, where, error=error)
+    return _finish_where(session, job_id, FAILED, where, error=error, before=before)
 
 
 def heartbeat(session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:
@@ -246,18 +261,22 @@ def finish(
 
 
 def _finish_where(
-    session: Session, job_id: str, status: str, where: list[Any], *, error: dict[str, Any] | None = None, **values: Any
+    session: Session,
+    job_id: str,
+    status: str,
+    where: list[Any],
+    *,
+    error: dict[str, Any] | None = None,
+    before: tuple[str | None, str | None] | None = None,
+    **values: Any,
 ) -> bool:
     if status not in TERMINAL:
         raise ValueError(f"{status!r} is not terminal")
     values.update(status=status, finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
     if error is not None:
         values.update(error_code=error.get("code"), error_message=error.get("message"), error_param=error.get("param"))
-    previous = _status_of(session, job_id)
-    ok = _update(session, job_id, where, values)
+    ok = _end(session, job_id, where, values, before)
     if ok:
-        _ended(session, job_id)
-        webhooks.on_status(session, job_id, status, previous)
         if status == FAILED and error is not None:
             where_txt = f" ({error['param']})" if error.get("param") else ""
             add_event(
@@ -300,23 +319,52 @@ def request_cancel(session: Session, job_id: str) -> None:
 
 def _cancel_unstarted(session: Session, job_id: str) -> bool:
     now = utcnow()
-    previous = _status_of(session, job_id)
-    ok = _update(
+    ok = _end(
         session,
         job_id,
         [Job.status.in_((VALIDATING, QUEUED))],
         {"status": CANCELLED, "finished_at": now, "lease_owner": None, "lease_expires_at": None},
     )
     if ok:
-        _ended(session, job_id)
-        webhooks.on_status(session, job_id, CANCELLED, previous)
         add_event(session, job_id, "job cancelled")
     return ok
 
 
-def _ended(session: Session, job_id: str) -> None:
+# What a terminal transition reads before its update: the status it leaves (the webhook's previous_status) and the
+# tenant's webhook URL (used when the job has none of its own). Needs the join with tenants.
+_BEFORE_END = (Job.status, Tenant.webhook_url.label("tenant_url"))
+
+
+def _end(
+    session: Session,
+    job_id: str,
+    where: list[Any],
+    values: dict[str, Any],
+    before: tuple[str | None, str | None] | None = None,
+) -> bool:
+    """The guarded update to a terminal ``values["status"]``, then what every end does: the sweep's finalize message
+    (``_ended``) and the webhook delivery, all in the caller's transaction; True when this call ended the job.
+
+    Two statements: one SELECT before the update (skipped when the caller read ``before`` already) and the update,
+    whose RETURNING gives the sweep and the webhook payload's columns as written (not three SELECTs: the status
+    before, the sweep id, the payload's row). The guarded update alone decides who ended the job, as everywhere.
+    """
+    if before is None:
+        found = session.execute(
+            select(*_BEFORE_END).join(Tenant, Tenant.id == Job.tenant_id).where(Job.id == job_id)
+        ).one_or_none()
+        before = (found.status, found.tenant_url) if found is not None else (None, None)
+    previous, tenant_url = before
+    row = _update_returning(session, job_id, where, values, webhooks.PAYLOAD_COLUMNS)  # sweep_id among them
+    if row is None:
+        return False
+    _ended(session, row.sweep_id)
+    webhooks.queue_delivery(session, job_id, values["status"], previous, row, tenant_url)
+    return True
+
+
+def _ended(session: Session, sweep_id: str | None) -> None:
     """A job reached a terminal status: a sweep's child asks for its sweep's frontier (made once all have ended)."""
-    sweep_id = session.scalar(select(Job.sweep_id).where(Job.id == job_id))
     if sweep_id is not None:
         enqueue(session, TASK_FINALIZE_SWEEP, sweep_id)
 

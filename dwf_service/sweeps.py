@@ -98,7 +98,20 @@ def create_sweep(
 
 def children_of(session: Session, sweep_id: str) -> list[Job]:
     """The sweep's jobs in creation (grid) order."""
-    return list(session.scalars(select(Job).where(Job.sweep_id == sweep_id).order_by(Job.created_at, Job.id)))
+    return children_by_sweep(session, [sweep_id])[sweep_id]
+
+
+def children_by_sweep(session: Session, sweep_ids: Sequence[str]) -> dict[str, list[Job]]:
+    """Each sweep's jobs in creation (grid) order, for all ``sweep_ids`` in one query (a page of sweeps is one
+    round trip, not one per sweep); a sweep without jobs maps to an empty list."""
+    by_sweep: dict[str, list[Job]] = {sweep_id: [] for sweep_id in sweep_ids}
+    if not by_sweep:
+        return by_sweep
+    query = select(Job).where(Job.sweep_id.in_(list(by_sweep))).order_by(Job.created_at, Job.id)
+    for job in session.scalars(query):
+        assert job.sweep_id is not None
+        by_sweep[job.sweep_id].append(job)
+    return by_sweep
 
 
 def sweep_status(sweep: Sweep, statuses: Sequence[str]) -> str:

@@ -200,28 +200,37 @@ def build_payload(job_id: str, status: str, previous: str | None, row: Any, now:
     }
 
 
+# The job's columns a delivery is made of (its URL, tenant and payload), as they are after the change.
+PAYLOAD_COLUMNS = (
+    Job.tenant_id,
+    Job.webhook_url,
+    Job.sweep_id,
+    Job.attempts,
+    Job.metrics,
+    Job.error_code,
+    Job.error_message,
+    Job.error_param,
+)
+
+
 def on_status(session: Session, job_id: str, status: str, previous: str | None) -> WebhookDelivery | None:
     """Queue a delivery of the job's change to ``status`` (in the caller's transaction) when the job or its tenant
     has a webhook; the job's own URL replaces the tenant's. Call it after the row was updated."""
     tenant_url = Tenant.webhook_url.label("tenant_url")
     row = session.execute(
-        select(
-            Job.tenant_id,
-            Job.webhook_url,
-            Job.sweep_id,
-            Job.attempts,
-            Job.metrics,
-            Job.error_code,
-            Job.error_message,
-            Job.error_param,
-            tenant_url,
-        )
-        .join(Tenant, Tenant.id == Job.tenant_id)
-        .where(Job.id == job_id)
+        select(*PAYLOAD_COLUMNS, tenant_url).join(Tenant, Tenant.id == Job.tenant_id).where(Job.id == job_id)
     ).one_or_none()
     if row is None:
         return None
-    url = row.webhook_url or row.tenant_url
+    return queue_delivery(session, job_id, status, previous, row, row.tenant_url)
+
+
+def queue_delivery(
+    session: Session, job_id: str, status: str, previous: str | None, row: Any, tenant_url: str | None
+) -> WebhookDelivery | None:
+    """``on_status`` for a caller that has the job's ``PAYLOAD_COLUMNS`` after the change (``row``, e.g. from its
+    UPDATE … RETURNING) and the tenant's webhook URL already: no query."""
+    url = row.webhook_url or tenant_url
     if not url:
         return None
     now = utcnow()

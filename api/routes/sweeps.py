@@ -75,10 +75,12 @@ def _valid(request: dict[str, Any]) -> bool:
     return True
 
 
-def sweep_out(session: SessionDep, sweep: Sweep) -> SweepOut:
-    """The public view of a sweep, its children included (at most DWF_SWEEP_MAX_CHILDREN)."""
+def sweep_out(session: SessionDep, sweep: Sweep, children: list[Job] | None = None) -> SweepOut:
+    """The public view of a sweep, its children included (at most DWF_SWEEP_MAX_CHILDREN); ``children`` when the
+    caller loaded them already (a page of sweeps loads all its children in one query)."""
     grid: dict[str, list[Any]] = sweep.request.get("grid", {})
-    children = sweeps.children_of(session, sweep.id)
+    if children is None:
+        children = sweeps.children_of(session, sweep.id)
     statuses = [job.status for job in children]
     base = f"/v1/sweeps/{sweep.id}"
     req = sweep.request
@@ -184,7 +186,8 @@ def list_sweeps(
     if after is not None:
         query = query.where(Sweep.id < after)
     rows = list(session.scalars(query))
-    page = [sweep_out(session, s) for s in rows[:limit]]
+    children = sweeps.children_by_sweep(session, [s.id for s in rows[:limit]])
+    page = [sweep_out(session, s, children[s.id]) for s in rows[:limit]]
     return SweepList(
         data=page,
         has_more=len(rows) > limit,

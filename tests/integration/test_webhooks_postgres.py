@@ -5,16 +5,13 @@ local HTTP receiver."""
 from __future__ import annotations
 
 import threading
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 
 from dwf_client.webhooks import verify_signature
 from dwf_service import jobs, webhooks
@@ -30,28 +27,15 @@ SECRET = "whsec_pg-secret-0123456789ab"
 
 
 @pytest.fixture
-def pg(tmp_path: Path, postgres_url: str) -> Iterator[ServiceContext]:
+def pg(tmp_path: Path, own_database: str) -> Iterator[ServiceContext]:
     """A context on a database of this test's own on the session's PostgreSQL (others expect theirs empty)."""
-    url = make_url(postgres_url)
-    name = f"dwf_webhooks_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    settings = Settings(
-        data_dir=tmp_path,
-        database_url=url.set(database=name).render_as_string(hide_password=False),
-        reconcile_seconds=0,
-        webhook_base_delay_seconds=0,
-    )
+    settings = Settings(data_dir=tmp_path, database_url=own_database, reconcile_seconds=0, webhook_base_delay_seconds=0)
     upgrade_db(settings.database_url)
     ctx = ServiceContext.create(settings, publisher=lambda *_args: None, use_celery=False)
     try:
         yield ctx
     finally:
         ctx.engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _tenant_webhook(ctx: ServiceContext, url: str) -> None:
