@@ -157,4 +157,3 @@ def _runtime() -> str:
     import onnxruntime as ort
 
     return f"onnxruntime {ort.__version__} CPU"
-

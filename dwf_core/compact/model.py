@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from dwf_core.compact.groups import ChannelReport, remove_dead_channels
+from dwf_core.compact.heads import HeadReport, remove_dead_heads
 from dwf_core.compact.inputs import select_live_inputs
 from dwf_core.compact.spec import shrink_spec
 
@@ -31,12 +32,14 @@ class CompactResult:
     channels: ChannelReport
     inputs: dict[str, tuple[int, int]] = field(default_factory=dict)
     max_abs_diff: float = 0.0
+    heads: HeadReport = field(default_factory=HeadReport)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the model)."""
         return {
             "max_abs_diff": self.max_abs_diff,
             **self.channels.to_dict(),
+            **self.heads.to_dict(),
             "selected_inputs": {name: {"before": a, "kept": b} for name, (a, b) in self.inputs.items()},
         }
 
@@ -77,7 +80,8 @@ def compact_model(model: nn.Module, example: torch.Tensor) -> CompactResult:
 
     Removes Linear units and conv channels whose incoming or outgoing weights are all zero, with their
     BatchNorm entries and every coupled layer (Torch-Pruning's dependency graph), folds the constant output of
-    units without inputs into the next layer's bias, and makes Linear layers read only their non-zero columns.
+    units without inputs into the next layer's bias, removes attention heads whose value rows or output columns
+    are all zero (``heads``), and makes Linear layers read only their non-zero columns.
 
     Args:
         model: a plain (collapsed) model.
@@ -96,6 +100,7 @@ def compact_model(model: nn.Module, example: torch.Tensor) -> CompactResult:
     _logits(reference, example)  # refuse non-tensor outputs before tracing
     try:
         channels = remove_dead_channels(compact, batches)
+        heads = remove_dead_heads(compact, batches[0])  # before IndexedLinear: it slices plain output columns
         inputs = select_live_inputs(compact)
     except CompactionSkipped:
         raise
@@ -111,4 +116,4 @@ def compact_model(model: nn.Module, example: torch.Tensor) -> CompactResult:
             f"the compacted model differs from the sparse one by {diff:.3g} (tolerance {ATOL * scale:.3g}); "
             "an operation couples channels in a way the dependency graph does not see"
         )
-    return CompactResult(compact, shrink_spec(reference, compact), channels, inputs, diff)
+    return CompactResult(compact, shrink_spec(reference, compact), channels, inputs, diff, heads)

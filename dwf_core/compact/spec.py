@@ -19,18 +19,33 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from dwf_core.compact.inputs import IndexedLinear, OffsetConv2d
+from dwf_core.compact.mha import HeadsMultiheadAttention
 from dwf_core.errors import WeightsError
 from dwf_core.export import save_dense
 
 SPEC_KEY = "dwf_compact"
 FORMAT_KEY = "dwf_compact_format"
 FORMAT = "dwf-compact/1"
-# Integer attributes the shrinking changes (nn.Linear, nn.ConvNd, BatchNorm); nothing else is ever set.
-ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "groups", "num_features")
-# Compact classes: (class, the exact class it extends, its extra buffer and that buffer's dtype).
-_CLASSES: dict[str, tuple[type[nn.Module], type[nn.Module], str, torch.dtype]] = {
+# Integer attributes the shrinking changes (nn.Linear, nn.ConvNd, BatchNorm; the head counts of attention modules:
+# nn.MultiheadAttention and timm's num_heads, timm's attn_dim, transformers' num_attention_heads and all_head_size);
+# nothing else is ever set.
+ATTRS = (
+    "in_features",
+    "out_features",
+    "in_channels",
+    "out_channels",
+    "groups",
+    "num_features",
+    "num_heads",
+    "attn_dim",
+    "num_attention_heads",
+    "all_head_size",
+)
+# Compact classes: (class, the exact class it extends, its extra buffer and that buffer's dtype, or None: no buffer).
+_CLASSES: dict[str, tuple[type[nn.Module], type[nn.Module], str | None, torch.dtype]] = {
     "IndexedLinear": (IndexedLinear, nn.Linear, "input_index", torch.int64),
     "OffsetConv2d": (OffsetConv2d, nn.Conv2d, "output_offset", torch.float32),
+    "HeadsMultiheadAttention": (HeadsMultiheadAttention, nn.MultiheadAttention, None, torch.float32),
 }
 _BAD = "invalid_compact_file"
 
@@ -81,13 +96,14 @@ def _shape(value: Any, where: str) -> list[int]:
 
 
 def _replace_class(module: nn.Module, name: str, class_name: Any) -> None:
-    """Turn ``module`` into its compact class (the same layer plus one buffer, sized by the spec's buffers)."""
+    """Turn ``module`` into its compact class (the same layer plus at most one buffer, sized by the spec's buffers)."""
     known = _CLASSES.get(class_name) if isinstance(class_name, str) else None
     if known is None or type(module) is not known[1]:
         raise _bad(f"{name or 'the model'} ({type(module).__name__}) cannot become {class_name!r}", name)
     cls, _, buffer, dtype = known
     module.__class__ = cls
-    module.register_buffer(buffer, torch.zeros(0, dtype=dtype))
+    if buffer is not None:
+        module.register_buffer(buffer, torch.zeros(0, dtype=dtype))
 
 
 def _apply_entry(model: nn.Module, name: str, entry: Any) -> None:
@@ -100,7 +116,7 @@ def _apply_entry(model: nn.Module, name: str, entry: Any) -> None:
     if "class" in entry:
         _replace_class(module, name, entry["class"])
     attrs = entry.get("attrs", {})
-    for attr, value in (attrs.items() if isinstance(attrs, dict) else [(None, attrs)]):
+    for attr, value in attrs.items() if isinstance(attrs, dict) else [(None, attrs)]:
         if attr not in ATTRS or not hasattr(module, attr) or not isinstance(value, int) or isinstance(value, bool):
             raise _bad(f"{name}: cannot set {attr!r} to {value!r}", name)
         setattr(module, attr, value)

@@ -14,8 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dwf_core.structured.cut import plain_copy, unit_sizes, zero_unit
-from dwf_core.structured.gates import bias_of, weight_of
+from dwf_core.structured.cut import plain_copy, unit_sizes, unit_weight_count, zero_unit
 from dwf_core.structured.macs import count_macs, probe_input
 
 # A unit whose folded weights (row and bias) have an RMS below this counts as removed while training; the final
@@ -38,8 +37,7 @@ def live_mac_fraction(model: nn.Module, example: torch.Tensor) -> float:
     """MAC fraction of ``model`` (gated, maybe factorized) with units below ``MONITOR_RMS`` counted as removed."""
     plain, layers = plain_copy(model)
     for unit in unit_sizes(plain, layers):
-        module = plain.get_submodule(unit.layer)
-        count = weight_of(module)[unit.index].numel() + (1 if bias_of(module) is not None else 0)
+        count = unit_weight_count(plain, unit.layer, unit.index)
         if unit.size < MONITOR_RMS * count**0.5:
             zero_unit(plain, unit.layer, unit.index, layers[unit.layer])
     return count_macs(plain, probe_input(example.cpu())).fraction

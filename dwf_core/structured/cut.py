@@ -23,6 +23,14 @@ from torch import nn
 from dwf_core.collapse import collapse_and_verify
 from dwf_core.factorize import factorized_tensors
 from dwf_core.structured.gates import bias_of, fold_gates, weight_of
+from dwf_core.structured.heads import (
+    head_squares,
+    head_state,
+    head_weight_count,
+    is_head_layer,
+    restore_heads,
+    zero_head,
+)
 from dwf_core.structured.macs import MacReport, count_macs
 
 EPSILON = float(torch.finfo(torch.float32).eps)
@@ -57,20 +65,34 @@ def unit_sizes(model: nn.Module, layers: Iterable[str]) -> list[Unit]:
     units: list[Unit] = []
     with torch.no_grad():
         for name in layers:
-            module = model.get_submodule(name)
-            weight, bias = weight_of(module).detach(), bias_of(module)
-            squares = weight.double().pow(2).reshape(weight.shape[0], -1).sum(dim=1)
-            if bias is not None:
-                squares = squares + bias.detach().double().pow(2)
+            if is_head_layer(model, name):  # an attention module: its units are heads
+                squares = head_squares(model, name)
+            else:
+                module = model.get_submodule(name)
+                weight, bias = weight_of(module).detach(), bias_of(module)
+                squares = weight.double().pow(2).reshape(weight.shape[0], -1).sum(dim=1)
+                if bias is not None:
+                    squares = squares + bias.detach().double().pow(2)
             rms = float(squares.mean().sqrt()) or 1.0
             units.extend(Unit(name, i, float(s), float(s) / rms) for i, s in enumerate(squares.sqrt()))
     return units
 
 
+def unit_weight_count(model: nn.Module, layer: str, index: int) -> int:
+    """How many weights (row and bias; a head's V rows and bias) the size of unit ``index`` of ``layer`` sums over."""
+    if is_head_layer(model, layer):
+        return head_weight_count(model, layer)
+    module = model.get_submodule(layer)
+    return weight_of(module)[index].numel() + (1 if bias_of(module) is not None else 0)
+
+
 def zero_unit(model: nn.Module, layer: str, index: int, producer: str | None = None) -> None:
     """Set unit ``index`` of ``layer`` to exact zeros: its row and bias, and the producer's row and bias when the
     layer is a BatchNorm gated for it (γ = β = 0 makes the norm output 0; the zero row lets a compaction drop the
-    producer's channel too)."""
+    producer's channel too). For an attention layer, ``index`` is a head: its Q, K and V rows and biases go."""
+    if is_head_layer(model, layer):
+        zero_head(model, layer, index)
+        return
     with torch.no_grad():
         for name in (layer, producer):
             if name is None:
@@ -96,8 +118,12 @@ class UnitCutter:
         # Every module whose rows a removal zeroes: the gated ones and the layers feeding gated BatchNorms.
         touched = list(layers) + [p for p in layers.values() if p is not None]
         self.modules = {name: model.get_submodule(name) for name in touched}
+        # Per module, one entry per unit: rows and biases (for an attention layer, each head's Q, K, V rows).
         self.saved: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         for name, module in self.modules.items():
+            if is_head_layer(model, name):
+                self.saved[name] = head_state(model, name)
+                continue
             bias = bias_of(module)
             self.saved[name] = (weight_of(module).detach().clone(), None if bias is None else bias.detach().clone())
         units = unit_sizes(model, layers)
@@ -113,6 +139,9 @@ class UnitCutter:
         with torch.no_grad():
             for name, module in self.modules.items():
                 weight, bias = self.saved[name]
+                if is_head_layer(self.model, name):
+                    restore_heads(self.model, name, weight, bias)
+                    continue
                 weight_of(module).copy_(weight)
                 live_bias = bias_of(module)
                 if bias is not None and live_bias is not None:

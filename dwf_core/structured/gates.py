@@ -19,6 +19,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
 from dwf_core.errors import ConfigError
+from dwf_core.structured.heads import (
+    attach_head_gates,
+    fold_head_gates,
+    gateable_attention,
+    head_group_parameters,
+    is_head_gated,
+    projection_layers,
+)
 from dwf_core.structured.trace import trace_layers
 
 GATES_ATTR = "dwf_gates"
@@ -100,11 +108,14 @@ def attach_gates(
         include, exclude: globs on ``<module>.weight`` names, as for factorization.
 
     Returns:
-        The gated module names, in call order. Skipped: modules the forward pass never calls (e.g. the out_proj of
-        ``nn.MultiheadAttention``, whose weights are read directly) and the last one called, whose units are the
-        model's outputs (logits) and cannot be removed. A layer whose output goes straight into an affine BatchNorm
-        is gated on the norm's output instead (the norm would undo a gate before it): the norm's name is listed, its
-        γ and β form the unit's group, and removing the unit zeroes them and the layer's row.
+        The gated module names, in call order, then the attention modules gated per head. Skipped: modules the
+        forward pass never calls (e.g. the out_proj of ``nn.MultiheadAttention``, whose weights are read directly)
+        and the last one called, whose units are the model's outputs (logits) and cannot be removed. A layer whose
+        output goes straight into an affine BatchNorm is gated on the norm's output instead (the norm would undo a
+        gate before it): the norm's name is listed, its γ and β form the unit's group, and removing the unit zeroes
+        them and the layer's row. Attention modules with a known head layout (``nn.MultiheadAttention``, timm's
+        ``Attention``, BERT-style self-attention; their V weight passing the globs) get D−1 gates per head instead
+        (``dwf_core.structured.heads``), and the Linears holding their Q, K and V rows get none of their own.
 
     Raises:
         ConfigError: depth < 2, gates already attached, or no module left to gate.
@@ -113,10 +124,12 @@ def attach_gates(
         raise ConfigError(f"structured DWF needs depth ≥ 2 (D − 1 gates per unit), got {depth!r}", param="depth")
     if has_gates(model):
         raise ConfigError("the model already has gates", param="structure")
-    candidates = _candidates(model, include, exclude)
+    attention = gateable_attention(model, include, exclude)
+    projections = projection_layers(attention)  # their units are heads (gated below), not single rows
+    candidates = {n: m for n, m in _candidates(model, include, exclude).items() if m not in projections}
     trace = trace_layers(model, candidates, example)
     order = trace.order[:-1]
-    if not order:
+    if not order and not attention:
         raise ConfigError(
             "no Linear/Conv layer to gate: structured DWF needs at least one besides the output layer",
             param="structure",
@@ -135,7 +148,7 @@ def attach_gates(
         module.register_parameter(GATES_ATTR, nn.Parameter(gates))
         module.register_forward_hook(_gate_output)
         gated.append(target)
-    return gated
+    return gated + attach_head_gates(attention, depth)
 
 
 def gated_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -155,11 +168,15 @@ def gate_depth(module: nn.Module) -> int:
 
 def group_parameters(model: nn.Module) -> list[tuple[int, nn.Parameter]]:
     """(D, parameter) for every parameter of a gated unit that takes the decay 2λ/D: gates, bias, and the weight
-    unless it is factorized (its factors are in the DWF groups already, at the same D)."""
+    unless it is factorized (its factors are in the DWF groups already, at the same D); for heads, the attention's Q,
+    K and V weights and biases."""
     found: list[tuple[int, nn.Parameter]] = []
-    for _name, module in gated_modules(model):
+    for name, module in gated_modules(model):
         depth = gate_depth(module)
         found.append((depth, getattr(module, GATES_ATTR)))
+        if is_head_gated(module):
+            found.extend((depth, param) for param in head_group_parameters(model, name))
+            continue
         if not parametrize.is_parametrized(module, "weight"):
             found.append((depth, module.get_parameter("weight")))
         if bias_of(module) is not None:
@@ -178,13 +195,18 @@ def gate_penalty(model: nn.Module, lam: float) -> float:
 def fold_gates(model: nn.Module) -> dict[str, str | None]:
     """Multiply each unit's gate product into its weight row and bias, then drop the gates and their hook (in place).
 
-    The model must have plain weights (collapse a factorized one first). Returns the names of the modules that
-    were gated, in order, each with the layer that feeds it when it is a BatchNorm gated for that layer (else None);
-    the function is unchanged up to float rounding.
+    The model must have plain weights (collapse a factorized one first). A head-gated attention gets each head's
+    product in its V rows and V bias (``heads.fold_head_gates``). Returns the names of the modules that were gated,
+    in order, each with the layer that feeds it when it is a BatchNorm gated for that layer (else None); the
+    function is unchanged up to float rounding.
     """
     names: dict[str, str | None] = {}
     with torch.no_grad():
         for name, module in gated_modules(model):
+            if is_head_gated(module):
+                fold_head_gates(model, name)
+                names[name] = None
+                continue
             if parametrize.is_parametrized(module, "weight"):
                 raise ConfigError(f"{name}.weight is still factorized; collapse the factors first", param="model")
             product = gate_product(module).detach()

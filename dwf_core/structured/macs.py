@@ -7,7 +7,9 @@ During this pass each layer's output is rewritten to show liveness rather than v
 strictly positive value (its output shifted above zero, so no ReLU can silence it by chance), a removed one an
 exact zero (a zero row outputs a constant, which a compaction folds into the next bias). Zeros then travel through
 pools, flattens and ReLUs to the next layer's input columns without a graph walk; a residual add with a live branch
-keeps the channel live, as a compaction must. Other operations (attention matmuls, norms) are not counted.
+keeps the channel live, as a compaction must. ``nn.MultiheadAttention`` runs its Q, K, V and output projections
+without calling a Linear: they are counted per head (a head is kept unless its V rows or output columns are all
+zero, as the compaction decides). Other operations (attention matmuls, norms) are not counted.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from dwf_core.structured.gates import GATED_TYPES, unit_shape, units_of, weight_of
+from dwf_core.structured.heads import attention_macs
 
 PROBE_SAMPLES = 8
 
@@ -141,6 +144,16 @@ def count_macs(model: nn.Module, probe: torch.Tensor) -> MacReport:
                 return torch.where(kept.view(unit_shape(m)), output + shift, torch.zeros_like(output))
 
             handles.append(module.register_forward_hook(record))
+        elif isinstance(module, nn.MultiheadAttention):  # runs its projections itself: no Linear call to hook
+
+            def record_attention(
+                m: nn.MultiheadAttention, args: Any, kwargs: dict[str, Any], output: Any, name: str = name
+            ) -> None:
+                dense, kept, heads = attention_macs(m, args, kwargs)
+                embed = m.embed_dim
+                calls.append(LayerMacs(name, dense // samples, kept // samples, heads, m.num_heads, embed, embed))
+
+            handles.append(module.register_forward_hook(record_attention, with_kwargs=True))
     was_training = model.training
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:

@@ -154,6 +154,10 @@ def finetune_units(
     for name, module in model.named_modules():
         if isinstance(module, _BatchNorm) and module.affine:
             extra += [f"{name}.weight", f"{name}.bias"]
+        elif isinstance(module, nn.MultiheadAttention):  # a cut head's Q/K/V rows live in in_proj_weight and its bias
+            prefix = f"{name}." if name else ""
+            extra += [prefix + attr for attr in ("in_proj_weight", "in_proj_bias")
+                      if isinstance(getattr(module, attr, None), nn.Parameter)]  # fmt: skip
     widened = replace(collapsed, names=collapsed.names + [n for n in extra if n not in collapsed.names])
     plain_cfg = replace(cfg, structure="weights", target_macs=None, mac_frontier=None)
     ft, after, info = finetune_collapsed(
