@@ -90,11 +90,15 @@ class DwfMethod(Strict):
     target_sparsity: float | None = Field(default=None, gt=0, lt=1)
     epochs: int = Field(default=40, ge=1, le=MAX_EPOCHS)
     lr: float | None = Field(default=None, gt=0, le=10)
+    # Try the first steps at lr (or the default) and safer settings (clip, lr ÷ 3 …) and train with the largest that
+    # learns as well as the best (dwf_core.lr_probe). None: on when lr is not given.
+    lr_probe: bool | None = None
     batch_size: int = Field(default=128, ge=1, le=MAX_BATCH_SIZE)
     # Processes that train the job with DistributedDataParallel on its worker: that many GPUs (the job fails with
     # device_unavailable on a worker with fewer), or CPU processes. batch_size stays the global batch.
     devices: int = Field(default=1, ge=1, le=MAX_DEVICES)
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    # None: SGD, or Adam where the LR probe finds that no SGD setting learns and Adam does (dwf_core.lr_probe).
+    optimizer: Literal["sgd", "adam"] | None = None
     momentum: float = Field(default=0.9, ge=0, lt=1)
     init: Literal["varmatch", "balanced"] | None = None
     threshold: Literal["auto"] | float = "auto"

@@ -4,7 +4,7 @@
     python -m benchmarks.model_suite --full [--jobs 2]       # the table: every pair, 2 seeds, 90% and 99%
     python -m benchmarks.model_suite --full --pairs gru,bert --seeds 0    # a subset (cells already done are kept)
     python -m benchmarks.model_suite --render                # only rewrite README.md/table.png from cells.json
-    python -m benchmarks.model_suite --readme                # copy the table into the repo's README
+    python -m benchmarks.model_suite --readme [--out DIR]    # copy the table into the repo's README
 
 Pairs (benchmarks/suite_models.py): MLP-Mixer, a small ViT via ONNX from both exporters, a ResNet with BatchNorm
 via timm, a MobileNet-style depthwise CNN, a 1-D CNN, a GRU (its weights chosen by include globs), a BERT-style
@@ -150,6 +150,9 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
         "lr": metrics.get("lr"),
         "max_grad_norm": metrics.get("max_grad_norm"),
         "divergence_restarts": len(metrics.get("divergence_restarts") or []),
+        # The LR probe (dwf_core.lr_probe): settings tried and the index of the one trained with.
+        "lr_probe_rungs": len((metrics.get("lr_probe") or {}).get("rungs") or []),
+        "lr_probe_chosen": (metrics.get("lr_probe") or {}).get("chosen"),
         "lam_restarts": len(metrics.get("lam_restarts") or []),
         "finetune_epochs": (metrics.get("finetune") or {}).get("epochs"),
         "cut": (metrics.get("cut") or {}).get("mode"),
@@ -333,8 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/model-suite[-smoke])")
     args = parser.parse_args(argv)
     if args.mode == "readme":
-        update_readme()
-        print(f"README now shows {DEFAULT_OUT / 'README.md'}")
+        results = (args.out or DEFAULT_OUT).resolve()
+        update_readme(results=results)
+        print(f"README now shows {results / 'README.md'}")
         return 0
     out = args.out or (DEFAULT_OUT if args.mode in ("full", "render") else DEFAULT_OUT.with_name("model-suite-smoke"))
     out.mkdir(parents=True, exist_ok=True)

@@ -141,13 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"{stamp_line(header)}; task and settings: the module docstring of benchmarks/transformer_onnx.py.",
         "",
-        "| seed | method | test accuracy | sparsity | trainable / factorized share | restarts (LR, clip) |",
+        "| seed | method | test accuracy | sparsity | trainable / factorized share | restarts (final LR, clip) |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
         shares = (f"{100 * r['trainable_share']:.1f}% / {100 * r['factorized_share']:.1f}%"
                   if "trainable_share" in r else "—")  # fmt: skip
-        restarts = f"{r['divergence_restarts']} ({r['lr']}, {r['max_grad_norm']})" if "lr" in r else "—"
+        restarts = f"{r['divergence_restarts']} ({r['lr']:.3g}, {r['max_grad_norm']})" if "lr" in r else "—"
         lines.append(f"| {r['seed']} | {r['method']} | {100 * r['test_accuracy']:.2f}% | {100 * r['sparsity']:.1f}% "
                      f"| {shares} | {restarts} |")  # fmt: skip
     (args.out / "README.md").write_text("\n".join(lines) + "\n")

@@ -66,6 +66,8 @@ class DwfMethod(_Request):
     target_sparsity: float | None = None
     epochs: int | None = None
     lr: float | None = None
+    # The LR probe (None: on when lr is not given).
+    lr_probe: bool | None = None
     batch_size: int | None = None
     # Processes (GPUs, or CPU processes) that train the job together with DDP on one worker, 1 to 8.
     devices: int | None = None

@@ -165,9 +165,22 @@ def train(
             "0.5,0.25,0.1,0.05; 'none' for no cut): metrics.json structured.mac_frontier"
         ),
     ] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak LR (SGD: 0.3 DWF, 0.1 baselines; Adam 1e-3)")] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Peak LR (default: measured by the LR probe from SGD 0.3 DWF, 0.1 baselines; Adam 1e-3)"),
+    ] = None,
+    lr_probe: Annotated[
+        bool | None,
+        typer.Option(
+            "--lr-probe/--no-lr-probe",
+            help="Try a few steps at the LR and safer ones (clip, LR ÷ 3 …) first and train with the largest that "
+            "learns as well (default: on when --lr is not given)",
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size")] = defaults.DEFAULT_BATCH_SIZE,
-    optimizer: Annotated[str, typer.Option(help="sgd or adam")] = defaults.DEFAULT_OPTIMIZER,
+    optimizer: Annotated[
+        str | None, typer.Option(help="sgd or adam (default: SGD, or Adam where the LR probe finds only Adam learns)")
+    ] = None,
     momentum: Annotated[float, typer.Option(help="SGD momentum")] = defaults.DEFAULT_MOMENTUM,
     init: Annotated[
         str | None, typer.Option(help="varmatch or balanced (default: balanced with pretrained weights, else varmatch)")
@@ -243,7 +256,7 @@ def _train(**kw: Any) -> dict[str, Any]:
             f"--method {method} needs --target-sparsity S (the fraction to prune)", param="target_sparsity"
         )
     optimizer = kw["optimizer"]
-    if optimizer not in ("sgd", "adam"):
+    if optimizer not in (None, "sgd", "adam"):
         raise ConfigError(f"--optimizer must be sgd or adam, got {optimizer!r}", param="optimizer")
     if method == "dwf" and kw["lam"] is not None and kw["target_sparsity"] is not None:
         raise ConfigError("give --lam or --target-sparsity, not both", param="target_sparsity")
@@ -256,8 +269,9 @@ def _train(**kw: Any) -> dict[str, Any]:
         lam=kw["lam"],
         target_sparsity=kw["target_sparsity"],
         lr=kw["lr"],
+        lr_probe=kw["lr_probe"],
         batch_size=kw["batch_size"],
-        optimizer=cast(Literal["sgd", "adam"], optimizer),
+        optimizer=cast(Literal["sgd", "adam"] | None, optimizer),
         momentum=kw["momentum"],
         init=kw["init"],
         threshold=_parse_threshold(kw["threshold"]),
@@ -347,6 +361,10 @@ class _TrainProgress:
 
         fields: dict[str, Any] = {"epoch": f"{event.epoch}/{event.epochs}", "loss": f"{event.loss:.4f}"}
         lam_restart = (event.metrics or {}).get("restart")
+        if event.probe is not None:
+            from dwf_core.lr_probe import probe_message
+
+            self.progress.console.print(escape(probe_message(event.probe)))
         if event.restart is not None:
             self.progress.console.print(f"[yellow]{escape(restart_message(event.restart))}[/]")
             fields.update(epoch="-", loss="-", acc="-", cr="-")

@@ -33,7 +33,15 @@ class TrainConfig:
     # this fraction (threshold "target"). Mutually exclusive with ``lam``.
     target_sparsity: float | None = None
     lr: float | None = None
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    # Measure the peak LR (and gradient clipping) on the model before training (dwf_core.lr_probe): a few steps at
+    # each rung of a ladder down from ``lr``, the largest that learns about as well as the best. None: on when ``lr``
+    # is not given (the default LRs were measured on LeNet-300-100 only), off when it is.
+    lr_probe: bool | None = None
+    # None: SGD, unless the LR probe finds that no SGD setting learns and Adam does (``optimizer_probe``).
+    optimizer: Literal["sgd", "adam"] | None = None
+    # Let the LR probe race Adam when no SGD setting learns in its steps (dwf_core.lr_probe). None: on when neither the
+    # optimizer nor the LR is given (and the probe runs); never without the probe.
+    optimizer_probe: bool | None = None
     momentum: float = defaults.DEFAULT_MOMENTUM
     nesterov: bool = False
     batch_size: int = defaults.DEFAULT_BATCH_SIZE
@@ -113,6 +121,8 @@ class TrainConfig:
         self.validate()
         dwf = self.method == "dwf"
         targeted = self.target_sparsity is not None
+        optimizer: Literal["sgd", "adam"] = self.optimizer or defaults.DEFAULT_OPTIMIZER
+        lr_probe = self.lr is None if self.lr_probe is None else self.lr_probe
         depth = self.effective_depth
         cfg = replace(
             self,
@@ -122,11 +132,14 @@ class TrainConfig:
             lam=None if targeted and dwf else (self._default_lam(depth) if self.lam is None else self.lam),
             # "units" trains plain weights times gates: DWF's 0.3 made LeNet-5's loss explode in the first epoch, the
             # baselines' 0.1 trains it (benchmarks/results/structured/README.md).
-            lr=(defaults.DEFAULT_LR if dwf and self.structure != "units" else defaults.DEFAULT_BASELINE_LR)[
-                self.optimizer
-            ]
+            optimizer=optimizer,
+            lr=(defaults.DEFAULT_LR if dwf and self.structure != "units" else defaults.DEFAULT_BASELINE_LR)[optimizer]
             if self.lr is None
             else self.lr,
+            lr_probe=lr_probe,
+            optimizer_probe=(self.optimizer is None and self.lr is None and lr_probe)
+            if self.optimizer_probe is None
+            else self.optimizer_probe and lr_probe,
             init=self.init or "varmatch",
             threshold="target" if targeted and self.threshold == "auto" else self.threshold,
             cut=self.cut or ("gradual" if self._gradual_cut_applies() else None),
@@ -208,7 +221,7 @@ class TrainConfig:
                 f"unit_cut {self.unit_cut!r} needs target_macs (the MAC budget the units are cut to)", param="unit_cut"
             )
         need(self.lr is None or (finite(self.lr) and 0 < self.lr <= 100), "lr", "in (0, 100]")
-        need(self.optimizer in ("sgd", "adam"), "optimizer", "'sgd' or 'adam'")
+        need(self.optimizer in (None, "sgd", "adam"), "optimizer", "'sgd' or 'adam'")
         need(finite(self.momentum) and 0 <= self.momentum < 1, "momentum", "in [0, 1)")
         need(
             isinstance(self.batch_size, int) and 1 <= self.batch_size <= MAX_BATCH_SIZE,

@@ -30,6 +30,14 @@ from dwf_core.init import (
 InitName = Literal["varmatch", "balanced"]
 MAX_DEPTH = 8
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# Weight matrices held by modules that are no Linear/Conv, factorized by default too (fan-in read from the shape):
+# nn.MultiheadAttention's Q/K/V projections (packed, or separate when kdim/vdim differ; its out_proj is a Linear) and
+# embedding tables, often the largest matrices of a language model (BERT-base: 23M of its 110M parameters).
+DEFAULT_MATRICES: tuple[tuple[type[nn.Module], tuple[str, ...]], ...] = (
+    (nn.MultiheadAttention, ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")),
+    (nn.Embedding, ("weight",)),
+    (nn.EmbeddingBag, ("weight",)),
+)
 # Any module may list its own parameters that are weight matrices under this attribute, as a dict name → fan-in
 # (None: read from the shape as for a Linear): they are factorized by default too, and VarMatch draws them with
 # that fan-in. The ONNX intake sets it for MatMul/Gemm/Einsum weights (dwf_core.intake.onnx_trainable).
@@ -91,9 +99,10 @@ def select_parameters(
 ) -> list[str]:
     """Names of the parameters ``factorize`` would choose.
 
-    Default: the ``weight`` of every Linear and Conv1d/2d/3d (subclasses included) and the parameters a module
-    lists under ``WEIGHT_FAN_IN_ATTR`` (weight matrices of converted ONNX graphs). With ``include``, any
-    directly owned parameter whose full name matches one of the globs (``"*.weight"``, ``"head.*"``);
+    Default: the ``weight`` of every Linear and Conv1d/2d/3d (subclasses included), the matrices of
+    ``DEFAULT_MATRICES`` (attention Q/K/V projections, embedding tables) and the parameters a module lists under
+    ``WEIGHT_FAN_IN_ATTR`` (weight matrices of converted ONNX graphs, their embedding tables included). With
+    ``include``, any directly owned parameter whose full name matches one of the globs (``"*.weight"``, ``"head.*"``);
     ``exclude`` globs then remove names.
     """
     chosen: list[str] = []
@@ -105,8 +114,10 @@ def select_parameters(
             if include:
                 selected = _matches(full, include)
             else:
-                selected = (attr == "weight" and isinstance(module, DEFAULT_LAYER_TYPES)) or attr in _listed_weights(
-                    module
+                selected = (
+                    (attr == "weight" and isinstance(module, DEFAULT_LAYER_TYPES))
+                    or attr in _listed_weights(module)
+                    or any(isinstance(module, kind) and attr in attrs for kind, attrs in DEFAULT_MATRICES)
                 )
             if selected and not (exclude and _matches(full, exclude)):
                 chosen.append(full)

@@ -474,6 +474,9 @@ def run(
         "divergence_restarts": result.extra.get("divergence_restarts", []),
         "lr": result.extra.get("lr", cfg.lr),
         "max_grad_norm": result.extra.get("max_grad_norm", cfg.max_grad_norm),
+        "optimizer": result.extra.get("optimizer", cfg.optimizer),
+        # The LR probe (dwf_core.lr_probe) when the LR was left open: each setting tried, its score, the choice.
+        "lr_probe": result.extra.get("lr_probe"),
         "tolerance": collapsed.tolerance,
         "threshold_search": collapsed.search,
         "layers": [

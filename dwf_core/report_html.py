@@ -359,6 +359,25 @@ def _divergence_note(restarts: Any) -> str:
     return f"{len(parts)} after {why} ({'; '.join(parts)})" if parts else ""
 
 
+def _probe_note(record: dict[str, Any]) -> str:
+    """The LR probe's settings and scores, and what training used (dwf_core.lr_probe)."""
+    tried = []
+    for r in record.get("rungs") or []:
+        if not isinstance(r, dict):
+            continue
+        clip = "" if r.get("max_grad_norm") is None else f", clip {_esc(r.get('max_grad_norm'))}"
+        score = (
+            f"failed: {_esc(r.get('failed'))}" if r.get("failed") else f"val loss {_num(r.get('val_loss')) or 0.0:.3g}"
+        )
+        tried.append(f"LR {_num(r.get('lr')) or 0.0:.3g}{clip} ({score})")
+    clip = (
+        "" if record.get("max_grad_norm") is None else f", gradient norm clipped at {_esc(record.get('max_grad_norm'))}"
+    )
+    return (
+        f"peak LR {_num(record.get('lr')) or 0.0:.3g}{clip}; {_esc(record.get('steps'))} steps each: {'; '.join(tried)}"
+    )
+
+
 def _coverage_note(parameters: Any) -> str:
     """Trainable and factorized shares of the model's parameters, with the warning when few can train."""
     if not isinstance(parameters, dict):
@@ -389,6 +408,11 @@ def _results_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
         ("threshold", f"{_esc(metrics.get('threshold'))} ({_esc(metrics.get('threshold_mode'))})"),
         ("final λ", _esc(metrics.get("lam")) + _restarts_note(metrics.get("lam_restarts"))),
         *([("training restarts", divergence)] if divergence else []),
+        *(
+            [("learning-rate probe", _probe_note(metrics["lr_probe"]))]
+            if isinstance(metrics.get("lr_probe"), dict)
+            else []
+        ),
         ("device", _esc(metrics.get("device"))),
         ("training time", f"{_num(metrics.get('train_seconds')) or 0.0:.1f} s"),
     ]

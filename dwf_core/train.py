@@ -36,6 +36,7 @@ from dwf_core.errors import DwfError, TrainingError
 from dwf_core.evaluate import Labeled, evaluate
 from dwf_core.factorize import factorize, init_stats, is_factorized
 from dwf_core.gradual_cut import GradualCut
+from dwf_core.lr_probe import run_probe
 from dwf_core.masking import GrowingMasks
 from dwf_core.one_class import predicts_one_class
 from dwf_core.penalty import factor_penalty, factor_weight_decay, misalignment, param_groups
@@ -75,6 +76,8 @@ class ProgressEvent:
     attempt: int = 1
     attempt_steps: int = 0
     attempt_elapsed_s: float = 0.0
+    # kind "probe": the LR probe's record (dwf_core.lr_probe), sent once before the first epoch.
+    probe: dict[str, Any] | None = None
 
     @property
     def fraction(self) -> float:
@@ -139,8 +142,11 @@ def set_lam(optimizer: torch.optim.Optimizer, lam: float) -> None:
             group["weight_decay"] = factor_weight_decay(lam, int(group["depth"]))
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, lam: float | None = None) -> torch.optim.Optimizer:
-    """SGD or Adam with the DWF parameter groups (coupled decay 2λ/D on factors; λ defaults to the config's)."""
+def build_optimizer(
+    model: nn.Module, cfg: TrainConfig, lam: float | None = None, name: str | None = None
+) -> torch.optim.Optimizer:
+    """SGD or Adam (``name``, else the config's) with the DWF parameter groups (coupled decay 2λ/D on factors; λ
+    defaults to the config's)."""
     assert cfg.lr is not None
     groups = param_groups(model, initial_lam(cfg) if lam is None else lam, other_weight_decay=cfg.weight_decay)
     # The fused kernels update parameter, gradient and state in one pass per group: on LeNet-5 (CPU) they take
@@ -148,7 +154,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, lam: float | None = None
     # (benchmarks/results/overhead.md). CPU and CUDA only; other devices keep the default implementation.
     devices = {p.device.type for group in groups for p in group["params"]}
     fused: bool | None = True if devices and devices <= {"cpu", "cuda"} else None
-    if cfg.optimizer == "adam":
+    if (name or cfg.optimizer) == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, fused=fused)
     return torch.optim.SGD(
         groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, fused=fused
@@ -225,9 +231,13 @@ class Trainer:
         # Restarts: λ over-pruned (_restart_if_over_pruned), loss became non-finite (_restart_after_divergence).
         self.restarts: list[dict[str, Any]] = []
         self.divergence_restarts: list[dict[str, Any]] = []
-        # The peak LR and gradient-norm clip of the running attempt: the config's until a divergence restart.
-        assert cfg.lr is not None
+        # The peak LR and gradient-norm clip of the running attempt: the config's (or the LR probe's choice) until a
+        # divergence restart.
+        assert cfg.lr is not None and cfg.optimizer is not None
         self.lr, self.max_grad_norm = cfg.lr, cfg.max_grad_norm
+        # The optimizer: the config's, or Adam when the LR probe found that only Adam learns (dwf_core.lr_probe).
+        self.optimizer_name: str = cfg.optimizer
+        self.lr_probe: dict[str, Any] | None = None
         self.device = self.comm.local_device(resolve_device(cfg.device))
         self.model.to(self.device)
         n = int(self.train_data.x.shape[0])
@@ -291,7 +301,7 @@ class Trainer:
 
     def _start_optimization(self) -> None:
         """Optimizer, loss scaler, data order and step count of a run starting at step 0 (also after a restart)."""
-        self.optimizer = build_optimizer(self.model, self.config, self.lam)
+        self.optimizer = build_optimizer(self.model, self.config, self.lam, self.optimizer_name)
         # float16 autocast needs a loss scaler; bfloat16 has float32's range and does not.
         self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
         # A generator of its own keeps the shuffling order independent of anything else that draws numbers.
@@ -305,7 +315,11 @@ class Trainer:
             return
         state = ckpt.state
         # The number of processes does not change the run (same global batch): a resume may use another.
-        saved = replace(TrainConfig.from_dict(state["config"]), devices=self.config.devices)
+        # A setting added since the checkpoint was written (e.g. lr_probe) takes the running config's value: the saved
+        # run did not have it, and it is resumed with the state it reached (its probe record, if any).
+        current = self.config.to_dict()
+        saved_dict = {**{k: v for k, v in current.items() if k not in state["config"]}, **state["config"]}
+        saved = replace(TrainConfig.from_dict(saved_dict), devices=self.config.devices)
         if saved != self.config:
             diff = [k for k, v in self.config.to_dict().items() if saved.to_dict().get(k) != v]
             raise TrainingError(
@@ -315,8 +329,23 @@ class Trainer:
                 param=diff[0] if diff else None,
             )
         model_state = {k[len("model/") :]: v for k, v in ckpt.tensors.items() if k.startswith("model/")}
-        self.model.load_state_dict(model_state, strict=True)
+        try:
+            self.model.load_state_dict(model_state, strict=True)
+        except RuntimeError as exc:  # same settings, other tensors: e.g. a default selection that changed since
+            raise TrainingError(
+                "checkpoint does not fit the model (its tensors differ: another architecture, or weights selected "
+                "for factorization by an older version); use a new checkpoint directory",
+                code="checkpoint_mismatch",
+                param="model",
+            ) from exc
         self.model.to(self.device)
+        self.lr_probe = state.get("lr_probe")
+        if self.lr_probe is not None:  # the probe's choice is what the restarts started from
+            self.lr, self.max_grad_norm = float(self.lr_probe["lr"]), self.lr_probe["max_grad_norm"]
+            chosen = str(self.lr_probe.get("optimizer", self.optimizer_name))
+            if chosen != self.optimizer_name:  # the probe raced Adam in: its state is what the checkpoint holds
+                self.optimizer_name = chosen
+                self.optimizer = build_optimizer(self.model, self.config, self.lam, chosen)
         self.optimizer.load_state_dict(optimizer_from_parts(ckpt.tensors, state["optimizer"]))
         self.lam = float(state.get("lam", self.lam))
         self.lam0 = float(state.get("lam0", self.lam0))
@@ -358,6 +387,7 @@ class Trainer:
             "lam0": self.lam0,
             "restarts": self.restarts,
             "divergence_restarts": self.divergence_restarts,
+            "lr_probe": self.lr_probe,
             "config": self.config.to_dict(),
             "optimizer": opt_meta,
             "history": self.history,
@@ -535,6 +565,7 @@ class Trainer:
         t0: float,
         metrics: dict[str, Any] | None = None,
         restart: dict[str, Any] | None = None,
+        probe: dict[str, Any] | None = None,
     ) -> None:
         if self.on_progress is not None:
             now = time.monotonic()
@@ -555,6 +586,7 @@ class Trainer:
                     attempt=1 + len(self.restarts) + len(self.divergence_restarts),
                     attempt_steps=self.global_step - self.attempt_step0,
                     attempt_elapsed_s=now - self.attempt_t0,
+                    probe=probe,
                 )
             )
 
@@ -602,12 +634,16 @@ class Trainer:
             "lam0": self.lam0,
             "lr": self.lr,
             "max_grad_norm": self.max_grad_norm,
+            "optimizer": self.optimizer_name,
             "restarts": self.restarts,
             "divergence_restarts": self.divergence_restarts,
         }
         decision = self.comm.share(mine)
         if not self.comm.is_main:
             self.lam0, self.lr, self.max_grad_norm = decision["lam0"], decision["lr"], decision["max_grad_norm"]
+            if decision["optimizer"] != self.optimizer_name:  # the probe chose another optimizer on rank 0
+                self.optimizer_name = decision["optimizer"]
+                self.optimizer = build_optimizer(self.model, self.config, self.lam, self.optimizer_name)
             self.restarts, self.divergence_restarts = decision["restarts"], decision["divergence_restarts"]
             if decision["restarted"]:
                 self._restart()
@@ -653,10 +689,14 @@ class Trainer:
         self._keep_initial_state()
         if self.checkpoint_dir is not None:
             self._maybe_resume()  # every rank reads the same checkpoint
+        t0 = time.monotonic()
+        if self.config.lr_probe and self.resumed_from is None and self.comm.is_main:
+            # Before DDP wraps the model: rank 0 probes alone, the others take its choice in _follow_rank0.
+            self.lr_probe = run_probe(self)
+            self._emit("probe", 0, 0, 0.0, self.lr, t0, probe=self.lr_probe)
         self.net = self.comm.wrap(self.model, self.device)
         self._follow_rank0(restarted=False)
         cfg = self.config
-        t0 = time.monotonic()
         self._start_attempt_clock()
         n = int(self.x_train.shape[0])
         lr = lr_at(self.global_step, self.total_steps, self.lr, schedule=cfg.schedule, warmup_steps=self.warmup_steps)
@@ -716,7 +756,9 @@ class Trainer:
                 "lam_restarts": self.restarts,
                 "lr": self.lr,
                 "max_grad_norm": self.max_grad_norm,
+                "optimizer": self.optimizer_name,
                 "divergence_restarts": self.divergence_restarts,
+                "lr_probe": self.lr_probe,
                 "cut": self.cut.describe() if self.cut is not None else None,
                 "unit_cut": self.unit_cut.describe() if self.unit_cut is not None else None,
                 # How many processes trained the run (config.devices, or 1 for a trainer that cannot spread).

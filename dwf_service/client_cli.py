@@ -274,6 +274,13 @@ def submit(
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (server default 40)")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default: measured per model)")] = None,
+    lr_probe: Annotated[
+        bool | None,
+        typer.Option(
+            "--lr-probe/--no-lr-probe",
+            help="Measure the LR on the model first (a few steps per setting; default: on when --lr is not given)",
+        ),
+    ] = None,
     method: Annotated[
         str,
         typer.Option(
@@ -367,6 +374,8 @@ def submit(
         options["cut"] = cut
     if unit_cut is not None:
         options["unit_cut"] = unit_cut
+    if lr_probe is not None:
+        options["lr_probe"] = lr_probe
     pairs = _parse_metadata(metadata)
     with _errors(), _client(ctx, server) as client:
         if data is not None and data.startswith("mnist-idx:"):

@@ -118,7 +118,8 @@ def _spec(ctx: ServiceContext, job: Job, paths: dict[str, Path], out_dir: Path, 
         lam=method.get("lam"),
         target_sparsity=method.get("target_sparsity"),
         lr=method.get("lr"),
-        optimizer=method.get("optimizer", "sgd"),
+        lr_probe=method.get("lr_probe"),
+        optimizer=method.get("optimizer"),
         momentum=method.get("momentum", 0.9),
         batch_size=method.get("batch_size", 128),
         devices=method.get("devices", 1),
@@ -405,6 +406,10 @@ class _ProgressWriter:
                     level="warn",
                     data={"step": event.global_step, "epoch": event.epoch, "restart": event.restart},
                 )
+            elif event.probe is not None:  # the LR probe chose the step before the first epoch
+                from dwf_core.lr_probe import probe_message
+
+                jobs.add_event(session, self.job_id, probe_message(event.probe), data={"lr_probe": event.probe})
 
 
 def _store_results(ctx: ServiceContext, job_id: str, owner: str, out_dir: Path, metrics: dict[str, Any]) -> bool:

@@ -9,9 +9,10 @@ parameter where the use is a learnable one:
 
 * ``weight``: an operand of MatMul, Gemm or Einsum with two or more dims. Factorized by default like a Linear
   weight; its fan-in (which depends on the operand's side and transposition) is recorded for the init.
-* ``embedding``: the data of a Gather. ``affine``: a non-scalar operand of Add, Sub or Mul (biases, positional
-  embeddings, scales). ``norm``: the scale and bias of a functional norm (BatchNorm running statistics stay
-  buffers). These train but are not factorized by default, like nn.Embedding and norm parameters.
+* ``embedding``: the data of a Gather; a 2-D table is factorized by default, like an nn.Embedding.
+* ``affine``: a non-scalar operand of Add, Sub or Mul (biases, positional embeddings, scales). ``norm``: the scale
+  and bias of a functional norm (BatchNorm running statistics stay buffers). These train but are not factorized by
+  default, like biases and norm parameters.
 
 Scalars, non-finite tensors (masks) and tensors with any other use (shape arithmetic, Div constants) stay
 frozen. An initializer the exporter shared among several uses (equal constants are de-duplicated) gets one
@@ -163,6 +164,11 @@ def promote_initializers(graph_module: fx.GraphModule) -> PromotionReport:
         container.register_parameter(name, nn.Parameter(tensor.detach().clone()))
         _untie(graph_module, container, name, readers[name], report)
     graph_module.recompile()
-    listed = {name: report.fan_in.get(name) for name, role in report.roles.items() if role == "weight"}
+    # Factorized by default: the weight matrices and the embedding tables (2-D Gather data, fan-in read from the shape).
+    listed = {
+        name: report.fan_in.get(name)
+        for name, role in report.roles.items()
+        if role == "weight" or (role == "embedding" and container.get_parameter(name).dim() == 2)
+    }
     setattr(container, WEIGHT_FAN_IN_ATTR, listed)
     return report

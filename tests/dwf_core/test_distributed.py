@@ -74,6 +74,20 @@ def test_two_processes_match_one_with_the_same_global_batch(single: TrainResult)
     assert steps[-1].global_step == 2 * 14 + 10  # 14 steps per epoch, events at steps 5 and 10
 
 
+def test_rank_zero_probes_the_lr_alone_and_every_rank_trains_with_its_choice() -> None:
+    """The LR probe (dwf_core.lr_probe) runs on rank 0 before DDP wraps the model; the other ranks take its choice."""
+    cfg = replace(CFG, lr=3.0, lr_probe=True)  # LR 3 is too large for the toy: the probe picks a safer rung
+    one = train(mlp(), DATA, VAL, cfg)
+    two = train(mlp(), DATA, VAL, replace(cfg, devices=2))
+    assert two.extra["processes"] == 2
+    assert one.extra["lr_probe"]["chosen"] > 0 and one.extra["lr"] < 3.0
+    assert {k: v for k, v in two.extra["lr_probe"].items() if k != "seconds"} == {
+        k: v for k, v in one.extra["lr_probe"].items() if k != "seconds"
+    }
+    assert two.extra["divergence_restarts"] == one.extra["divergence_restarts"] == []
+    _assert_same_run(one, two)
+
+
 def test_resume_under_ddp_equals_the_uninterrupted_run(tmp_path: Path, single: TrainResult) -> None:
     cfg = replace(CFG, devices=2)
     epochs_done: list[int] = []

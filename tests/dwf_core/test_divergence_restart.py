@@ -130,13 +130,15 @@ def test_resume_around_a_divergence_restart_repeats_the_uninterrupted_run(
 
 
 def test_metrics_json_lists_the_restart(tmp_path: Path) -> None:
-    """The issue's case: LeNet-5-Caffe at every default (LR 0.3, no clipping) on 2,000 MNIST images: NaN at step 8,
-    one restart with the gradient norm clipped at 5, 82.4% test after 2 epochs (measured)."""
+    """The issue's case: LeNet-5-Caffe at LR 0.3 without clipping (the defaults, the LR probe off: with it the run
+    starts clipped, test_lr_probe.py) on 2,000 MNIST images: NaN at step 8, one restart with the gradient norm clipped
+    at 5, 82.4% test after 2 epochs (measured)."""
     from dwf_core.pipeline import RunSpec, run
     from tests.service_helpers import mnist_npz
 
     data = str(mnist_npz(tmp_path / "mnist.npz", 2000, 500))
-    run(RunSpec("lenet5", data, tmp_path / "out", train=TrainConfig(epochs=2, seed=0, device="cpu"), export_onnx=False))
+    cfg = TrainConfig(epochs=2, seed=0, device="cpu", lr_probe=False)
+    run(RunSpec("lenet5", data, tmp_path / "out", train=cfg, export_onnx=False))
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     [record] = metrics["divergence_restarts"]
     assert (record["epoch"], record["step"], record["loss"]) == (1, 8, "nan")

@@ -131,3 +131,48 @@ def test_failed_init_rolls_back() -> None:
         factorize(model, 3, epsilon=100.0)  # empty VarMatch window
     assert not any(parametrize.is_parametrized(m) for m in model.modules())
     assert [n for n, _ in model.named_parameters()] == ["1.weight", "1.bias", "3.weight", "3.bias"]
+
+
+class _TokenEncoder(nn.Module):
+    """Embedding → nn.TransformerEncoderLayer → mean → Linear: the weight matrices a small text model holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(30, 16)
+        self.layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True, dropout=0.0)
+        self.cross = nn.MultiheadAttention(16, 2, kdim=8, vdim=8, batch_first=True)  # separate Q/K/V projections
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.layer(self.emb(ids))
+        memory = h[..., :8]
+        h = h + self.cross(h, memory, memory, need_weights=False)[0]
+        return self.head(h.mean(dim=1))
+
+
+def test_the_default_factorizes_attention_projections_and_embedding_tables() -> None:
+    model = _TokenEncoder()
+    chosen = set(select_parameters(model))
+    assert chosen == {
+        "emb.weight",
+        "layer.self_attn.in_proj_weight",
+        "layer.self_attn.out_proj.weight",
+        "layer.linear1.weight",
+        "layer.linear2.weight",
+        "cross.q_proj_weight",
+        "cross.k_proj_weight",
+        "cross.v_proj_weight",
+        "cross.out_proj.weight",
+        "head.weight",
+    }
+    assert sum(model.get_parameter(n).numel() for n in chosen) == sum(
+        p.numel() for p in model.parameters() if p.dim() >= 2
+    )
+    ids = torch.randint(0, 30, (4, 5))
+    reference = model(ids).detach()
+    factorize(model, 3, "balanced")
+    torch.testing.assert_close(model(ids), reference, atol=1e-5, rtol=1e-5)  # balanced keeps the function
+    loss = model(ids).square().mean()
+    loss.backward()  # type: ignore[no-untyped-call]
+    factors = [p for t in factorized_tensors(model) for p in t.factors()]
+    assert len(factors) == 3 * len(chosen) and all(p.grad is not None for p in factors)

@@ -97,7 +97,9 @@ def test_dwf_answering_one_class_restarts_with_a_lower_lam_too(monkeypatch: pyte
     the run then ends as the λ restart's did (measured there: 90% dead, 96% validation accuracy)."""
     monkeypatch.setattr(defaults, "lam_for_target", lambda *_args, **_kw: 0.1)
     data, val = separable_data(512), separable_data(128, seed=1)
-    cfg = TrainConfig(depth=2, epochs=20, batch_size=32, target_sparsity=0.9, seed=0, device="cpu", cut="final")
+    cfg = TrainConfig(
+        depth=2, epochs=20, batch_size=32, target_sparsity=0.9, seed=0, device="cpu", cut="final", lr_probe=False
+    )
     result = train(mlp(), data, val, cfg)
     [record] = result.extra["divergence_restarts"]
     assert (record["reason"], record["epoch"], record["lam_before"]) == (ONE_CLASS, 1, 0.1)

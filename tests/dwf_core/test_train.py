@@ -81,6 +81,38 @@ def test_resume_with_other_settings_refused(tmp_path: Path) -> None:
     assert err.value.code == "checkpoint_mismatch" and err.value.param == "lam"
 
 
+def test_a_checkpoint_of_other_tensors_is_refused_with_a_typed_error(tmp_path: Path) -> None:
+    """Same settings, another set of factorized tensors (here: a wider first layer) gives checkpoint_mismatch."""
+    train(mlp(), DATA, VAL, CFG, checkpoint_dir=tmp_path)
+    with pytest.raises(TrainingError) as err:
+        train(mlp(hidden=24), DATA, VAL, CFG, checkpoint_dir=tmp_path)
+    assert err.value.code == "checkpoint_mismatch" and err.value.param == "model"
+
+
+def test_a_checkpoint_from_before_a_new_setting_resumes(tmp_path: Path) -> None:
+    """A checkpoint whose saved config lacks settings added since (lr_probe, optimizer_probe) resumes with the running
+    values, as the uninterrupted run: the job of an older version survives an upgrade."""
+    import json
+
+    epochs: list[int] = []
+
+    def record(event: ProgressEvent) -> None:
+        if event.kind == "epoch":
+            epochs.append(event.epoch)
+
+    with pytest.raises(TrainingCancelled):
+        train(mlp(), DATA, VAL, CFG, checkpoint_dir=tmp_path, on_progress=record, should_stop=lambda: bool(epochs))
+    [state_path] = tmp_path.glob("ckpt-*.json")
+    state = json.loads(state_path.read_text())
+    for key in ("lr_probe", "optimizer_probe"):
+        del state["config"][key]
+    state_path.write_text(json.dumps(state))
+    resumed = train(mlp(), DATA, VAL, CFG, checkpoint_dir=tmp_path)
+    full = train(mlp(), DATA, VAL, CFG)
+    assert resumed.resumed_from_epoch == 1
+    assert _history_without_times(full.history) == _history_without_times(resumed.history)
+
+
 def test_corrupt_checkpoint_refused(tmp_path: Path) -> None:
     train(mlp(), DATA, VAL, CFG, checkpoint_dir=tmp_path)
     tensors = next(tmp_path.glob("ckpt-*.safetensors"))

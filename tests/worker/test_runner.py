@@ -287,3 +287,23 @@ def test_another_worker_resumes_from_the_blob_checkpoint(
     with pytest.raises(FileNotFoundError):
         ctx.storage.size(last_key)
     assert job_row(ctx, job_id).checkpoint_key is None
+
+
+def test_the_lr_probe_is_told_in_the_job_events(ctx: ServiceContext, inputs: dict[str, Path]) -> None:
+    """LR 100 asked with ``lr_probe``: the probe rules it out unclipped before the first epoch (no restart), says so."""
+    job_id = stored_job(ctx, inputs["model"], inputs["data"], lr=100.0, lr_probe=True, init="balanced")
+    runner.validate_job(ctx, job_id)
+    runner.train_job(ctx, job_id)
+    job = job_row(ctx, job_id)
+    assert job.status == jobs.SUCCEEDED and job.metrics is not None
+    probe = job.metrics["lr_probe"]
+    assert probe["rungs"][0]["lr"] == 100.0 and probe["rungs"][0]["failed"] is not None
+    assert probe["chosen"] >= 1 and job.metrics["divergence_restarts"] == []
+    assert (job.metrics["lr"], job.metrics["max_grad_norm"]) == (probe["lr"], probe["max_grad_norm"])
+    assert probe["max_grad_norm"] == 5.0  # the unclipped LR 100 failed: the run trains clipped (or slower)
+    with ctx.sessions() as session:
+        [event] = session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.message.startswith("learning-rate probe"))
+        ).all()
+    assert event.data is not None and event.data["lr_probe"]["chosen"] == probe["chosen"]
+    assert f"training with sgd, peak lr {probe['lr']:.3g}" in event.message

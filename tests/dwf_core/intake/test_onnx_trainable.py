@@ -24,8 +24,9 @@ from dwf_core.intake.onnx_verify import check_batch_independence
 
 
 def _weight_matrices(model: nn.Module) -> int:
-    """Elements of the torch model's Linear weights and attention in-projections (what DWF should factorize)."""
-    total = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    """Elements of the torch model's Linear weights, attention in-projections and embedding tables (what DWF should
+    factorize)."""
+    total = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear | nn.Embedding))
     return total + sum(m.in_proj_weight.numel() for m in model.modules() if isinstance(m, nn.MultiheadAttention))
 
 
@@ -53,7 +54,7 @@ def test_every_weight_of_an_exported_transformer_trains(
     # Everything trains; the dynamo exporter drops the two all-zero out_proj biases (Gemm without C): 64 elements.
     assert cov.frozen == 0 or cov.frozen <= 4  # scalars only (e.g. 1/√d), counted as frozen only when > 1 element
     assert original - 64 <= cov.trainable <= original
-    assert cov.factorized == _weight_matrices(reference)  # in-proj, out-proj, feed-forward and head weights
+    assert cov.factorized == _weight_matrices(reference)  # in-proj, out-proj, feed-forward, head weights, embedding
     assert cov.warning() is None
     # A batch of 9 (the export used 2) gives each example what it gives alone.
     tokens = torch.randint(0, VOCAB, (9, SEQ))
@@ -75,9 +76,12 @@ def test_matmul_weights_keep_their_fan_in(encoder_exports: dict[str, tuple[Path,
     listed = getattr(module.get_submodule("initializers"), WEIGHT_FAN_IN_ATTR)
     params = dict(module.named_parameters())
     shapes = {name: tuple(params[f"initializers.{name}"].shape) for name in listed}
-    # x @ W with W stored (in, out): the fan-in is the first dim (32 for in-proj and linear1, 64 for linear2).
-    assert sorted(shapes.values()) == sorted([(WIDTH, 3 * WIDTH)] * 2 + [(WIDTH, 64)] * 2 + [(64, WIDTH)] * 2)
-    assert all(listed[name] == shape[0] for name, shape in shapes.items())
+    # x @ W with W stored (in, out): the fan-in is the first dim (32 for in-proj and linear1, 64 for linear2). The
+    # embedding table (Gather data) is listed too, with its fan-in read from the shape as for a Linear (None).
+    matmul = {name: shape for name, shape in shapes.items() if listed[name] is not None}
+    assert sorted(matmul.values()) == sorted([(WIDTH, 3 * WIDTH)] * 2 + [(WIDTH, 64)] * 2 + [(64, WIDTH)] * 2)
+    assert all(listed[name] == shape[0] for name, shape in matmul.items())
+    assert sorted(shape for name, shape in shapes.items() if listed[name] is None) == [(VOCAB, WIDTH)]
     assert set(select_parameters(module)) >= {f"initializers.{name}" for name in listed}
 
 
