@@ -19,7 +19,11 @@ first, on the user's model and data:
   best constant answer (the entropy of the training labels: ln 4 = 1.39 for 4 balanced classes). The first rung
   that learns is chosen and the descent stops there; it stops too, with nothing learned, once a lower LR scores
   more than ``STOP_MARGIN`` above the best rung so far. When none learns, the first finite rung is kept (nothing
-  measured speaks against it) and the divergence restarts stay behind it; when none is finite, the safest.
+  measured speaks against it) and the divergence restarts stay behind it; when none is finite, the safest;
+- the optimizer race: when no SGD rung learned and neither the optimizer nor the LR was given (``optimizer_probe``),
+  the kept SGD setting and Adam at ``ADAM_LR`` train ``RACE_FACTOR`` times as many steps, SGD first, and the first
+  that learns is chosen. SGD stays the default optimizer: under Adam DWF lost on 7 of 8 suite pairs (docs/defaults.md);
+  Adam only wins where SGD does not learn at all (README's token task: 100% where SGD ended at 40%).
 
 Why "the largest step that learns" and not the lowest loss: the first version chose the largest step within 10% of
 the best probe loss, and on the model suite's LeNet-300-100 from trained weights it took LR 0.033–0.011 (a smaller
