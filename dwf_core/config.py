@@ -34,8 +34,8 @@ class TrainConfig:
     target_sparsity: float | None = None
     lr: float | None = None
     # Measure the peak LR (and gradient clipping) on the model before training (dwf_core.lr_probe): a few steps at
-    # each rung of a ladder down from ``lr``, the largest that learns about as well as the best. None: on when ``lr``
-    # is not given (the default LRs were measured on LeNet-300-100 only), off when it is.
+    # each rung of a ladder down from ``lr``, the largest step that learns (training loss clearly below a constant
+    # answer's). None: on when ``lr`` is not given (the default LRs were measured on LeNet-300-100), off when it is.
     lr_probe: bool | None = None
     # None: SGD, unless the LR probe finds that no SGD setting learns and Adam does (``optimizer_probe``).
     optimizer: Literal["sgd", "adam"] | None = None

@@ -118,7 +118,7 @@ def select_parameters(
                     (attr == "weight" and isinstance(module, DEFAULT_LAYER_TYPES))
                     or attr in _listed_weights(module)
                     or any(isinstance(module, kind) and attr in attrs for kind, attrs in DEFAULT_MATRICES)
-                )
+                ) and not getattr(module, "sparse", False)  # a sparse gradient cannot flow into the factors
             if selected and not (exclude and _matches(full, exclude)):
                 chosen.append(full)
     return chosen

@@ -176,3 +176,12 @@ def test_the_default_factorizes_attention_projections_and_embedding_tables() -> 
     loss.backward()  # type: ignore[no-untyped-call]
     factors = [p for t in factorized_tensors(model) for p in t.factors()]
     assert len(factors) == 3 * len(chosen) and all(p.grad is not None for p in factors)
+
+
+def test_an_embedding_with_sparse_gradients_stays_dense_by_default() -> None:
+    model = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Flatten(), nn.Linear(8, 2))
+    assert select_parameters(model) == ["2.weight"]
+    assert select_parameters(nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(8, 2))) == [
+        "0.weight",
+        "2.weight",
+    ]
