@@ -213,3 +213,27 @@ def job_row(ctx: ServiceContext, job_id: str) -> Job:
         job = session.get(Job, job_id)
         assert job is not None
         return job
+
+
+def train_cancelled_at_step(ctx: ServiceContext, job_id: str, step: int = 10) -> int:
+    """Run ``runner.train_job`` with the job's cancel requested at the lease's ``step``-th stop poll (a poll per
+    training step, asked at once); returns how many polls the run made."""
+    import pytest
+
+    from dwf_service import runner
+
+    calls = {"n": 0}
+    original = runner._Lease.should_stop
+
+    def should_stop(self: runner._Lease) -> bool:
+        calls["n"] += 1
+        if calls["n"] == step:
+            with session_scope(ctx.sessions) as session:
+                jobs.request_cancel(session, job_id)
+            self._last_cancel_poll = 0.0
+        return original(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner._Lease, "should_stop", should_stop)
+        runner.train_job(ctx, job_id)
+    return calls["n"]

@@ -16,7 +16,7 @@ from dwf_service.context import ServiceContext
 from dwf_service.db import session_scope
 from dwf_service.models import Artifact, Job, JobEvent, JobResult
 from dwf_service.queue import TASK_TRAIN, TASK_VALIDATE, Message
-from tests.service_helpers import job_row, mlp_onnx, mnist_npz, stored_job
+from tests.service_helpers import job_row, mlp_onnx, mnist_npz, stored_job, train_cancelled_at_step
 
 
 @pytest.fixture(scope="module")
@@ -106,22 +106,9 @@ def test_cancel_requested_before_training_cancels(ctx: ServiceContext, inputs: d
 def test_cancel_during_training_stops_within_a_step(ctx: ServiceContext, inputs: dict[str, Path]) -> None:
     job_id = stored_job(ctx, inputs["model"], inputs["data"], epochs=50)
     runner.validate_job(ctx, job_id)
-    calls = {"n": 0}
-    original = runner._Lease.should_stop
-
-    def should_stop(self: runner._Lease) -> bool:
-        calls["n"] += 1
-        if calls["n"] == 10:
-            with session_scope(ctx.sessions) as session:
-                jobs.request_cancel(session, job_id)
-            self._last_cancel_poll = 0.0
-        return original(self)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runner._Lease, "should_stop", should_stop)
-        runner.train_job(ctx, job_id)
+    polls = train_cancelled_at_step(ctx, job_id)
     job = job_row(ctx, job_id)
-    assert job.status == jobs.CANCELLED and calls["n"] == 10
+    assert job.status == jobs.CANCELLED and polls == 10
     assert job.epoch in (None, 1, 2)
 
 

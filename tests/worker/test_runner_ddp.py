@@ -10,8 +10,7 @@ import pytest
 
 from dwf_service import jobs, runner
 from dwf_service.context import ServiceContext
-from dwf_service.db import session_scope
-from tests.service_helpers import job_row, mlp_onnx, mnist_npz, stored_job
+from tests.service_helpers import job_row, mlp_onnx, mnist_npz, stored_job, train_cancelled_at_step
 
 
 @pytest.fixture(scope="module")
@@ -47,21 +46,8 @@ def test_cancel_stops_a_two_process_job(ctx: ServiceContext, inputs: dict[str, P
     # Children of this process before the run (in a whole test run, servers of session fixtures).
     children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
     before = set(children.read_text().split())
-    calls = {"n": 0}
-    original = runner._Lease.should_stop
-
-    def should_stop(self: runner._Lease) -> bool:
-        calls["n"] += 1
-        if calls["n"] == 10:
-            with session_scope(ctx.sessions) as session:
-                jobs.request_cancel(session, job_id)
-            self._last_cancel_poll = 0.0
-        return original(self)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runner._Lease, "should_stop", should_stop)
-        runner.train_job(ctx, job_id)
+    polls = train_cancelled_at_step(ctx, job_id)
     job = job_row(ctx, job_id)
     # The lease's should_stop is asked in this process only (rank 0), once per step, and both ranks stop together.
-    assert job.status == jobs.CANCELLED and calls["n"] == 10
+    assert job.status == jobs.CANCELLED and polls == 10
     assert not set(children.read_text().split()) - before
