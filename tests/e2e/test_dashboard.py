@@ -16,7 +16,8 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,29 @@ def fulfill_static(route: Any, path: str) -> bool:
         route.fulfill(body=(STATIC / path.removeprefix("/static/")).read_text(), content_type=kind)
         return True
     return False
+
+
+@contextmanager
+def browser_page(
+    serve: Callable[[Any], None] | None = None, *, origin: str = "", api_key: str | None = None
+) -> Iterator[tuple[Any, list[str]]]:
+    """A chromium page (1280×900) and the list its page errors go to; with ``api_key`` signed in through
+    sessionStorage, with ``serve`` every request below ``origin`` answered by it. The browser closes after."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            if api_key is not None:
+                page.add_init_script(f"sessionStorage.setItem('dwf_api_key', {json.dumps(api_key)})")
+            if serve is not None:
+                page.route(f"{origin}/**", serve)
+            yield page, errors
+        finally:
+            browser.close()
 
 
 def _require_browser() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS, _require_browser, fulfill_static
+from tests.e2e.test_dashboard import _require_browser, browser_page, fulfill_static
 
 ORIGIN = "http://dwf.test"
 JOB = "job-01chartstest"
@@ -61,7 +61,7 @@ def _epoch(epoch: int) -> dict[str, Any]:
 def page() -> Iterator[Any]:
     """The dashboard in chromium, its /static files served from the tree and its API calls answered with 404."""
     _require_browser()
-    from playwright.sync_api import Route, sync_playwright
+    from playwright.sync_api import Route
 
     def serve(route: Route) -> None:
         path = route.request.url.removeprefix(ORIGIN).split("?")[0]
@@ -70,19 +70,11 @@ def page() -> Iterator[Any]:
         error = {"error": {"type": "invalid_request_error", "code": "not_found", "message": path, "param": None}}
         route.fulfill(status=404, body=json.dumps(error), content_type="application/json")
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            tab = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            tab.on("pageerror", lambda e: errors.append(str(e)))
-            tab.route(f"{ORIGIN}/**", serve)
-            tab.goto(f"{ORIGIN}/")
-            tab.wait_for_selector("#view-signin", state="visible")
-            yield tab
-            assert errors == []
-        finally:
-            browser.close()
+    with browser_page(serve, origin=ORIGIN) as (tab, errors):
+        tab.goto(f"{ORIGIN}/")
+        tab.wait_for_selector("#view-signin", state="visible")
+        yield tab
+        assert errors == []
 
 
 def _chart_texts(page: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS, _require_browser, fulfill_static
+from tests.e2e.test_dashboard import _require_browser, browser_page, fulfill_static
 from tests.e2e.test_dashboard_charts import ORIGIN
 from tests.e2e.test_dashboard_charts import _job as chart_job
 from tests.e2e.test_embedded import Server
@@ -40,7 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def test_succeeded_job_shows_its_inference_numbers(server: Server, tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     dataset = upload(server.client, mnist_npz(tmp_path / "mnist-small.npz", 300, 200), "dataset")
     request = {
@@ -59,32 +59,24 @@ def test_succeeded_job_shows_its_inference_numbers(server: Server, tmp_path: Pat
     assert "skipped" not in inference and "skipped" not in metrics["compact"], metrics["compact"]
 
     key = json.loads((server.data_dir / "config.json").read_text())["api_key"]
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.add_init_script(f"sessionStorage.setItem('dwf_api_key', {json.dumps(key)})")
-            page.goto(f"{server.url}/#/jobs/{job['id']}")
-            expect(page.locator("#job-status")).to_have_text("succeeded")
-            panel = page.locator("#job-inference")
-            expect(panel).to_be_visible()
-            expect(panel.locator("h2")).to_have_text("Inference")
-            for model in ("dense", "compact"):
-                row = panel.locator(f"tr[data-model='{model}']")
-                expect(row.locator("td[data-col='macs']")).to_have_text(f"{inference[model]['macs']:,}")
-                expect(row.locator("td[data-col='latency-1']")).not_to_have_text("—")
-                expect(row.locator("td[data-col='latency-64']")).not_to_have_text("—")
-            # the int8 row is there exactly when the job quantized its compact model
-            expect(panel.locator("tr[data-model='int8']")).to_have_count(1 if "compact_int8" in inference else 0)
-            notes = panel.locator("#inference-notes").inner_text()
-            assert "Compact vs dense" in notes and "max |Δlogit|" in notes, notes
-            if "test_accuracy" in metrics["compact"].get("int8", {}):
-                assert f"int8 test accuracy {100 * metrics['compact']['int8']['test_accuracy']:.2f}%" in notes
-            assert errors == []
-        finally:
-            browser.close()
+    with browser_page(api_key=key) as (page, errors):
+        page.goto(f"{server.url}/#/jobs/{job['id']}")
+        expect(page.locator("#job-status")).to_have_text("succeeded")
+        panel = page.locator("#job-inference")
+        expect(panel).to_be_visible()
+        expect(panel.locator("h2")).to_have_text("Inference")
+        for model in ("dense", "compact"):
+            row = panel.locator(f"tr[data-model='{model}']")
+            expect(row.locator("td[data-col='macs']")).to_have_text(f"{inference[model]['macs']:,}")
+            expect(row.locator("td[data-col='latency-1']")).not_to_have_text("—")
+            expect(row.locator("td[data-col='latency-64']")).not_to_have_text("—")
+        # the int8 row is there exactly when the job quantized its compact model
+        expect(panel.locator("tr[data-model='int8']")).to_have_count(1 if "compact_int8" in inference else 0)
+        notes = panel.locator("#inference-notes").inner_text()
+        assert "Compact vs dense" in notes and "max |Δlogit|" in notes, notes
+        if "test_accuracy" in metrics["compact"].get("int8", {}):
+            assert f"int8 test accuracy {100 * metrics['compact']['int8']['test_accuracy']:.2f}%" in notes
+        assert errors == []
 
 
 # ---------------------------------------------------------------------------- drawn from hand-written metrics
@@ -94,7 +86,7 @@ def test_succeeded_job_shows_its_inference_numbers(server: Server, tmp_path: Pat
 def page() -> Iterator[Any]:
     """The dashboard's static files in chromium, every API call answered with 404 (the tests call renderJob)."""
     _require_browser()
-    from playwright.sync_api import Route, sync_playwright
+    from playwright.sync_api import Route
 
     def serve(route: Route) -> None:
         path = route.request.url.removeprefix(ORIGIN).split("?")[0]
@@ -102,19 +94,11 @@ def page() -> Iterator[Any]:
             return
         route.fulfill(status=404, body=json.dumps({"error": {"message": path}}), content_type="application/json")
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            tab = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            tab.on("pageerror", lambda e: errors.append(str(e)))
-            tab.route(f"{ORIGIN}/**", serve)
-            tab.goto(f"{ORIGIN}/")
-            tab.wait_for_selector("#view-signin", state="visible")
-            yield tab
-            assert errors == []
-        finally:
-            browser.close()
+    with browser_page(serve, origin=ORIGIN) as (tab, errors):
+        tab.goto(f"{ORIGIN}/")
+        tab.wait_for_selector("#view-signin", state="visible")
+        yield tab
+        assert errors == []
 
 
 def _render(page: Any, **metrics: Any) -> dict[str, Any]:

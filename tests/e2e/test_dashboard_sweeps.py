@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS, _require_browser, fulfill_static
+from tests.e2e.test_dashboard import _require_browser, browser_page, fulfill_static
 from tests.e2e.test_dashboard_charts import ORIGIN
 
 pytestmark = pytest.mark.slow
@@ -72,7 +72,7 @@ DONE = _sweep(
 @pytest.fixture(scope="module")
 def page() -> Iterator[Any]:
     _require_browser()
-    from playwright.sync_api import Route, sync_playwright
+    from playwright.sync_api import Route
 
     calls: list[str] = []
 
@@ -102,19 +102,10 @@ def page() -> Iterator[Any]:
         else:
             route.fulfill(status=404, body=json.dumps({"error": {"message": path}}), content_type="application/json")
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            tab = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            tab.on("pageerror", lambda e: errors.append(str(e)))
-            tab.add_init_script(f"sessionStorage.setItem('dwf_api_key', {json.dumps(KEY)})")
-            tab.route(f"{ORIGIN}/**", serve)
-            tab.calls = calls
-            yield tab
-            assert errors == []
-        finally:
-            browser.close()
+    with browser_page(serve, origin=ORIGIN, api_key=KEY) as (tab, errors):
+        tab.calls = calls
+        yield tab
+        assert errors == []
 
 
 def test_sweep_list_and_a_running_sweep(page: Any) -> None:
