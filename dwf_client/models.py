@@ -37,6 +37,11 @@ class _Request(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
+    def body(self) -> dict[str, Any]:
+        """The JSON body, without the unset (``None``) fields so the server's defaults (or, for a continued job, the
+        parent's settings) apply."""
+        return self.model_dump(mode="json", exclude_none=True)
+
 
 # ---------------------------------------------------------------------------------------------------- requests
 
@@ -110,10 +115,6 @@ class JobCreate(_Request):
     # Called on every status change of this job (instead of the tenant's webhook); see dwf_client.webhooks.
     webhook: Webhook | None = None
 
-    def body(self) -> dict[str, Any]:
-        """The JSON body, without the unset (``None``) fields so the server's defaults apply."""
-        return self.model_dump(mode="json", exclude_none=True)
-
 
 class JobContinue(_Request):
     """Body of ``POST /v1/jobs`` that continues a finished DWF job (``from_job``) from its trained factors toward a
@@ -124,10 +125,6 @@ class JobContinue(_Request):
     seed: int | None = None
     metadata: dict[str, str] | None = None
     webhook: Webhook | None = None
-
-    def body(self) -> dict[str, Any]:
-        """The JSON body, without the unset (``None``) fields so the parent's settings and the defaults apply."""
-        return self.model_dump(mode="json", exclude_none=True)
 
 
 # --------------------------------------------------------------------------------------------------- responses
