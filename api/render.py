@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -14,6 +15,21 @@ def rfc3339(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _HasId(Protocol):
+    id: str
+
+
+def newest_first_page(page: Sequence[_HasId], has_more: bool) -> dict[str, Any]:
+    """The fields of a newest-first list page (JobList, SweepList): its items, whether more follow, and the ids to
+    page from."""
+    return {
+        "data": list(page),
+        "has_more": has_more,
+        "first_id": page[0].id if page else None,
+        "last_id": page[-1].id if page else None,
+    }
 
 
 def file_out(file: File) -> FileOut:

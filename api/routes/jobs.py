@@ -21,7 +21,7 @@ from api.deps import ContextDep, CurrentJob, CurrentTenant, SessionDep, bearer_k
 from api.downloads import blob_download
 from api.errors import ApiError, ErrorResponse
 from api.idempotency import IdempotencyKey
-from api.render import JobFields, artifact_out, event_out, job_out
+from api.render import JobFields, artifact_out, event_out, job_out, newest_first_page
 from api.routes.webhooks import checked_webhook
 from api.schemas import ArtifactList, EventList, JobCreate, JobList, JobOut, JobSubmit, WebhookOut
 from dwf_core.hf_config import FORMAT_HF_CONFIG
@@ -142,13 +142,7 @@ def list_jobs(
     if after is not None:
         query = query.where(Job.id < after)
     rows = list(session.scalars(query))
-    page = [job_out(j) for j in rows[:limit]]
-    return JobList(
-        data=page,
-        has_more=len(rows) > limit,
-        first_id=page[0].id if page else None,
-        last_id=page[-1].id if page else None,
-    )
+    return JobList(**newest_first_page([job_out(j) for j in rows[:limit]], len(rows) > limit))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)

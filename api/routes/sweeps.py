@@ -20,7 +20,7 @@ from api.deps import ContextDep, CurrentTenant, SessionDep
 from api.downloads import blob_download
 from api.errors import ApiError, ErrorResponse
 from api.idempotency import IdempotencyKey
-from api.render import rfc3339
+from api.render import newest_first_page, rfc3339
 from api.routes.jobs import check_job_files
 from api.schemas import ArtifactList, ArtifactOut, JobCreate
 from api.sweep_schemas import SweepChild, SweepCreate, SweepList, SweepOut
@@ -188,12 +188,7 @@ def list_sweeps(
     rows = list(session.scalars(query))
     children = sweeps.children_by_sweep(session, [s.id for s in rows[:limit]])
     page = [sweep_out(session, s, children[s.id]) for s in rows[:limit]]
-    return SweepList(
-        data=page,
-        has_more=len(rows) > limit,
-        first_id=page[0].id if page else None,
-        last_id=page[-1].id if page else None,
-    )
+    return SweepList(**newest_first_page(page, len(rows) > limit))
 
 
 @router.get("/{sweep_id}", response_model=SweepOut)
