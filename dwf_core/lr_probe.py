@@ -50,7 +50,6 @@ import torch
 from dwf_core import defaults
 from dwf_core.distributed import SINGLE
 from dwf_core.divergence import NonFiniteLoss
-from dwf_core.schedule import lr_at
 
 if TYPE_CHECKING:
     from dwf_core.train import Trainer
@@ -153,31 +152,23 @@ def _try(trainer: Trainer, setting: Setting, steps: int) -> _Outcome:
 
     hook = trainer.optimizer.register_step_pre_hook(watch_norm)
     try:
-        return _train_and_score(trainer, setting, steps, seen)
+        return _train_and_score(trainer, steps, seen)
     finally:
         hook.remove()
 
 
-def _train_and_score(trainer: Trainer, setting: Setting, steps: int, seen: list[float]) -> _Outcome:
-    cfg = trainer.config
+def _train_and_score(trainer: Trainer, steps: int, seen: list[float]) -> _Outcome:
+    """The run's first ``steps`` steps at the trainer's current setting, scored by the last quarter's loss."""
     n = int(trainer.x_train.shape[0])
-    order = torch.randperm(n, generator=trainer.shuffle_rng)
     trainer.model.train()
     window = max(1, min(steps, max(MIN_WINDOW, steps // 4)))
     sums, examples = torch.zeros(2, device=trainer.device), 0
     for step in range(steps):
-        start = (step % trainer.steps_per_epoch) * cfg.batch_size
-        if step and step % trainer.steps_per_epoch == 0:
+        if step % trainer.steps_per_epoch == 0:  # each epoch reshuffled, as the run itself does
             order = torch.randperm(n, generator=trainer.shuffle_rng)
-        idx = order[start : start + cfg.batch_size]
-        if trainer.x_train.device != torch.device("cpu"):
-            idx = idx.to(trainer.x_train.device)
-        xb = trainer.x_train[idx].to(trainer.device, non_blocking=True)
-        yb = trainer.y_train[idx].to(trainer.device, non_blocking=True)
-        lr = lr_at(trainer.global_step, trainer.total_steps, setting.lr, schedule=cfg.schedule,
-                   warmup_steps=trainer.warmup_steps)  # fmt: skip
+        xb, yb = trainer._batch(order, step % trainer.steps_per_epoch)
         try:
-            result = trainer._step(xb, yb, lr)
+            result = trainer._step(xb, yb, trainer._scheduled_lr())
         except NonFiniteLoss as err:
             return _Outcome(math.inf, 0.0, f"loss {err.loss} at step {step + 1}", seen[0])
         trainer.global_step += 1

@@ -399,6 +399,20 @@ class Trainer:
         save_checkpoint(self.checkpoint_dir, epoch, Checkpoint(tensors, state))
 
     # -- the loop --------------------------------------------------------------------------------------
+    def _batch(self, order: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``step`` of an epoch's shuffled ``order`` (this rank's share with DDP), on the training device."""
+        size = self.config.batch_size
+        idx = self.comm.shard(order[step * size : (step + 1) * size])
+        if self.x_train.device != torch.device("cpu"):
+            idx = idx.to(self.x_train.device)
+        xb, yb = self.x_train[idx], self.y_train[idx]
+        return xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+
+    def _scheduled_lr(self) -> float:
+        """The LR of the next step: the running attempt's peak LR on the schedule at ``global_step``."""
+        cfg = self.config
+        return lr_at(self.global_step, self.total_steps, self.lr, schedule=cfg.schedule, warmup_steps=self.warmup_steps)
+
     def _step(self, xb: torch.Tensor, yb: torch.Tensor, lr: float) -> torch.Tensor:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -712,18 +726,8 @@ class Trainer:
             for step in range(self.steps_per_epoch):
                 if self.comm.any(self.should_stop is not None and self.should_stop()):
                     raise TrainingCancelled(f"training cancelled at epoch {epoch}, step {step}")
-                idx = self.comm.shard(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])
-                if self.x_train.device != torch.device("cpu"):
-                    idx = idx.to(self.x_train.device)
-                xb = self.x_train[idx].to(self.device, non_blocking=True)
-                yb = self.y_train[idx].to(self.device, non_blocking=True)
-                lr = lr_at(
-                    self.global_step,
-                    self.total_steps,
-                    self.lr,
-                    schedule=cfg.schedule,
-                    warmup_steps=self.warmup_steps,
-                )
+                xb, yb = self._batch(order, step)
+                lr = self._scheduled_lr()
                 try:
                     sums += self._step(xb, yb, lr)
                 except NonFiniteLoss as err:
