@@ -382,12 +382,14 @@ def run(
             )
             ft_epochs = dwf_finetune_epochs(cfg, collapsed)
         if ft_epochs:
+            from dwf_core.baselines.run import with_trained_optimizer
+
             phase("finetuning")
             ft, collapsed, finetune_info = finetune(
                 collapsed,
                 data.train,
                 data.val,
-                replace(cfg, finetune_epochs=ft_epochs),
+                replace(with_trained_optimizer(cfg, result), finetune_epochs=ft_epochs),
                 on_progress=on_progress,
                 should_stop=should_stop,
             )

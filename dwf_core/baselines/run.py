@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from dwf_core import defaults
 from dwf_core.baselines import PRUNING_METHODS
 from dwf_core.baselines.at_init import random_masks, snip_masks, synflow_masks
 from dwf_core.baselines.gmp import GMPTrainer
@@ -26,8 +27,16 @@ from dwf_core.evaluate import Labeled
 from dwf_core.masking import Masks, global_topk_mask, mask_sparsity
 from dwf_core.train import ProgressEvent, Trainer, TrainResult
 
-# Fine-tuning restarts the cosine schedule from this fraction of the training LR.
-FINETUNE_LR_FACTOR = 0.1
+# Fine-tuning restarts the cosine schedule from this fraction of the configured LR, per optimizer. Adam keeps its
+# LR: after DWF's final cut at 90% on README's token task (BERT-style config, trained with Adam 3e-3 by the probe's
+# race), 2 epochs of Adam at 1e-4 or 3e-4 left validation at 69.5%, at 1e-3 it recovered 100%.
+FINETUNE_LR_FACTOR = {"sgd": 0.1, "adam": 1.0}
+
+
+def finetune_lr(cfg: TrainConfig) -> float:
+    """The peak LR of a masked fine-tuning with the resolved ``cfg``'s optimizer and LR."""
+    assert cfg.lr is not None
+    return cfg.lr * FINETUNE_LR_FACTOR[cfg.optimizer or defaults.DEFAULT_OPTIMIZER]
 
 
 @dataclass
@@ -45,6 +54,16 @@ def dense_config(cfg: TrainConfig) -> TrainConfig:
         cfg, method="dense", depth=1, target_sparsity=None, threshold="auto", finetune_epochs=None, dense_epochs=0,
         structure="weights", target_macs=None, mac_frontier=None, cut=None,
     ).resolved()  # fmt: skip
+
+
+def with_trained_optimizer(cfg: TrainConfig, trained: TrainResult) -> TrainConfig:
+    """``cfg`` for a masked fine-tuning after ``trained``: the optimizer that trained it, where the LR probe's race
+    switched to another one (no SGD step learned: the BERT-style config), at that optimizer's default LR (the race
+    runs only when neither optimizer nor LR was given). SGD would learn nothing in the fine-tuning either."""
+    used = trained.extra.get("optimizer")
+    if used is None or used == (cfg.optimizer or defaults.DEFAULT_OPTIMIZER):
+        return cfg
+    return replace(cfg, optimizer=used, lr=None)
 
 
 def run_baseline(
@@ -88,12 +107,10 @@ def run_baseline(
             return BaselineResult(result, collapsed, {**info, "threshold_mode": "target"})
         masks = global_topk_mask({n: w.detach().abs() for n, w in weights_of(result.model).items()}, target)
         ft_epochs = finetune_epochs_for(cfg.epochs, cfg.finetune_epochs)
-        assert dense_cfg.lr is not None
-        # A tenth of the configured LR, not of the probe's choice: on the BERT-style suite pair the probe's 0.011 made
-        # it 0.0011, and the fine-tuning at 90% then recovered 62% instead of 100% (docs/defaults.md, "The LR probe").
-        ft_cfg = replace(
-            dense_cfg, epochs=ft_epochs, lr=dense_cfg.lr * FINETUNE_LR_FACTOR, warmup_epochs=0.0, lr_probe=False
-        )
+        ft_base = dense_config(with_trained_optimizer(cfg, result))
+        # From the configured LR, not the probe's choice: on the BERT-style suite pair a tenth of the probe's 0.011 was
+        # 0.0011, and the fine-tuning at 90% then recovered 62% instead of 100% (docs/defaults.md, "The LR probe").
+        ft_cfg = replace(ft_base, epochs=ft_epochs, lr=finetune_lr(ft_base), warmup_epochs=0.0, lr_probe=False)
         ft = MaskedTrainer(result.model, train, val, ft_cfg, masks=masks, **common).fit()
         history = [{**h, "phase": "train"} for h in result.history] + [{**h, "phase": "finetune"} for h in ft.history]
         merged = replace(
@@ -105,6 +122,7 @@ def run_baseline(
         extra: dict[str, Any] = {
             "finetune_epochs": ft_epochs,
             "finetune_lr": ft_cfg.lr,
+            "finetune_optimizer": ft_cfg.optimizer,
             "mask_sparsity": mask_sparsity(masks),
         }
         return BaselineResult(merged, collapsed, {**info, **extra, "threshold_mode": "fixed"})
@@ -150,7 +168,7 @@ def finetune_collapsed(
     """Fine-tune a collapsed DWF model with its zeros fixed (``cfg.finetune_epochs`` epochs), then collapse it.
 
     The same masked training as ``magnitude-ft``: depth 1 with balanced init (the function is kept), L2 at the
-    depth-1 default, LR = ``lr`` or the baseline LR × ``FINETUNE_LR_FACTOR``, on a fresh cosine. The sparsity
+    depth-1 default, LR = ``lr`` or ``finetune_lr`` of the baseline's, on a fresh cosine. The sparsity
     pattern of the DWF cut is kept exactly; only the surviving weights move.
 
     Returns:
@@ -162,7 +180,7 @@ def finetune_collapsed(
     base = dense_config(replace(cfg, lr=None))
     assert base.lr is not None
     ft_cfg = replace(
-        base, epochs=cfg.finetune_epochs, lr=lr or base.lr * FINETUNE_LR_FACTOR, warmup_epochs=0.0, init="balanced",
+        base, epochs=cfg.finetune_epochs, lr=lr or finetune_lr(base), warmup_epochs=0.0, init="balanced",
         include=collapsed.names, exclude=None, lr_probe=False,
     )  # fmt: skip
     ft = MaskedTrainer(plain, train, val, ft_cfg, masks=masks, on_progress=on_progress, should_stop=should_stop).fit()
@@ -170,6 +188,7 @@ def finetune_collapsed(
     info = {
         "epochs": cfg.finetune_epochs,
         "lr": ft_cfg.lr,
+        "optimizer": ft_cfg.optimizer,
         "l2_lam": ft_cfg.lam,
         "val_accuracy_before": collapsed.collapsed_accuracy,
         "val_accuracy_after": after.collapsed_accuracy,
