@@ -79,6 +79,12 @@ def _update_returning(
     return session.execute(statement).one_or_none()
 
 
+# What a transition that sends a webhook reads before its update (every end; start_running): the status it leaves
+# (the webhook's previous_status) and the tenant's webhook URL (used when the job has none of its own). Needs the join
+# with tenants.
+_BEFORE_END = (Job.status, Tenant.webhook_url.label("tenant_url"))
+
+
 def create_job(
     session: Session,
     request: dict[str, Any],
@@ -203,24 +209,28 @@ def update_owned(session: Session, job_id: str, owner: str, **values: Any) -> bo
 
 
 def start_running(session: Session, job_id: str, owner: str) -> bool:
-    """queued|running → running for the lease holder; sets started_at on the first attempt."""
-    job = session.get(Job, job_id)
-    started = job.started_at if job is not None and job.started_at is not None else utcnow()
-    previous = _status_of(session, job_id)
-    ok = _update(
+    """queued|running → running for the lease holder; sets started_at on the first attempt.
+
+    Two statements, as a job's end (``_end``): one SELECT (the status it leaves, started_at, the tenant's webhook
+    URL) and the guarded UPDATE … RETURNING the webhook payload's columns (not three reads: the row, its status, the
+    payload's row)."""
+    found = session.execute(
+        select(Job.started_at, *_BEFORE_END).join(Tenant, Tenant.id == Job.tenant_id).where(Job.id == job_id)
+    ).one_or_none()
+    if found is None:
+        return False
+    row = _update_returning(
         session,
         job_id,
         [Job.lease_owner == owner, Job.status.in_((QUEUED, RUNNING))],
-        {"status": RUNNING, "started_at": started, "phase": "loading"},
+        {"status": RUNNING, "started_at": found.started_at or utcnow(), "phase": "loading"},
+        webhooks.PAYLOAD_COLUMNS,
     )
-    if ok and previous != RUNNING:  # a re-delivered running job does not change status
-        webhooks.on_status(session, job_id, RUNNING, previous)
-    return ok
-
-
-def _status_of(session: Session, job_id: str) -> str | None:
-    """The job's status as stored now (for the webhook payload's previous_status)."""
-    return session.scalar(select(Job.status).where(Job.id == job_id))
+    if row is None:
+        return False
+    if found.status != RUNNING:  # a re-delivered running job does not change status
+        webhooks.queue_delivery(session, job_id, RUNNING, found.status, row, found.tenant_url)
+    return True
 
 
 def mark_validated(session: Session, job_id: str, owner: str, summary: str) -> bool:
@@ -328,11 +338,6 @@ def _cancel_unstarted(session: Session, job_id: str) -> bool:
     if ok:
         add_event(session, job_id, "job cancelled")
     return ok
-
-
-# What a terminal transition reads before its update: the status it leaves (the webhook's previous_status) and the
-# tenant's webhook URL (used when the job has none of its own). Needs the join with tenants.
-_BEFORE_END = (Job.status, Tenant.webhook_url.label("tenant_url"))
 
 
 def _end(

@@ -137,12 +137,42 @@ def check_cancelling_an_unstarted_child(ctx: ServiceContext, published: list[Mes
     assert data["status"] == "cancelled" and data["previous_status"] == "validating_files"
 
 
+def check_start_running_reads_once(ctx: ServiceContext, published: list[Message]) -> None:
+    """queued → running: one SELECT (status, started_at, the tenant's URL), the UPDATE … RETURNING, the delivery; a
+    re-delivered start of a running job keeps started_at and queues no second delivery."""
+    set_tenant_webhook(ctx)
+    with session_scope(ctx.sessions) as session:
+        job_id = jobs.create_job(session, REQUEST, file_ids={}).id
+        assert jobs.acquire_lease(session, job_id, "w", (jobs.VALIDATING,), 60, 3)
+        assert jobs.mark_validated(session, job_id, "w", "ok")
+        assert jobs.acquire_lease(session, job_id, "w", (jobs.QUEUED,), 60, 3)
+    with recorded_statements(ctx.engine) as statements, session_scope(ctx.sessions) as session:
+        assert jobs.start_running(session, job_id, "w")
+    assert verbs(statements) == ["SELECT jobs", "UPDATE jobs", "INSERT webhook_deliveries"]
+    data = last_payload(ctx, job_id)["data"]
+    assert data["status"] == "running" and data["previous_status"] == "queued" and data["attempts"] == 1
+    with ctx.sessions() as session:
+        first = session.get(jobs.Job, job_id)
+        assert first is not None and first.started_at is not None
+        started = first.started_at
+    with recorded_statements(ctx.engine) as again, session_scope(ctx.sessions) as session:
+        assert jobs.start_running(session, job_id, "w")
+        assert not jobs.start_running(session, job_id, "someone-else")
+    assert verbs(again) == ["SELECT jobs", "UPDATE jobs", "SELECT jobs", "UPDATE jobs"]
+    assert last_payload(ctx, job_id)["data"] == data  # no second delivery
+    with ctx.sessions() as session:
+        job = session.get(jobs.Job, job_id)
+        assert job is not None and job.status == jobs.RUNNING and job.lease_owner == "w"
+        assert job.started_at == started  # the first start's time kept
+
+
 CHECKS = [
     check_a_job_not_in_a_sweep,
     check_a_sweep_child,
     check_a_lost_guard_ends_nothing,
     check_settle_reads_once,
     check_cancelling_an_unstarted_child,
+    check_start_running_reads_once,
 ]
 
 
