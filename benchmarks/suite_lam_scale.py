@@ -1,12 +1,16 @@
 """What-if for the λ of a target: the default DWF job on model-suite pairs with the target map's λ multiplied.
 
-    python -m benchmarks.suite_lam_scale [--scales 1,3,10] [--pairs mixer,dwcnn,...] [--sparsity 0.9] [--seed 0]
+    python -m benchmarks.suite_lam_scale [--scales 1,3,10] [--pairs mixer,dwcnn,...] [--sparsity 0.9,0.99] [--seed 0,1]
+        [--dense-half] [--out DIR]
 
 The model suite (benchmarks.model_suite) shows DWF's training leaving the monitor CR at ~1 on several pairs: the
 λ that `dwf_core.defaults.lam_for_target` gives (the LeNet-300-100 map, step-scaled) did not sparsify them. This
 runs the same default job with that λ times each scale (the controller and the over-pruning restart work as
 usual from there) and records the sparse and factorized test accuracy, the final λ, the last training epoch's
 monitor CR and the restarts. Results: benchmarks/results/suite-lam-scale/ (rows.json, README.md).
+
+``--dense-half``: DWF starts from a trained model, as it does from uploaded trained weights (init "balanced"): the
+first half of the epochs train the dense model (``dense_epochs``), the second half DWF from it — the same budget.
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ class Cell:
     scale: float
     sparsity: float
     seed: int
+    dense_half: bool = False
 
     @property
     def key(self) -> str:
-        return f"{self.pair}/x{self.scale:g}/{self.sparsity:g}/seed{self.seed}"
+        start = "/dense-half" if self.dense_half else ""
+        return f"{self.pair}/x{self.scale:g}/{self.sparsity:g}/seed{self.seed}{start}"
 
 
 def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
@@ -58,6 +64,8 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
     suite_cell = SuiteCell(cell.pair, "dense", None, cell.seed, full["epochs"], full["train"], full["test"])
     weights = str(trained_weights(suite_cell, data, work)) if pair.source == "weights" else None
     settings: dict[str, Any] = {"epochs": full["epochs"], "seed": cell.seed, "target_sparsity": cell.sparsity}
+    if cell.dense_half:
+        settings |= {"dense_epochs": full["epochs"] // 2, "epochs": full["epochs"] - full["epochs"] // 2}
     if pair.include:
         settings["include"] = list(pair.include)
     out = work / "runs" / cell.key.replace("/", "-")
@@ -68,6 +76,10 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
         "key": cell.key,
         "pair": cell.pair,
         "scale": cell.scale,
+        "sparsity": cell.sparsity,
+        "seed": cell.seed,
+        "dense_half": cell.dense_half,
+        "init": metrics["config"]["init"],
         "test_accuracy": metrics["test_accuracy"],
         "factorized_test_accuracy": metrics["factorized_test_accuracy"],
         "final_lam": metrics["lam"],
@@ -81,13 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", default="1,3,10")
     parser.add_argument("--pairs", default="mixer,dwcnn,vit-ts,gru,cnn1d,lenet300-trained")
-    parser.add_argument("--sparsity", type=float, default=0.9)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sparsity", default="0.9", help="target sparsities, comma-separated")
+    parser.add_argument("--seed", default="0", help="seeds, comma-separated")
+    parser.add_argument("--dense-half", action="store_true", help="DWF starts from the dense model of half the epochs")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    cells = [Cell(p, float(k), args.sparsity, args.seed) for p in args.pairs.split(",") for k in args.scales.split(",")]
+    cells = [
+        Cell(p, float(k), float(s), int(seed), args.dense_half)
+        for p in args.pairs.split(",")
+        for s in args.sparsity.split(",")
+        for seed in args.seed.split(",")
+        for k in args.scales.split(",")
+    ]
     rows: list[dict[str, Any]] = []
     failed = run_cells(cells, functools.partial(run_cell, work=args.out / "work"), args.jobs,
                        lambda _cell, row: rows.append(row))  # fmt: skip
@@ -100,14 +119,16 @@ def main(argv: list[str] | None = None) -> int:
         "",
         stamp_line(header),
         "",
-        f"Target sparsity {args.sparsity:g}, seed {args.seed}, the suite's data and 10 epochs.",
+        "The suite's data and 10 epochs"
+        + (", the first 5 dense, DWF from their model in the last 5." if args.dense_half else "."),
         "",
-        "| pair | λ × | test (sparse) | test (factorized) | final λ | monitor CR, last epoch | λ restarts |",
-        "|---|---|---|---|---|---|---|",
+        "| pair | target | seed | λ × | test (sparse) | test (factorized) | final λ | monitor CR, last epoch "
+        "| λ restarts |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['pair']} | {r['scale']:g} | {100 * r['test_accuracy']:.2f}% | "
+            f"| {r['pair']} | {r['sparsity']:g} | {r['seed']} | {r['scale']:g} | {100 * r['test_accuracy']:.2f}% | "
             f"{100 * r['factorized_test_accuracy']:.2f}% | {r['final_lam']:.3g} | {r['monitor_cr_last_epoch']:.3g} | "
             f"{r['lam_restarts']} |"
         )
