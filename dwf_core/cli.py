@@ -406,6 +406,14 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     if cut:
         steps = f" ({cut['events']} masking steps, {cut['start_step']}–{cut['end_step']})" if "events" in cut else ""
         table.add_row("cut", f"{cut['mode']}{steps}")
+    finetune = metrics.get("finetune")
+    if finetune:  # DWF's masked fine-tuning after the cut: how it trained and what it won back
+        table.add_row(
+            "fine-tuning",
+            f"{finetune['epochs']} epoch(s), {finetune.get('optimizer', 'sgd')} LR {finetune['lr']:.3g} "
+            f"({finetune.get('reason', 'requested')}): val {100 * finetune['val_accuracy_before']:.2f}% → "
+            f"{100 * finetune['val_accuracy_after']:.2f}%",
+        )
     unit_cut = metrics.get("unit_cut")
     if unit_cut:
         table.add_row("unit cut", f"gradual ({unit_cut['events']} masking steps, {unit_cut['units_removed']} units)")

@@ -178,7 +178,6 @@ def finetune_collapsed(
     plain = copy.deepcopy(collapsed.model)  # the trainer factorizes in place; the collapse result stays plain
     masks: Masks = {name: plain.get_parameter(name).detach() != 0 for name in collapsed.names}
     base = dense_config(replace(cfg, lr=None))
-    assert base.lr is not None
     ft_cfg = replace(
         base, epochs=cfg.finetune_epochs, lr=lr or finetune_lr(base), warmup_epochs=0.0, init="balanced",
         include=collapsed.names, exclude=None, lr_probe=False,

@@ -161,6 +161,27 @@ def test_cli_cut_option_reaches_metrics(tmp_path: Path) -> None:
         assert metrics["sparsity"] == pytest.approx(0.9, abs=1e-3)
 
 
+def test_cli_summary_says_how_the_finetuning_went(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from dwf_core.cli import app
+
+    from .helpers import write_band_npz
+
+    data = write_band_npz(tmp_path / "small.npz", 300, 100)
+    argv = ["train", "--model", "lenet_300_100", "--data", str(data), "--epochs", "1", "--target-sparsity", "0.9",
+            "--cut", "final", "--out", str(tmp_path / "out"), "--device", "cpu", "--finetune-epochs", "1"]  # fmt: skip
+    result = CliRunner().invoke(app, argv, env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    finetune = json.loads((tmp_path / "out" / "metrics.json").read_text())["finetune"]
+    assert (finetune["epochs"], finetune["optimizer"], finetune["reason"]) == (1, "sgd", "requested")
+    before, after = 100 * finetune["val_accuracy_before"], 100 * finetune["val_accuracy_after"]
+    line = f"1 epoch(s), sgd LR {finetune['lr']:.3g} (requested): val {before:.2f}% → {after:.2f}%"
+    assert line in result.output
+
+
 def test_frontier_of_a_gradual_run_keeps_only_ratios_at_or_above_the_target() -> None:
     from dwf_core.frontier import compute_frontier
 
