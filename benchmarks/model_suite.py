@@ -61,12 +61,15 @@ class Cell:
     lr: float | None = None
     # DWF's depth instead of its default (--depth; dwf_core.defaults.depth_for_target), for what-if tables.
     depth: int | None = None
+    # DWF's linear LR warm-up as a fraction of its epochs (--warmup), for what-if tables.
+    warmup: float | None = None
 
     @property
     def key(self) -> str:
         target = "dense" if self.sparsity is None else f"{self.sparsity:g}"
         what_if = "".join(f"/{k}={v:g}" if isinstance(v, float) else f"/{k}={v}"
-                          for k, v in (("optimizer", self.optimizer), ("lr", self.lr), ("depth", self.depth))
+                          for k, v in (("optimizer", self.optimizer), ("lr", self.lr), ("depth", self.depth),
+                                       ("warmup", self.warmup))
                           if v is not None)  # fmt: skip
         return f"{self.pair}/{self.method}/{target}/seed{self.seed}/{self.epochs}ep/{self.n_train}{what_if}"
 
@@ -83,7 +86,8 @@ def plan(mode: dict[str, Any]) -> list[Cell]:
             for sparsity in mode["sparsities"]:
                 for method in (m for m in methods if m != "dense"):
                     depth = mode.get("depth") if method == "dwf" else None  # the baselines train at depth 1
-                    cells.append(Cell(pair, method, sparsity, seed, **common, depth=depth))
+                    warmup = mode.get("warmup") if method == "dwf" else None
+                    cells.append(Cell(pair, method, sparsity, seed, **common, depth=depth, warmup=warmup))
     return cells
 
 
@@ -124,6 +128,8 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
         settings.pop("method")  # the default job: DWF with nothing but the target
         if cell.depth is not None:
             settings["depth"] = cell.depth
+        if cell.warmup is not None:
+            settings["warmup_epochs"] = cell.warmup * cell.epochs
     if cell.sparsity is not None:
         settings["target_sparsity"] = cell.sparsity
     if pair.include:
@@ -196,6 +202,14 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _what_if_phrase(key: str, value: Any) -> str:
+    if key == "depth":
+        return f"DWF ran at depth {value}"
+    if key == "warmup":
+        return f"DWF warmed its LR up over {value:g} of its epochs"
+    return f"every method ran with {key} {value}"
+
+
 def markdown(header: dict[str, Any], summary: dict[str, Any], sparsities: tuple[float, ...]) -> str:
     lines = [
         "# Model suite: the default DWF job vs magnitude + fine-tuning and GMP at the same total epochs",
@@ -205,10 +219,7 @@ def markdown(header: dict[str, Any], summary: dict[str, Any], sparsities: tuple[
         *(
             [
                 "**What-if table:** "
-                + "; ".join(
-                    f"DWF ran at depth {v}" if k == "depth" else f"every method ran with {k} {v}"
-                    for k, v in what_if.items()
-                )
+                + "; ".join(_what_if_phrase(k, v) for k, v in what_if.items())
                 + " instead of the default.",
                 "",
             ]
@@ -332,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--optimizer", choices=("sgd", "adam"), help="what-if: every method uses this optimizer")
     parser.add_argument("--lr", type=float, help="what-if: every method uses this peak LR")
     parser.add_argument("--depth", type=int, help="what-if: DWF uses this depth instead of its default")
+    parser.add_argument("--warmup", type=float, help="what-if: DWF warms its LR up over this fraction of its epochs")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/model-suite[-smoke])")
     args = parser.parse_args(argv)
@@ -360,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         mode["methods"] = _names(parser, args.methods, METHODS, "methods")
     if args.sparsities:
         mode["sparsities"] = tuple(float(x) for x in args.sparsities.split(","))
-    mode |= {"optimizer": args.optimizer, "lr": args.lr, "depth": args.depth}
+    mode |= {"optimizer": args.optimizer, "lr": args.lr, "depth": args.depth, "warmup": args.warmup}
     skipped = [p for p in mode["pairs"] if not available(PAIR_BY_NAME[p])]
     mode["pairs"] = tuple(p for p in mode["pairs"] if p not in skipped)
     header = {
@@ -369,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": mode["epochs"],
         "seeds": list(mode["seeds"]),
         "sparsities": list(mode["sparsities"]),
-        "what_if": {"optimizer": args.optimizer, "lr": args.lr, "depth": args.depth},
+        "what_if": {"optimizer": args.optimizer, "lr": args.lr, "depth": args.depth, "warmup": args.warmup},
         "train": mode["train"],
         "test": mode["test"],
     }
