@@ -16,6 +16,8 @@ MAX_DEPTH = 8
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 65_536
 MAX_DEVICES = 8  # dwf_core.distributed.MAX_DEVICES
+DEFAULT_TEMPERATURE = 4.0  # dwf_core.distill.DEFAULT_TEMPERATURE
+MAX_TEMPERATURE = 100.0  # dwf_core.distill.MAX_TEMPERATURE
 # timm:NAME takes a timm registry name (dwf_core.intake.timm_source.TIMM_NAME_PATTERN, checked equal in the tests):
 # the API refuses a malformed one at once, the worker's validation checks that timm knows it.
 TIMM_PREFIX = "timm:"
@@ -115,6 +117,12 @@ class DwfMethod(Strict):
     finetune_epochs: int | None = Field(default=None, ge=0, le=MAX_EPOCHS)
     # DWF: epochs of plain (dense) training first; DWF then starts from those weights (dwf_core TrainConfig).
     dense_epochs: int = Field(default=0, ge=0, le=MAX_EPOCHS)
+    # DWF from a trained model (dense_epochs, or uploaded weights that predict the data): weight α of distillation
+    # from it; 0: off (dwf_core TrainConfig.distill, dwf_core.distill).
+    distill: float = Field(default=0.0, ge=0, le=1, allow_inf_nan=False)
+    distill_temperature: float = Field(default=DEFAULT_TEMPERATURE, gt=0, le=MAX_TEMPERATURE, allow_inf_nan=False)
+    # "constant" (α throughout) or "linear" (α decays to 0 over the DWF steps).
+    distill_schedule: Literal["constant", "linear"] = "constant"
     # DWF: "weights" (every weight factorized), "units" (D-Gating: gates per Linear neuron / conv channel remove whole
     # units) or "both" (dwf_core.structured; dwf_core TrainConfig.structure).
     structure: Literal["weights", "units", "both"] = "weights"
@@ -153,6 +161,8 @@ class DwfMethod(Strict):
             raise ValueError(f"method type {self.type!r} needs target_sparsity (the fraction to prune)")
         if self.dense_epochs and self.type != "dwf":
             raise ValueError("dense_epochs applies to method type 'dwf' only")
+        if self.distill and self.type != "dwf":
+            raise ValueError("distill applies to method type 'dwf' only")
         structured = self.structure != "weights"
         if structured and self.type != "dwf":
             raise ValueError(f"structure {self.structure!r} applies to method type 'dwf' only")

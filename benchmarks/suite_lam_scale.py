@@ -1,7 +1,7 @@
 """What-if for the λ of a target: the default DWF job on model-suite pairs with the target map's λ multiplied.
 
     python -m benchmarks.suite_lam_scale [--scales 1,3,10] [--pairs mixer,dwcnn,...] [--sparsity 0.9,0.99] [--seed 0,1]
-        [--dense-half] [--out DIR]
+        [--dense-half] [--distill 0,0.5] [--out DIR]
 
 The model suite (benchmarks.model_suite) shows DWF's training leaving the monitor CR at ~1 on several pairs: the
 λ that `dwf_core.defaults.lam_for_target` gives (the LeNet-300-100 map, step-scaled) did not sparsify them. This
@@ -11,6 +11,9 @@ monitor CR and the restarts. Results: benchmarks/results/suite-lam-scale/ (rows.
 
 ``--dense-half``: DWF starts from a trained model, as it does from uploaded trained weights (init "balanced"): the
 first half of the epochs train the dense model (``dense_epochs``), the second half DWF from it — the same budget.
+
+``--distill``: the runs' ``TrainConfig.distill`` (dwf_core.distill), one cell per value; "default" leaves it to the
+config (on for a trained start). Without the option every cell takes the default.
 """
 
 from __future__ import annotations
@@ -40,11 +43,16 @@ class Cell:
     sparsity: float
     seed: int
     dense_half: bool = False
+    # TrainConfig.distill; None: the config's default.
+    distill: float | None = None
+    distill_schedule: str = "constant"
 
     @property
     def key(self) -> str:
         start = "/dense-half" if self.dense_half else ""
-        return f"{self.pair}/x{self.scale:g}/{self.sparsity:g}/seed{self.seed}{start}"
+        distill = "" if self.distill is None else f"/distill{self.distill:g}"
+        distill += "" if self.distill_schedule == "constant" else f"-{self.distill_schedule}"
+        return f"{self.pair}/x{self.scale:g}/{self.sparsity:g}/seed{self.seed}{start}{distill}"
 
 
 def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
@@ -64,6 +72,9 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
     suite_cell = SuiteCell(cell.pair, "dense", None, cell.seed, full["epochs"], full["train"], full["test"])
     weights = str(trained_weights(suite_cell, data, work)) if pair.source == "weights" else None
     settings: dict[str, Any] = {"epochs": full["epochs"], "seed": cell.seed, "target_sparsity": cell.sparsity}
+    if cell.distill is not None:
+        settings["distill"] = cell.distill
+    settings["distill_schedule"] = cell.distill_schedule
     if cell.dense_half:
         settings |= {"dense_epochs": full["epochs"] // 2, "epochs": full["epochs"] - full["epochs"] // 2}
     if pair.include:
@@ -79,6 +90,8 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
         "sparsity": cell.sparsity,
         "seed": cell.seed,
         "dense_half": cell.dense_half,
+        "distill": metrics["config"]["distill"],
+        "distill_schedule": metrics["config"]["distill_schedule"],
         "init": metrics["config"]["init"],
         "test_accuracy": metrics["test_accuracy"],
         "factorized_test_accuracy": metrics["factorized_test_accuracy"],
@@ -96,16 +109,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sparsity", default="0.9", help="target sparsities, comma-separated")
     parser.add_argument("--seed", default="0", help="seeds, comma-separated")
     parser.add_argument("--dense-half", action="store_true", help="DWF starts from the dense model of half the epochs")
+    parser.add_argument("--distill", default="default", help="TrainConfig.distill values, comma-separated")
+    parser.add_argument("--distill-schedule", default="constant", choices=("constant", "linear"))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     cells = [
-        Cell(p, float(k), float(s), int(seed), args.dense_half)
+        Cell(
+            p,
+            float(k),
+            float(s),
+            int(seed),
+            args.dense_half,
+            None if a == "default" else float(a),
+            args.distill_schedule,
+        )
         for p in args.pairs.split(",")
         for s in args.sparsity.split(",")
         for seed in args.seed.split(",")
         for k in args.scales.split(",")
+        for a in args.distill.split(",")
     ]
     rows: list[dict[str, Any]] = []
     failed = run_cells(cells, functools.partial(run_cell, work=args.out / "work"), args.jobs,
@@ -122,13 +146,15 @@ def main(argv: list[str] | None = None) -> int:
         "The suite's data and 10 epochs"
         + (", the first 5 dense, DWF from their model in the last 5." if args.dense_half else "."),
         "",
-        "| pair | target | seed | λ × | test (sparse) | test (factorized) | final λ | monitor CR, last epoch "
-        "| λ restarts |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| pair | target | seed | λ × | distill α | test (sparse) | test (factorized) | final λ "
+        "| monitor CR, last epoch | λ restarts |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['pair']} | {r['sparsity']:g} | {r['seed']} | {r['scale']:g} | {100 * r['test_accuracy']:.2f}% | "
+            f"| {r['pair']} | {r['sparsity']:g} | {r['seed']} | {r['scale']:g} | {r.get('distill', 0):g}"
+            f"{'' if r.get('distill_schedule', 'constant') == 'constant' else ' ' + r['distill_schedule']} | "
+            f"{100 * r['test_accuracy']:.2f}% | "
             f"{100 * r['factorized_test_accuracy']:.2f}% | {r['final_lam']:.3g} | {r['monitor_cr_last_epoch']:.3g} | "
             f"{r['lam_restarts']} |"
         )

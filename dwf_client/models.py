@@ -91,6 +91,10 @@ class DwfMethod(_Request):
     finetune_epochs: int | None = None
     # DWF: plain training epochs first, DWF then starts from those weights (0 / None: from scratch).
     dense_epochs: int | None = None
+    # DWF from a trained model: weight α in [0, 1] of distillation from it (None: the server's default, off).
+    distill: float | None = None
+    distill_temperature: float | None = None
+    distill_schedule: Literal["constant", "linear"] | None = None
     # "weights" (DWF), "units" (D-Gating: whole Linear neurons / conv channels removed) or "both".
     structure: Literal["weights", "units", "both"] | None = None
     # DWF with target_sparsity: "gradual" (default) or "final".

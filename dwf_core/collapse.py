@@ -76,7 +76,7 @@ def _check_threshold(threshold: Threshold, target_sparsity: float | None) -> Non
         raise ConfigError(f"threshold must be ≥ 0, got {threshold!r}", param="threshold")
 
 
-def _collapse_exact(model: nn.Module) -> tuple[nn.Module, list[str]]:
+def collapse_exact(model: nn.Module) -> tuple[nn.Module, list[str]]:
     """A deep copy of ``model`` with every DWF parametrization replaced by its product (no thresholding)."""
     plain = copy.deepcopy(model)
     names = []
@@ -165,7 +165,7 @@ def collapse_and_verify(
         raise ConfigError("model has no factorized tensors; call dwf_core.factorize first", param="model")
     if threshold == "auto" and data is None:
         raise ConfigError("threshold='auto' needs validation data (data=...) to verify accuracy", param="threshold")
-    plain, names = _collapse_exact(model)
+    plain, names = collapse_exact(model)
     targets = {name: plain.get_parameter(name) for name in names}
     dense = {name: p.detach().clone() for name, p in targets.items()}
     if threshold == "target":

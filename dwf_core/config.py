@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from dwf_core import defaults
 from dwf_core.baselines import METHODS, PRUNING_METHODS
+from dwf_core.distill import DEFAULT_TEMPERATURE, MAX_TEMPERATURE
 from dwf_core.distributed import MAX_DEVICES
 from dwf_core.errors import ConfigError
 from dwf_core.factorize import MAX_DEPTH
@@ -82,6 +83,14 @@ class TrainConfig:
     # epochs vs 97.63% from scratch (benchmarks/results/mnist-table/lenet300-full/). 0: start from the given
     # weights (or a fresh init).
     dense_epochs: int = 0
+    # DWF from a trained model (dense_epochs, or given weights that predict the data): the weight α of distillation
+    # from it (dwf_core.distill), the objective then being (1 − α)·CE + α·T²·KL(starting model's outputs at
+    # temperature T ‖ the student's). 0: off (the default: it helps from a well-trained model and holds the student
+    # back from an under-trained one, docs/defaults.md).
+    distill: float = 0.0
+    distill_temperature: float = DEFAULT_TEMPERATURE
+    # "constant": α throughout; "linear": α decays to 0 over the DWF steps (the labels alone at the end).
+    distill_schedule: Literal["constant", "linear"] = "constant"
     # "weights": DWF, every selected weight factorized. "units": D-Gating (dwf_core.structured): each Linear neuron
     # and conv output channel gets D−1 scalar gates on its output, and L2 on gates and weights equals a group
     # L_{2/D} penalty that removes whole units. "both": factorized weights and gated units.
@@ -198,6 +207,15 @@ class TrainConfig:
         )
         if self.dense_epochs and self.method != "dwf":
             raise ConfigError("dense_epochs applies to method 'dwf' only", param="dense_epochs")
+        need(finite(self.distill) and 0 <= self.distill <= 1, "distill", "in [0, 1]")
+        if self.distill and self.method != "dwf":
+            raise ConfigError("distill applies to method 'dwf' only", param="distill")
+        need(self.distill_schedule in ("constant", "linear"), "distill_schedule", "'constant' or 'linear'")
+        need(
+            finite(self.distill_temperature) and 0 < self.distill_temperature <= MAX_TEMPERATURE,
+            "distill_temperature",
+            f"in (0, {MAX_TEMPERATURE:g}]",
+        )
         need(self.lam is None or (finite(self.lam) and 0 <= self.lam <= 1), "lam", "in [0, 1]")
         need(
             self.target_sparsity is None or (finite(self.target_sparsity) and 0 < self.target_sparsity < 1),

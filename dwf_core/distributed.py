@@ -97,6 +97,10 @@ class Comm:
         mean = nn.functional.cross_entropy(logits, y)
         return mean, mean.detach().float() * y.shape[0]
 
+    def batch_mean(self, summed: torch.Tensor, n: int) -> torch.Tensor:
+        """A per-example term summed over this rank's ``n`` examples, as the objective's batch mean."""
+        return summed / max(n, 1)
+
     def any(self, flag: bool) -> bool:
         """True on every rank when any rank's ``flag`` is (a stop request, a non-finite loss)."""
         return flag
@@ -166,10 +170,14 @@ class ProcessGroupComm(Comm):
         return idx.tensor_split(self.world_size)[self.rank]
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed loss scaled by world / global batch: DDP's average of the ranks' gradients is then the gradient
-        of the global batch's mean loss, also when shards differ in size (or one is empty)."""
+        """The summed loss as ``batch_mean`` scales it."""
         summed = nn.functional.cross_entropy(logits, y, reduction="sum")
-        return summed * (self.world_size / max(self._global_n, 1)), summed.detach().float()
+        return self.batch_mean(summed, int(y.shape[0])), summed.detach().float()
+
+    def batch_mean(self, summed: torch.Tensor, n: int) -> torch.Tensor:
+        """Summed over this rank's shard, scaled by world / global batch: DDP's average of the ranks' gradients is
+        then the gradient of the global batch's mean, also when shards differ in size (or one is empty)."""
+        return summed * (self.world_size / max(self._global_n, 1))
 
     def any(self, flag: bool) -> bool:
         """All-reduce (max) of one flag: every rank leaves with the same answer."""

@@ -296,6 +296,10 @@ def submit(
     dense_epochs: Annotated[
         int | None, typer.Option(help="DWF: train the plain model this many epochs first, then DWF from it")
     ] = None,
+    distill: Annotated[
+        float | None,
+        typer.Option(help="DWF from a trained model: weight α in [0, 1] of distillation from it (0 = off)"),
+    ] = None,
     optimizer: Annotated[str | None, typer.Option(help="sgd or adam")] = None,
     structure: Annotated[
         str | None,
@@ -366,6 +370,8 @@ def submit(
         options["frontier"] = list(frontier)
     if dense_epochs:
         options["dense_epochs"] = dense_epochs
+    if distill is not None:
+        options["distill"] = distill
     if structure is not None:
         options["structure"] = structure
     if target_macs is not None:

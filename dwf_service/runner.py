@@ -106,6 +106,7 @@ def _sha256(path: Path) -> str:
 def _spec(ctx: ServiceContext, job: Job, paths: dict[str, Path], out_dir: Path, checkpoint_dir: Path | None) -> RunSpec:
     """The dwf_core RunSpec for a job's stored request."""
     from dwf_core.config import TrainConfig
+    from dwf_core.distill import DEFAULT_TEMPERATURE
     from dwf_core.pipeline import RunSpec
 
     req = job.request
@@ -133,6 +134,9 @@ def _spec(ctx: ServiceContext, job: Job, paths: dict[str, Path], out_dir: Path, 
         frontier=method.get("frontier"),
         finetune_epochs=method.get("finetune_epochs"),
         dense_epochs=method.get("dense_epochs", 0),
+        distill=method.get("distill", 0.0),
+        distill_temperature=method.get("distill_temperature", DEFAULT_TEMPERATURE),
+        distill_schedule=method.get("distill_schedule", "constant"),
         structure=method.get("structure", "weights"),
         cut=method.get("cut"),
         unit_cut=method.get("unit_cut"),

@@ -575,6 +575,8 @@ async function submitJob(event) {
     if (frontier.length) body.method.frontier = frontier;
     const denseEpochs = numberOrNull(f.dense_epochs.value);
     if (denseEpochs) body.method.dense_epochs = denseEpochs;
+    const distill = numberOrNull(f.distill.value);
+    if (distill !== null) body.method.distill = distill;
     if (f.structure.value !== "weights") body.method.structure = f.structure.value;
     const targetMacs = numberOrNull(f.target_macs.value);
     if (targetMacs) body.method.target_macs = targetMacs / 100;

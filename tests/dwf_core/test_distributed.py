@@ -74,6 +74,15 @@ def test_two_processes_match_one_with_the_same_global_batch(single: TrainResult)
     assert steps[-1].global_step == 2 * 14 + 10  # 14 steps per epoch, events at steps 5 and 10
 
 
+def test_two_processes_match_one_when_distilling() -> None:
+    """The soft term is scaled as the CE is (Comm.batch_mean): each rank its shard's sum × 2 / global batch."""
+    cfg = replace(CFG, init="balanced", distill=0.5)
+    one = train(mlp(), DATA, VAL, cfg)
+    two = train(mlp(), DATA, VAL, replace(cfg, devices=2))
+    assert one.extra["processes"] == 1 and two.extra["processes"] == 2
+    _assert_same_run(one, two)
+
+
 def test_rank_zero_probes_the_lr_alone_and_every_rank_trains_with_its_choice() -> None:
     """The LR probe (dwf_core.lr_probe) runs on rank 0 before DDP wraps the model; the other ranks take its choice."""
     cfg = replace(CFG, lr=3.0, lr_probe=True)  # LR 3 is too large for the toy: the probe picks a safer rung
