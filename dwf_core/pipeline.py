@@ -499,7 +499,7 @@ def run(
         "finetune": finetune_info,
         # DWF with dense_epochs: the dense training it started from (epochs, lr, L2, val accuracy, seconds).
         "dense_start": dense_info,
-        # DWF trained toward the starting model's outputs too (dwf_core.distill): α and T; None when it did not.
+        # DWF trained toward the starting model's outputs too (dwf_core.distill): α, T, schedule; None when it did not.
         "distill": {"alpha": cfg.distill, "temperature": cfg.distill_temperature, "schedule": cfg.distill_schedule}
         if cfg.distill
         else None,
