@@ -300,6 +300,12 @@ def submit(
         float | None,
         typer.Option(help="DWF from a trained model: weight α in [0, 1] of distillation from it (0 = off)"),
     ] = None,
+    distill_temperature: Annotated[
+        float | None, typer.Option(help="Temperature of the distillation's softened outputs (server default 4)")
+    ] = None,
+    distill_schedule: Annotated[
+        str | None, typer.Option(help="constant (α throughout, the default) or linear (α decays to 0)")
+    ] = None,
     optimizer: Annotated[str | None, typer.Option(help="sgd or adam")] = None,
     structure: Annotated[
         str | None,
@@ -370,8 +376,10 @@ def submit(
         options["frontier"] = list(frontier)
     if dense_epochs:
         options["dense_epochs"] = dense_epochs
-    if distill is not None:
-        options["distill"] = distill
+    for name, value in (("distill", distill), ("distill_temperature", distill_temperature),
+                        ("distill_schedule", distill_schedule)):  # fmt: skip
+        if value is not None:
+            options[name] = value
     if structure is not None:
         options["structure"] = structure
     if target_macs is not None:
