@@ -1,7 +1,7 @@
 """What-if for the λ of a target: the default DWF job on model-suite pairs with the target map's λ multiplied.
 
     python -m benchmarks.suite_lam_scale [--scales 1,3,10] [--pairs mixer,dwcnn,...] [--sparsity 0.9,0.99] [--seed 0,1]
-        [--dense-half] [--distill 0,0.5] [--out DIR]
+        [--dense-half | --trained-start] [--distill 0,0.5] [--out DIR]
 
 The model suite (benchmarks.model_suite) shows DWF's training leaving the monitor CR at ~1 on several pairs: the
 λ that `dwf_core.defaults.lam_for_target` gives (the LeNet-300-100 map, step-scaled) did not sparsify them. This
@@ -11,6 +11,10 @@ monitor CR and the restarts. Results: benchmarks/results/suite-lam-scale/ (rows.
 
 ``--dense-half``: DWF starts from a trained model, as it does from uploaded trained weights (init "balanced"): the
 first half of the epochs train the dense model (``dense_epochs``), the second half DWF from it — the same budget.
+
+``--trained-start``: DWF starts from the pair's model trained densely for the suite's full epochs (cached per pair and
+seed), handed over as a weights file as a user uploads a trained model (init decided on the validation split), then
+trains the suite's epochs. PyTorch-module, timm and config pairs only (an ONNX graph carries its own weights).
 
 ``--distill``: the runs' ``TrainConfig.distill`` (dwf_core.distill), one cell per value; "default" leaves it to the
 config (on for a trained start). Without the option every cell takes the default.
@@ -43,13 +47,14 @@ class Cell:
     sparsity: float
     seed: int
     dense_half: bool = False
+    trained_start: bool = False
     # TrainConfig.distill; None: the config's default.
     distill: float | None = None
     distill_schedule: str = "constant"
 
     @property
     def key(self) -> str:
-        start = "/dense-half" if self.dense_half else ""
+        start = "/dense-half" if self.dense_half else "/trained-start" if self.trained_start else ""
         distill = "" if self.distill is None else f"/distill{self.distill:g}"
         distill += "" if self.distill_schedule == "constant" else f"-{self.distill_schedule}"
         return f"{self.pair}/x{self.scale:g}/{self.sparsity:g}/seed{self.seed}{start}{distill}"
@@ -71,6 +76,8 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
     data = dataset(pair.data, full["train"], full["test"], work / "data")
     suite_cell = SuiteCell(cell.pair, "dense", None, cell.seed, full["epochs"], full["train"], full["test"])
     weights = str(trained_weights(suite_cell, data, work)) if pair.source == "weights" else None
+    if cell.trained_start:
+        weights = str(_dense_model(cell, data, work))
     settings: dict[str, Any] = {"epochs": full["epochs"], "seed": cell.seed, "target_sparsity": cell.sparsity}
     if cell.distill is not None:
         settings["distill"] = cell.distill
@@ -90,6 +97,7 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
         "sparsity": cell.sparsity,
         "seed": cell.seed,
         "dense_half": cell.dense_half,
+        "trained_start": cell.trained_start,
         "distill": metrics["config"]["distill"],
         "distill_schedule": metrics["config"]["distill_schedule"],
         "init": metrics["config"]["init"],
@@ -102,13 +110,40 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
     }
 
 
+def _dense_model(cell: Cell, data: Path, work: Path) -> Path:
+    """The pair's model trained densely for the suite's full epochs (cached; the first process to finish keeps it)."""
+    import os
+    import shutil
+
+    from dwf_core.config import TrainConfig
+    from dwf_core.pipeline import RunSpec, run
+
+    pair = PAIR_BY_NAME[cell.pair]
+    if pair.source.startswith("onnx"):
+        raise ValueError(f"{cell.pair}: an ONNX graph carries its own weights; --trained-start needs another pair")
+    epochs = MODES["full"]["epochs"]
+    out = work / f"{cell.pair}-dense-seed{cell.seed}-{epochs}ep"
+    if not (out / "model.safetensors").exists():
+        part = out.with_name(f"{out.name}.part-{os.getpid()}")
+        config = TrainConfig(method="dense", epochs=epochs, seed=100 + cell.seed,
+                             include=list(pair.include) if pair.include else None)  # fmt: skip
+        run(RunSpec(model_for(pair, cell.seed, work), str(data), part, train=config, export_onnx=False))
+        try:
+            part.rename(out)
+        except OSError:  # another process got there first
+            shutil.rmtree(part, ignore_errors=True)
+    return out / "model.safetensors"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", default="1,3,10")
     parser.add_argument("--pairs", default="mixer,dwcnn,vit-ts,gru,cnn1d,lenet300-trained")
     parser.add_argument("--sparsity", default="0.9", help="target sparsities, comma-separated")
     parser.add_argument("--seed", default="0", help="seeds, comma-separated")
-    parser.add_argument("--dense-half", action="store_true", help="DWF starts from the dense model of half the epochs")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--dense-half", action="store_true", help="DWF starts from the dense model of half the epochs")
+    start.add_argument("--trained-start", action="store_true", help="DWF starts from a fully trained dense model")
     parser.add_argument("--distill", default="default", help="TrainConfig.distill values, comma-separated")
     parser.add_argument("--distill-schedule", default="constant", choices=("constant", "linear"))
     parser.add_argument("--jobs", type=int, default=2)
@@ -121,9 +156,10 @@ def main(argv: list[str] | None = None) -> int:
             float(k),
             float(s),
             int(seed),
-            args.dense_half,
-            None if a == "default" else float(a),
-            args.distill_schedule,
+            dense_half=args.dense_half,
+            trained_start=args.trained_start,
+            distill=None if a == "default" else float(a),
+            distill_schedule=args.distill_schedule,
         )
         for p in args.pairs.split(",")
         for s in args.sparsity.split(",")
@@ -144,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         stamp_line(header),
         "",
         "The suite's data and 10 epochs"
-        + (", the first 5 dense, DWF from their model in the last 5." if args.dense_half else "."),
+        + (", the first 5 dense, DWF from their model in the last 5." if args.dense_half else "")
+        + (": DWF from the pair's model trained densely for 10 epochs." if args.trained_start else "."),
         "",
         "| pair | target | seed | λ × | distill α | test (sparse) | test (factorized) | final λ "
         "| monitor CR, last epoch | λ restarts |",
