@@ -25,7 +25,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -94,16 +94,22 @@ def plan(mode: dict[str, Any]) -> list[Cell]:
 def trained_weights(cell: Cell, data: Path, work: Path) -> Path:
     """LeNet-300-100 trained densely (half the budget, cached per seed) — the "uploaded trained weights"."""
     from dwf_core.config import TrainConfig
-    from dwf_core.pipeline import RunSpec, run
 
     epochs = dense_epochs_share(cell.epochs)
     out = work / f"lenet300-dense-seed{cell.seed}-{epochs}ep-{cell.n_train}"
+    config = TrainConfig(method="dense", epochs=epochs, seed=100 + cell.seed)
+    return dense_weights_once(out, lambda: "lenet_300_100", data, config)
+
+
+def dense_weights_once(out: Path, model: Callable[[], Any], data: Path, config: Any) -> Path:
+    """``out``/model.safetensors, trained by one ``dwf_core.pipeline.run`` of ``model()`` with ``config`` unless a
+    previous cell left it there. Several worker processes may need the same weights at once: each trains in a folder
+    of its own, the first to finish moves it into place (the runs are identical: same seed, data and settings)."""
+    from dwf_core.pipeline import RunSpec, run
+
     if not (out / "model.safetensors").exists():
-        # Several worker processes may need the same weights at once: each trains in a folder of its own, the
-        # first to finish moves it into place (the runs are identical: same seed, data and settings).
         part = out.with_name(f"{out.name}.part-{os.getpid()}")
-        config = TrainConfig(method="dense", epochs=epochs, seed=100 + cell.seed)
-        run(RunSpec("lenet_300_100", str(data), part, train=config, export_onnx=False))
+        run(RunSpec(model(), str(data), part, train=config, export_onnx=False))
         try:
             part.rename(out)
         except OSError:  # another process got there first

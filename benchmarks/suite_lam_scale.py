@@ -17,7 +17,7 @@ seed), handed over as a weights file as a user uploads a trained model (init dec
 trains the suite's epochs. PyTorch-module, timm and config pairs only (an ONNX graph carries its own weights).
 
 ``--distill``: the runs' ``TrainConfig.distill`` (dwf_core.distill), one cell per value; "default" leaves it to the
-config (on for a trained start). Without the option every cell takes the default.
+config (off). Without the option every cell takes the default.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.model_suite import MODES, trained_weights
+from benchmarks.model_suite import MODES, dense_weights_once, trained_weights
 from benchmarks.model_suite import Cell as SuiteCell
 from benchmarks.pool import run_cells
 from benchmarks.stamp import ROOT, stamp, stamp_line
@@ -111,28 +111,17 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
 
 
 def _dense_model(cell: Cell, data: Path, work: Path) -> Path:
-    """The pair's model trained densely for the suite's full epochs (cached; the first process to finish keeps it)."""
-    import os
-    import shutil
-
+    """The pair's model trained densely for the suite's full epochs (cached per pair and seed)."""
     from dwf_core.config import TrainConfig
-    from dwf_core.pipeline import RunSpec, run
 
     pair = PAIR_BY_NAME[cell.pair]
     if pair.source.startswith("onnx"):
         raise ValueError(f"{cell.pair}: an ONNX graph carries its own weights; --trained-start needs another pair")
     epochs = MODES["full"]["epochs"]
+    config = TrainConfig(method="dense", epochs=epochs, seed=100 + cell.seed,
+                         include=list(pair.include) if pair.include else None)  # fmt: skip
     out = work / f"{cell.pair}-dense-seed{cell.seed}-{epochs}ep"
-    if not (out / "model.safetensors").exists():
-        part = out.with_name(f"{out.name}.part-{os.getpid()}")
-        config = TrainConfig(method="dense", epochs=epochs, seed=100 + cell.seed,
-                             include=list(pair.include) if pair.include else None)  # fmt: skip
-        run(RunSpec(model_for(pair, cell.seed, work), str(data), part, train=config, export_onnx=False))
-        try:
-            part.rename(out)
-        except OSError:  # another process got there first
-            shutil.rmtree(part, ignore_errors=True)
-    return out / "model.safetensors"
+    return dense_weights_once(out, lambda: model_for(pair, cell.seed, work), data, config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,9 +23,14 @@ starting model. The metrics' training loss stays the cross-entropy, so that it c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from dwf_core.config import TrainConfig
+    from dwf_core.distributed import Comm
 
 # The temperature T of the soft term when the user gives an α but no T (Hinton et al.'s range; T 1 gained nothing on
 # LeNet-300-100, where T 4 gained 0.25–0.36 pp).
@@ -77,3 +82,30 @@ class Distillation:
         """(1 − α)·hard + α·soft at ``fraction`` of the steps, both already batch means (or DDP's scaled sums)."""
         alpha = self.alpha_at(fraction)
         return (1.0 - alpha) * hard + alpha * soft
+
+
+@dataclass(frozen=True)
+class Distiller:
+    """What a training step needs: the soft term's settings and the frozen teacher."""
+
+    distillation: Distillation
+    teacher: nn.Module
+
+    @classmethod
+    def for_config(cls, cfg: TrainConfig, model: nn.Module, device: torch.device) -> Distiller | None:
+        """The run's distiller when the config asks for one (DWF, ``distill`` > 0), the teacher copied from ``model``
+        as it is now; else None."""
+        if cfg.method != "dwf" or not cfg.distill:
+            return None
+        distillation = Distillation(cfg.distill, cfg.distill_temperature, cfg.distill_schedule)
+        return cls(distillation, make_teacher(model).to(device))
+
+    def objective(
+        self, hard: torch.Tensor, logits: torch.Tensor, xb: torch.Tensor, comm: Comm, fraction: float
+    ) -> torch.Tensor:
+        """The batch's objective: ``hard`` (the CE as ``comm`` scales it) mixed with the soft term on ``xb``, scaled
+        the same way (``Comm.batch_mean``: DDP's average of the ranks' gradients stays the global batch's)."""
+        with torch.no_grad():
+            teacher_logits = self.teacher(xb)
+        soft = comm.batch_mean(self.distillation.soft_sum(logits, teacher_logits), int(xb.shape[0]))
+        return self.distillation.mix(hard, soft, fraction)

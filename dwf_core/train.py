@@ -30,7 +30,7 @@ from dwf_core.config import TrainConfig
 from dwf_core.continuation import apply_start_state
 from dwf_core.controller import ControllerSettings, next_lam, scheduled_sparsity, target_met
 from dwf_core.denormals import flush_denormals, flushing
-from dwf_core.distill import Distillation, make_teacher
+from dwf_core.distill import Distiller
 from dwf_core.distributed import SINGLE, Comm
 from dwf_core.divergence import ONE_CLASS, NonFiniteLoss, diverged_error, restart_record, setting_after
 from dwf_core.errors import DwfError, TrainingError
@@ -183,9 +183,8 @@ class Trainer:
 
     # Whether fit() may spread the run over config.devices processes (the trainer must pickle: no closures).
     distributable = True
-    # Distillation from the starting model (dwf_core.distill; set by _make_teacher when the config asks for it).
-    distillation: Distillation | None = None
-    teacher: nn.Module | None = None
+    # Distillation from the starting model (dwf_core.distill; set in _fit when the config asks for it).
+    distiller: Distiller | None = None
 
     def __init__(
         self,
@@ -273,14 +272,6 @@ class Trainer:
         if self.device.type != "cpu" and x.element_size() * x.numel() < 2 * 1024**3:
             x, y = x.to(self.device), y.to(self.device)
         self.x_train, self.y_train = x, y
-
-    def _make_teacher(self) -> None:
-        """Distillation from the model as training starts (dwf_core.distill), when the config asks for it."""
-        cfg = self.config
-        self.distillation, self.teacher = None, None
-        if cfg.method == "dwf" and cfg.distill:
-            self.distillation = Distillation(cfg.distill, cfg.distill_temperature, cfg.distill_schedule)
-            self.teacher = make_teacher(self.model).to(self.device)
 
     def _cuts(self) -> list[GrowingMasks]:
         """The masks that grow during training: weights (gradual cut) and whole units (gradual unit cut)."""
@@ -433,13 +424,9 @@ class Trainer:
             logits = self.net(xb)
             # The batch's mean loss; with DDP this rank's share of it (dwf_core.distributed.ProcessGroupComm.loss).
             loss, loss_sum = self.comm.loss(logits.float(), yb)
-            if self.distillation is not None:
-                assert self.teacher is not None
-                with torch.no_grad():
-                    teacher_logits = self.teacher(xb)
-                soft = self.distillation.soft_sum(logits, teacher_logits)
-                soft = self.comm.batch_mean(soft, int(yb.shape[0]))
-                loss = self.distillation.mix(loss, soft, self.global_step / max(self.total_steps, 1))
+            if self.distiller is not None:
+                done = self.global_step / max(self.total_steps, 1)
+                loss = self.distiller.objective(loss, logits, xb, self.comm, done)
         if self.comm.any(not bool(torch.isfinite(loss))):
             raise NonFiniteLoss(float(loss.detach()), lr, self.lam, self.global_step)
         self.optimizer.zero_grad(set_to_none=True)
@@ -719,7 +706,8 @@ class Trainer:
         if self.start_state is not None:
             apply_start_state(self.model, self.start_state)
             self.init_stats = init_stats(self.model)
-        self._make_teacher()
+        # The teacher is the model as training starts (after a continued run's factors are loaded).
+        self.distiller = Distiller.for_config(self.config, self.model, self.device)
         self._keep_initial_state()
         if self.checkpoint_dir is not None:
             self._maybe_resume()  # every rank reads the same checkpoint
