@@ -118,8 +118,9 @@ class DwfMethod(Strict):
     # DWF: epochs of plain (dense) training first; DWF then starts from those weights (dwf_core TrainConfig).
     dense_epochs: int = Field(default=0, ge=0, le=MAX_EPOCHS)
     # DWF from a trained model (dense_epochs, or uploaded weights that predict the data): weight α of distillation
-    # from it; 0: off (dwf_core TrainConfig.distill, dwf_core.distill).
-    distill: float = Field(default=0.0, ge=0, le=1, allow_inf_nan=False)
+    # from it; 0: off; None (unset): 0.5 from uploaded weights that predict the data, off otherwise (dwf_core
+    # TrainConfig.distill, dwf_core.distill.automatic_alpha).
+    distill: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
     distill_temperature: float = Field(default=DEFAULT_TEMPERATURE, gt=0, le=MAX_TEMPERATURE, allow_inf_nan=False)
     # "constant" (α throughout) or "linear" (α decays to 0 over the DWF steps).
     distill_schedule: Literal["constant", "linear"] = "constant"

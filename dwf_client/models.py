@@ -91,7 +91,8 @@ class DwfMethod(_Request):
     finetune_epochs: int | None = None
     # DWF: plain training epochs first, DWF then starts from those weights (0 / None: from scratch).
     dense_epochs: int | None = None
-    # DWF from a trained model: weight α in [0, 1] of distillation from it (None: the server's default, off).
+    # DWF from a trained model: weight α in [0, 1] of distillation from it (None: the server's default, 0.5 from
+    # uploaded weights that predict the data, off otherwise).
     distill: float | None = None
     distill_temperature: float | None = None
     distill_schedule: Literal["constant", "linear"] | None = None

@@ -132,13 +132,14 @@ def train(
         ),
     ] = 0,
     distill: Annotated[
-        float,
+        float | None,
         typer.Option(
             help="DWF from a trained model (--dense-epochs, trained --weights): weight α in [0, 1] of distillation "
             "from it, (1-α)·CE + α·T²·KL to its outputs; helps from a well-trained model (LeNet-300-100 at CR 100: "
-            "+0.36 pp at 0.5), hurts from an under-trained one; 0 = off"
+            "+0.36 pp at 0.5), hurts from an under-trained one; 0 = off; unset: 0.5 from --weights (or an ONNX "
+            "model) that predict the data, off otherwise"
         ),
-    ] = 0.0,
+    ] = None,
     distill_temperature: Annotated[
         float, typer.Option(help="Temperature T of the distillation's softened outputs")
     ] = DEFAULT_TEMPERATURE,
@@ -423,8 +424,10 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     distill = metrics.get("distill")
     if distill:  # DWF from a trained model, trained toward its outputs too (dwf_core.distill)
         decay = ", decaying to 0" if distill.get("schedule") == "linear" else ""
+        why = " (the default from trained weights; --distill 0 turns it off)" if distill.get("automatic") else ""
         table.add_row(
-            "distillation", f"from the starting model, α {distill['alpha']:g}{decay}, T {distill['temperature']:g}"
+            "distillation",
+            f"from the starting model, α {distill['alpha']:g}{decay}, T {distill['temperature']:g}{why}",
         )
     cut = metrics.get("cut")
     if cut:

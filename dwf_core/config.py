@@ -85,9 +85,11 @@ class TrainConfig:
     dense_epochs: int = 0
     # DWF from a trained model (dense_epochs, or given weights that predict the data): the weight α of distillation
     # from it (dwf_core.distill), the objective then being (1 − α)·CE + α·T²·KL(starting model's outputs at
-    # temperature T ‖ the student's). 0: off (the default: it helps from a well-trained model and holds the student
-    # back from an under-trained one, docs/defaults.md).
-    distill: float = 0.0
+    # temperature T ‖ the student's). 0: off. None: automatic, decided by dwf_core.pipeline.prepare: on
+    # (distill.TRAINED_WEIGHTS_ALPHA) when DWF starts from given weights judged trained, off otherwise (it helps from
+    # a well-trained model and holds the student back from an under-trained one, docs/defaults.md); resolved()
+    # turns a None left undecided into 0.
+    distill: float | None = None
     distill_temperature: float = DEFAULT_TEMPERATURE
     # "constant": α throughout; "linear": α decays to 0 over the DWF steps (the labels alone at the end).
     distill_schedule: Literal["constant", "linear"] = "constant"
@@ -152,6 +154,7 @@ class TrainConfig:
             init=self.init or "varmatch",
             threshold="target" if targeted and self.threshold == "auto" else self.threshold,
             cut=self.cut or ("gradual" if self._gradual_cut_applies() else None),
+            distill=self.distill or 0.0,
         )
         cfg.validate()
         return cfg
@@ -207,7 +210,7 @@ class TrainConfig:
         )
         if self.dense_epochs and self.method != "dwf":
             raise ConfigError("dense_epochs applies to method 'dwf' only", param="dense_epochs")
-        need(finite(self.distill) and 0 <= self.distill <= 1, "distill", "in [0, 1]")
+        need(self.distill is None or (finite(self.distill) and 0 <= self.distill <= 1), "distill", "None or in [0, 1]")
         if self.distill and self.method != "dwf":
             raise ConfigError("distill applies to method 'dwf' only", param="distill")
         need(self.distill_schedule in ("constant", "linear"), "distill_schedule", "'constant' or 'linear'")

@@ -23,6 +23,7 @@ from dwf_core.controller import target_met
 from dwf_core.coverage import Coverage, coverage
 from dwf_core.data import DataLimits, DatasetBundle, load_dataset
 from dwf_core.defaults import AUTO_FINETUNE_DROP
+from dwf_core.distill import automatic_alpha
 from dwf_core.errors import ConfigError, ModelError
 from dwf_core.evaluate import accuracy_of, predict_logits
 from dwf_core.export import export_onnx, save_dense, save_sparse, write_json_atomic
@@ -278,7 +279,11 @@ def prepare(spec: RunSpec) -> Prepared:
     elif init is None and (spec.weights is not None or source == "onnx"):
         decision = decide_init(model, data.val, batch_size=spec.train.eval_batch_size)
         init = decision.init
-    config = replace(spec.train, init=init or "varmatch").resolved()
+    config = replace(spec.train, init=init or "varmatch")
+    if config.distill is None:  # unset: on from given trained weights (dwf_core.distill.automatic_alpha)
+        given = (spec.weights is not None or source == "onnx") and spec.start_state is None
+        config = replace(config, distill=automatic_alpha(config, from_given_weights=given))
+    config = config.resolved()
     if config.devices > 1:  # a job asking for more GPUs than its worker has fails here, before any training
         from dwf_core.distributed import backend_for
         from dwf_core.train import resolve_device
@@ -500,7 +505,13 @@ def run(
         # DWF with dense_epochs: the dense training it started from (epochs, lr, L2, val accuracy, seconds).
         "dense_start": dense_info,
         # DWF trained toward the starting model's outputs too (dwf_core.distill): α, T, schedule; None when it did not.
-        "distill": {"alpha": cfg.distill, "temperature": cfg.distill_temperature, "schedule": cfg.distill_schedule}
+        "distill": {
+            "alpha": cfg.distill,
+            "temperature": cfg.distill_temperature,
+            "schedule": cfg.distill_schedule,
+            # True: the default for given trained weights chose it; False: the job asked for it.
+            "automatic": spec.train.distill is None,
+        }
         if cfg.distill
         else None,
         # A continued run (RunSpec.start_state): the finished run's final epoch it started from; None otherwise.

@@ -298,7 +298,10 @@ def submit(
     ] = None,
     distill: Annotated[
         float | None,
-        typer.Option(help="DWF from a trained model: weight α in [0, 1] of distillation from it (0 = off)"),
+        typer.Option(
+            help="DWF from a trained model: weight α in [0, 1] of distillation from it (0 = off; server default: 0.5 "
+            "from uploaded weights that predict the data, off otherwise)"
+        ),
     ] = None,
     distill_temperature: Annotated[
         float | None, typer.Option(help="Temperature of the distillation's softened outputs (server default 4)")

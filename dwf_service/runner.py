@@ -134,7 +134,7 @@ def _spec(ctx: ServiceContext, job: Job, paths: dict[str, Path], out_dir: Path, 
         frontier=method.get("frontier"),
         finetune_epochs=method.get("finetune_epochs"),
         dense_epochs=method.get("dense_epochs", 0),
-        distill=method.get("distill", 0.0),
+        distill=method.get("distill"),  # None: dwf_core decides (on from trained uploaded weights)
         distill_temperature=method.get("distill_temperature", DEFAULT_TEMPERATURE),
         distill_schedule=method.get("distill_schedule", "constant"),
         structure=method.get("structure", "weights"),

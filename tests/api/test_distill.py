@@ -60,7 +60,8 @@ def test_the_settings_reach_the_train_config(
     default = client.post("/v1/jobs", json=body(files, lam=1e-4)).json()["id"]
     paths = {"model": tmp_path / "m.onnx", "dataset": tmp_path / "d.npz"}
     with session_scope(ctx.sessions) as session:
-        cases = ((given.json()["id"], (0.25, 2.0, "linear")), (default, (0.0, core.DEFAULT_TEMPERATURE, "constant")))
+        # Unset stays unset (None) down to dwf_core, which decides from where the weights came (automatic_alpha).
+        cases = ((given.json()["id"], (0.25, 2.0, "linear")), (default, (None, core.DEFAULT_TEMPERATURE, "constant")))
         for jid, expected in cases:
             job = session.get(Job, jid)
             assert job is not None

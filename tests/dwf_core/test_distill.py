@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from torch import nn
 
 from dwf_core.collapse import collapse_and_verify
 from dwf_core.config import TrainConfig
-from dwf_core.distill import DEFAULT_TEMPERATURE, Distillation, make_teacher
+from dwf_core.distill import DEFAULT_TEMPERATURE, TRAINED_WEIGHTS_ALPHA, Distillation, automatic_alpha, make_teacher
 from dwf_core.errors import ConfigError
 from dwf_core.factorize import factorize
 from dwf_core.pipeline import RunSpec, run
@@ -23,11 +24,30 @@ DATA = separable_data(256)
 VAL = separable_data(64, seed=1)
 
 
-def test_it_is_off_unless_asked_for_also_from_a_trained_model() -> None:
-    """The model suite's under-trained dense starts lost up to 8 pp with it (docs/defaults.md): an option only."""
+def test_it_is_off_unless_asked_for_or_chosen_by_the_pipeline() -> None:
+    """Unset, a library config resolves to off; only the pipeline, which knows where the weights came from, turns it
+    on (from given trained weights; the suite's under-trained dense starts lost up to 8 pp with it)."""
+    assert TrainConfig().distill is None
     assert TrainConfig(target_sparsity=0.9, init="balanced", dense_epochs=2).resolved().distill == 0.0
     assert TrainConfig(target_sparsity=0.9, init="balanced", distill=0.3).resolved().distill == 0.3
     assert TrainConfig().resolved().distill_temperature == DEFAULT_TEMPERATURE
+
+
+@pytest.mark.parametrize(
+    ("settings", "given", "alpha"),
+    [
+        ({"init": "balanced"}, True, TRAINED_WEIGHTS_ALPHA),  # given weights judged trained (or asked to keep)
+        ({"init": "balanced"}, False, 0.0),  # a zoo model's own init: nothing trained to learn from
+        ({"init": "varmatch"}, True, 0.0),  # given weights judged untrained: an architecture
+        ({"init": "balanced", "dense_epochs": 2}, True, 0.0),  # a dense phase (may be short): an option only
+        ({"init": "balanced", "structure": "units"}, True, 0.0),  # not measured with gates
+        ({"init": "balanced", "method": "gmp", "target_sparsity": 0.9}, True, 0.0),  # baselines never distill
+    ],
+)
+def test_the_automatic_choice_is_on_only_from_given_trained_weights(
+    settings: dict[str, object], given: bool, alpha: float
+) -> None:
+    assert automatic_alpha(TrainConfig(**settings), from_given_weights=given) == alpha  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -94,7 +114,12 @@ def test_a_run_from_a_dense_phase_distills_when_asked_and_says_so(tmp_path: Path
         RunSpec("lenet_300_100", data, tmp_path / "a", train=TrainConfig(distill=0.5, **common), export_onnx=False)  # type: ignore[arg-type]
     )
     assert distilled["config"]["distill"] == 0.5
-    assert distilled["distill"] == {"alpha": 0.5, "temperature": DEFAULT_TEMPERATURE, "schedule": "constant"}
+    assert distilled["distill"] == {
+        "alpha": 0.5,
+        "temperature": DEFAULT_TEMPERATURE,
+        "schedule": "constant",
+        "automatic": False,
+    }
     off = run(RunSpec("lenet_300_100", data, tmp_path / "b", train=TrainConfig(**common), export_onnx=False))  # type: ignore[arg-type]
     assert off["config"]["distill"] == 0.0 and off["distill"] is None
     # Same dense phase (its training does not distill), another DWF objective.
@@ -122,7 +147,7 @@ def test_dwf_train_takes_the_options_and_its_summary_names_the_distillation(tmp_
     result = CliRunner().invoke(app, argv, env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     distill = json.loads((tmp_path / "out" / "metrics.json").read_text())["distill"]
-    assert distill == {"alpha": 0.3, "temperature": 2.0, "schedule": "linear"}
+    assert distill == {"alpha": 0.3, "temperature": 2.0, "schedule": "linear", "automatic": False}
     assert "from the starting model, α 0.3, decaying to 0, T 2" in result.output
     bad = CliRunner().invoke(app, [*argv[:-4], "--distill", "2", "--out", str(tmp_path / "bad")])
     assert bad.exit_code != 0 and "distill" in bad.output
@@ -167,3 +192,27 @@ def test_the_linear_schedule_hands_over_to_the_labels() -> None:
     with pytest.raises(ConfigError) as err:
         TrainConfig(distill=0.5, distill_schedule="cosine").resolved()  # type: ignore[arg-type]
     assert err.value.param == "distill_schedule"
+
+
+def test_a_run_from_given_trained_weights_distills_by_default_and_says_so(tmp_path: Path) -> None:
+    data = str(write_band_npz(tmp_path / "small.npz", 300, 100))
+    common = {"seed": 0, "device": "cpu", "batch_size": 64, "epochs": 2}
+    dense = RunSpec("lenet_300_100", data, tmp_path / "dense", train=TrainConfig(method="dense", **common))  # type: ignore[arg-type]
+    run(replace(dense, export_onnx=False))
+    weights = str(tmp_path / "dense" / "model.safetensors")
+    dwf = TrainConfig(depth=3, target_sparsity=0.9, **common)  # type: ignore[arg-type]
+    metrics = run(RunSpec("lenet_300_100", data, tmp_path / "auto", weights=weights, train=dwf, export_onnx=False))
+    assert metrics["init_decision"]["init"] == "balanced"
+    assert metrics["config"]["distill"] == TRAINED_WEIGHTS_ALPHA
+    assert metrics["distill"] == {
+        "alpha": TRAINED_WEIGHTS_ALPHA,
+        "temperature": DEFAULT_TEMPERATURE,
+        "schedule": "constant",
+        "automatic": True,
+    }
+    off = run(
+        RunSpec(
+            "lenet_300_100", data, tmp_path / "off", weights=weights, train=replace(dwf, distill=0.0), export_onnx=False
+        )
+    )
+    assert off["distill"] is None and off["history"][-1]["train_loss"] != metrics["history"][-1]["train_loss"]

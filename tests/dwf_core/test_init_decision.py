@@ -12,6 +12,7 @@ from torch import nn
 
 from dwf_core.config import TrainConfig
 from dwf_core.data.common import Split
+from dwf_core.distill import TRAINED_WEIGHTS_ALPHA
 from dwf_core.init_decision import MIN_SKILL, decide_init
 from dwf_core.pipeline import RunSpec, prepare
 
@@ -80,8 +81,14 @@ def test_an_uploaded_onnx_graph_is_judged_by_its_accuracy(tmp_path: Path, traine
     prepared = prepare(RunSpec(str(model), str(data), tmp_path / "out", train=TrainConfig(depth=2, epochs=1)))
     assert prepared.config.init == init
     assert prepared.init_decision is not None and prepared.init_decision.init == init
-    # An init the user asks for is used as asked, without a decision.
+    # Distillation from the given weights is on by default exactly when they were judged trained.
+    assert prepared.config.distill == (TRAINED_WEIGHTS_ALPHA if trained else 0.0)
+    # An init the user asks for is used as asked, without a decision; "balanced" keeps the given weights, so
+    # they teach by default; an explicit distill (0 included) is kept.
     asked = prepare(
         RunSpec(str(model), str(data), tmp_path / "out", train=TrainConfig(depth=2, epochs=1, init="balanced"))
     )
-    assert (asked.config.init, asked.init_decision) == ("balanced", None)
+    assert (asked.config.init, asked.init_decision, asked.config.distill) == ("balanced", None, TRAINED_WEIGHTS_ALPHA)
+    for alpha in (0.0, 0.2):
+        chosen = prepare(RunSpec(str(model), str(data), tmp_path / "out", train=TrainConfig(depth=2, distill=alpha)))
+        assert chosen.config.distill == alpha
