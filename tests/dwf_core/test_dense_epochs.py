@@ -27,7 +27,8 @@ def test_one_run_equals_dense_then_dwf_from_its_weights(tmp_path: Path) -> None:
             export_onnx=False,
         )
     )
-    dwf_cfg = TrainConfig(depth=3, epochs=1, target_sparsity=0.9, **common)
+    # Given trained weights distill by default (a dense phase does not: it may be short): off here, to compare.
+    dwf_cfg = TrainConfig(depth=3, epochs=1, target_sparsity=0.9, distill=0.0, **common)
     two_step = run(
         RunSpec(
             "lenet_300_100",
@@ -69,3 +70,16 @@ def test_dense_epochs_is_for_dwf_only() -> None:
     assert err.value.param == "dense_epochs"
     with pytest.raises(ConfigError):
         TrainConfig(dense_epochs=-1).validate()
+
+
+def test_the_dense_phase_of_a_structured_run_drops_every_structured_setting() -> None:
+    """A gradual unit cut needs a MAC budget; the dense phase has neither (it once kept unit_cut and failed)."""
+    from dwf_core.baselines.run import dense_config
+
+    cfg = TrainConfig(
+        structure="both", target_sparsity=0.99, target_macs=0.1, cut="gradual", unit_cut="gradual", dense_epochs=2
+    )
+    dense = dense_config(cfg.resolved())
+    assert (dense.method, dense.structure, dense.target_macs, dense.unit_cut, dense.cut) == (
+        "dense", "weights", None, None, None
+    )  # fmt: skip
