@@ -31,12 +31,13 @@ class IndexedLinear(nn.Linear):
 
         onnxruntime's Gather copies contiguous rows fast and single elements slowly: on the DWF LeNet-300-100
         (369 of 784 inputs alive, one thread, batch 64) the row form ran in 0.065 ms, a Gather on the last axis
-        in 0.125 ms, the full 784-column layer in 0.075 ms and the dense model in 0.193 ms.
+        in 0.125 ms, the full 784-column layer in 0.075 ms and the dense model in 0.193 ms. The gathered rows go
+        into one ``linear`` (an ONNX Gemm reading them transposed, bias and a following ReLU fused) rather than a
+        MatMul, a Transpose back and an Add: 0.0124 instead of 0.0157 ms at batch 1 and 0.0567 instead of
+        0.058 ms at batch 64 on the compact "both" LeNet-300-100 (395 inputs, 62/27 units; dense 0.022 / 0.318 ms).
         """
         rows = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
-        out = (self.weight @ rows.t().index_select(0, self.input_index)).t()
-        if self.bias is not None:
-            out = out + self.bias
+        out = nn.functional.linear(rows.t().index_select(0, self.input_index).t(), self.weight, self.bias)
         return out if x.dim() == 2 else out.reshape(*x.shape[:-1], self.out_features)
 
     @classmethod

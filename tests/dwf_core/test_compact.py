@@ -56,6 +56,29 @@ def test_lenet_300_100_loses_dead_units_and_inputs_with_the_same_outputs() -> No
     _assert_same(model, compact, MNIST)
 
 
+def test_the_live_input_layer_exports_as_one_gemm(tmp_path: Path) -> None:
+    """The gathered rows feed one Gemm (bias and ReLU fused by onnxruntime), not MatMul + Transpose + Add, which ran
+    21% slower at batch 1 (IndexedLinear.forward); the ONNX file computes what the module does, batch 1 and 5."""
+    compact = compact_model(_lenet_300_100(), torch.randn(8, *MNIST)).model.eval()
+    path = tmp_path / "c.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            compact, (torch.zeros(1, *MNIST),), str(path), dynamo=False, opset_version=17,
+            input_names=["x"], dynamic_axes={"x": {0: "n"}},
+        )  # fmt: skip
+    import onnx
+
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ops.count("Gather") >= 1 and ops.count("Gemm") == 3 and "MatMul" not in ops and "Add" not in ops
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for n in (1, 5):
+        x = torch.randn(n, *MNIST, generator=torch.Generator().manual_seed(n))
+        with torch.no_grad():
+            expected = compact(x).numpy()
+        np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], expected, atol=1e-5, rtol=0)
+
+
 def test_compact_file_rebuilds_the_model_from_the_original_architecture(tmp_path: Path) -> None:
     model = _lenet_300_100()
     result = compact_model(model, torch.randn(8, *MNIST))
