@@ -130,7 +130,8 @@ def test_cli_submit_wait_download(server: Serve, tiny_npz: Path, tmp_path: Path)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["sparsity"] == pytest.approx(0.9, abs=0.01) and metrics["target_sparsity"] == 0.9
     assert metrics["dense_start"]["epochs"] == 1 and metrics["history"][0]["phase"] == "dense"
-    assert metrics["distill"] == {"alpha": 0.25, "temperature": 4.0, "schedule": "linear", "automatic": False}  # the options reached it
+    # The options reached it.
+    assert metrics["distill"] == {"alpha": 0.25, "temperature": 4.0, "schedule": "linear", "automatic": False}
 
     status = server.cli("status", job_id, "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["status"] == "succeeded"
