@@ -18,6 +18,7 @@ MAX_BATCH_SIZE = 65_536
 MAX_DEVICES = 8  # dwf_core.distributed.MAX_DEVICES
 DEFAULT_TEMPERATURE = 4.0  # dwf_core.distill.DEFAULT_TEMPERATURE
 MAX_TEMPERATURE = 100.0  # dwf_core.distill.MAX_TEMPERATURE
+MAX_UNIT_MULTIPLE = 1024  # dwf_core.config.MAX_UNIT_MULTIPLE
 # timm:NAME takes a timm registry name (dwf_core.intake.timm_source.TIMM_NAME_PATTERN, checked equal in the tests):
 # the API refuses a malformed one at once, the worker's validation checks that timm knows it.
 TIMM_PREFIX = "timm:"
@@ -133,6 +134,9 @@ class DwfMethod(Strict):
     # units/both with target_macs: "gradual" (whole units masked during training on a schedule of kept MACs) or
     # "final" (λ follows the MACs, the collapse cuts); None: dwf_core's default (dwf_core TrainConfig.unit_cut).
     unit_cut: Literal["gradual", "final"] | None = None
+    # units/both with target_macs: the budget's cut keeps each layer's units a multiple of this (dwf_core TrainConfig
+    # .unit_multiple); None: any count.
+    unit_multiple: int | None = Field(default=None, ge=1, le=MAX_UNIT_MULTIPLE)
     # units/both: the fraction of the dense model's Linear/Conv MACs the collapsed model may keep.
     target_macs: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
     # units/both: MAC fractions at which the trained model is also cut and evaluated (metrics structured.mac_frontier);
@@ -179,6 +183,8 @@ class DwfMethod(Strict):
             raise ValueError("cut applies to method type 'dwf' with target_sparsity and structure 'weights' or 'both'")
         if self.unit_cut is not None and self.target_macs is None:
             raise ValueError("unit_cut needs target_macs (the MAC budget the units are cut to)")
+        if self.unit_multiple is not None and self.target_macs is None:
+            raise ValueError("unit_multiple needs target_macs (the MAC budget whose cut rounds the units)")
         return self
 
 

@@ -102,6 +102,8 @@ class DwfMethod(_Request):
     cut: Literal["gradual", "final"] | None = None
     # units/both with target_macs: "gradual" (units masked during training) or "final".
     unit_cut: Literal["gradual", "final"] | None = None
+    # units/both with target_macs: keep each layer's units a multiple of this (e.g. 16 for CPU GEMM blocks).
+    unit_multiple: int | None = None
     # units/both: fraction of the dense model's Linear/Conv MACs to keep, in (0, 1].
     target_macs: float | None = None
     # units/both: MAC fractions at which the model is also cut and evaluated ([]: none).

@@ -160,6 +160,13 @@ def train(
             "of the steps, cubic schedule of kept MACs) or final (default: λ follows the MACs, the collapse cuts)"
         ),
     ] = None,
+    unit_multiple: Annotated[
+        int | None,
+        typer.Option(
+            help="--structure units/both with --target-macs: keep each layer's units a multiple of this (e.g. 16: "
+            "onnxruntime's CPU GEMM computes 16 output units at a time, so 54 units cost what 64 do)"
+        ),
+    ] = None,
     structure: Annotated[
         str,
         typer.Option(
@@ -307,6 +314,7 @@ def _train(**kw: Any) -> dict[str, Any]:
         distill_schedule=cast(Literal["constant", "linear"], kw["distill_schedule"]),
         cut=cast(Literal["gradual", "final"] | None, kw["cut"]),
         unit_cut=cast(Literal["gradual", "final"] | None, kw["unit_cut"]),
+        unit_multiple=kw["unit_multiple"],
         structure=kw["structure"],
         target_macs=kw["target_macs"],
         mac_frontier=_parse_mac_frontier(kw["mac_frontier"]),
@@ -443,7 +451,11 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
         )
     unit_cut = metrics.get("unit_cut")
     if unit_cut:
-        table.add_row("unit cut", f"gradual ({unit_cut['events']} masking steps, {unit_cut['units_removed']} units)")
+        multiple = unit_cut.get("unit_multiple") or 1
+        rounding = f", layers in multiples of {multiple}" if multiple > 1 else ""
+        table.add_row(
+            "unit cut", f"gradual ({unit_cut['events']} masking steps, {unit_cut['units_removed']} units{rounding})"
+        )
     structured = metrics.get("structured")
     if structured:
         kept = ", ".join(f"{layer['name']} {layer['units']}/{layer['units_total']}" for layer in structured["layers"])

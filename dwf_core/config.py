@@ -15,6 +15,7 @@ from dwf_core.factorize import MAX_DEPTH
 
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 65_536
+MAX_UNIT_MULTIPLE = 1024
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,11 @@ class TrainConfig:
     # whole units are masked during training on GMP's cubic schedule of kept MACs (10%–60% of the steps); "final":
     # λ follows the MACs and the collapse cuts the rest after training. None: "final".
     unit_cut: Literal["gradual", "final"] | None = None
+    # Structured runs with target_macs: keep each Linear's and conv's units a multiple of this (a layer with fewer
+    # keeps what it has), the budget's cut removing a layer's next-smallest units to get there, as Torch-Pruning's
+    # round_to does. CPU GEMMs compute output units in blocks (onnxruntime's MLAS on this machine: 16; 54 units ran
+    # as slowly as 64, benchmarks/results/structured/README.md) and GPU kernels favour multiples of 8. None: any count.
+    unit_multiple: int | None = None
     # Structured runs: MAC fractions at which the trained model is also cut and evaluated (metrics "mac_frontier");
     # None: dwf_core.structured.settings.MAC_FRONTIER, []: none.
     mac_frontier: list[float] | None = None
@@ -158,6 +164,13 @@ class TrainConfig:
         )
         cfg.validate()
         return cfg
+
+    def unstructured(self) -> TrainConfig:
+        """This config with every structured setting off (plain weights, no MAC budget, its cut or rounding): for the
+        phases that train the plain model (a dense start, a fine-tuning after the units' cut)."""
+        return replace(
+            self, structure="weights", target_macs=None, mac_frontier=None, unit_cut=None, unit_multiple=None
+        )
 
     def _gradual_cut_applies(self) -> bool:
         return self.method == "dwf" and self.target_sparsity is not None and self.structure == "weights"
@@ -240,6 +253,17 @@ class TrainConfig:
         if self.unit_cut is not None and self.target_macs is None:
             raise ConfigError(
                 f"unit_cut {self.unit_cut!r} needs target_macs (the MAC budget the units are cut to)", param="unit_cut"
+            )
+        multiple = self.unit_multiple
+        need(
+            multiple is None
+            or (isinstance(multiple, int) and not isinstance(multiple, bool) and 1 <= multiple <= MAX_UNIT_MULTIPLE),
+            "unit_multiple",
+            f"None or an integer in [1, {MAX_UNIT_MULTIPLE}]",
+        )
+        if self.unit_multiple is not None and self.target_macs is None:
+            raise ConfigError(
+                "unit_multiple needs target_macs (the MAC budget whose cut rounds the units)", param="unit_multiple"
             )
         need(self.lr is None or (finite(self.lr) and 0 < self.lr <= 100), "lr", "in (0, 100]")
         need(self.optimizer in (None, "sgd", "adam"), "optimizer", "'sgd' or 'adam'")

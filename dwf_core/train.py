@@ -255,7 +255,9 @@ class Trainer:
         # Structured DWF with a MAC budget: whole units masked during training (dwf_core.structured.unit_cut).
         self.unit_cut: GradualUnitCut | None = None
         if cfg.unit_cut == "gradual" and cfg.target_macs is not None:
-            self.unit_cut = GradualUnitCut(self.model, cfg.target_macs, self.total_steps, self.train_data.x[:2])
+            self.unit_cut = GradualUnitCut(
+                self.model, cfg.target_macs, self.total_steps, self.train_data.x[:2], cfg.unit_multiple or 1
+            )
         # Current λ: fixed, or the controller's state when a target sparsity is given (saved in checkpoints).
         self.lam0 = initial_lam(cfg, self.total_steps)
         self.lam = self.lam0

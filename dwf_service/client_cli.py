@@ -325,6 +325,10 @@ def submit(
         str | None,
         typer.Option(help="--structure units/both with --target-macs: gradual (units masked during training) or final"),
     ] = None,
+    unit_multiple: Annotated[
+        int | None,
+        typer.Option(help="--structure units/both with --target-macs: keep each layer's units a multiple of this"),
+    ] = None,
     threshold: Annotated[str | None, typer.Option(help="Collapse threshold: 'auto' or a number")] = None,
     frontier: Annotated[
         list[float] | None, typer.Option(help="Also save the model cut at this compression ratio (repeatable)")
@@ -391,6 +395,8 @@ def submit(
         options["cut"] = cut
     if unit_cut is not None:
         options["unit_cut"] = unit_cut
+    if unit_multiple is not None:
+        options["unit_multiple"] = unit_multiple
     if lr_probe is not None:
         options["lr_probe"] = lr_probe
     pairs = _parse_metadata(metadata)

@@ -51,8 +51,8 @@ class BaselineResult:
 def dense_config(cfg: TrainConfig) -> TrainConfig:
     """The dense training settings of a baseline: depth 1, λ = the L2 strength, no target controller."""
     return replace(
-        cfg, method="dense", depth=1, target_sparsity=None, threshold="auto", finetune_epochs=None, dense_epochs=0,
-        structure="weights", target_macs=None, mac_frontier=None, cut=None, unit_cut=None, distill=0.0,
+        cfg.unstructured(), method="dense", depth=1, target_sparsity=None, threshold="auto", finetune_epochs=None,
+        dense_epochs=0, cut=None, distill=0.0,
     ).resolved()  # fmt: skip
 
 

@@ -10,6 +10,11 @@ accuracy at 10% of the MACs, the relative order 87%; once the penalty has separa
 the same accuracy at every budget from 50% to 5%. Removing sets the
 unit's row and bias to exact zeros, so its output is exactly zero and a compaction can drop it with the next
 layer's input columns. Each gated layer keeps at least its largest unit, so a cut never disconnects the model.
+
+With a ``multiple`` m > 1, a budget's cut also rounds each layer's kept units down to a multiple of m (a layer that
+keeps m or fewer is left as it is) by removing that layer's next-smallest units: the kernels that run the compact
+model compute units in blocks (onnxruntime's CPU GEMM here: 16 output units; 54 cost what 64 do), so leftovers
+beyond a block cost a whole block. Attention heads are not rounded.
 """
 
 from __future__ import annotations
@@ -111,10 +116,13 @@ class UnitCutter:
     each layer's largest unit.
     """
 
-    def __init__(self, model: nn.Module, layers: Mapping[str, str | None], probe: torch.Tensor) -> None:
+    def __init__(
+        self, model: nn.Module, layers: Mapping[str, str | None], probe: torch.Tensor, multiple: int = 1
+    ) -> None:
         self.model = model
         self.probe = probe
         self.layers = dict(layers)
+        self.multiple = multiple
         # Every module whose rows a removal zeroes: the gated ones and the layers feeding gated BatchNorms.
         touched = list(layers) + [p for p in layers.values() if p is not None]
         self.modules = {name: model.get_submodule(name) for name in touched}
@@ -133,9 +141,30 @@ class UnitCutter:
         rest = [u for u in units if u.size >= EPSILON and (u.layer, u.index) not in keep]
         self.order = sorted(rest, key=lambda u: u.relative)
         self.removed = 0
+        self.rounding: list[Unit] = []  # the units the last cut removed to round layers to the multiple
 
-    def cut(self, k: int) -> MacReport:
-        """Remove the natural units and the ``k`` smallest others (from the saved weights); returns the MACs."""
+    def _rounding(self, k: int) -> list[Unit]:
+        """The units that round each layer's kept count down to ``multiple`` after removing ``order[:k]``: the
+        layer's next-smallest ones. Kept MACs still fall monotonically with k (the removed set only grows)."""
+        if self.multiple <= 1:
+            return []
+        extra: list[Unit] = []
+        for name in self.layers:
+            if is_head_layer(self.model, name):
+                continue
+            candidates = [u for u in self.order[k:] if u.layer == name]
+            kept = len(candidates) + 1  # and the layer's largest unit, never in the order
+            if kept > self.multiple:
+                extra.extend(candidates[: kept % self.multiple])
+        return extra
+
+    def removed_units(self) -> list[Unit]:
+        """Every unit the current cut removed: below ε, the budget's, the rounding's."""
+        return self.natural + self.order[: self.removed] + self.rounding
+
+    def cut(self, k: int, *, rounded: bool = False) -> MacReport:
+        """Remove the natural units and the ``k`` smallest others (from the saved weights), and with ``rounded`` the
+        units that round each layer to ``multiple``; returns the MACs."""
         with torch.no_grad():
             for name, module in self.modules.items():
                 weight, bias = self.saved[name]
@@ -146,27 +175,30 @@ class UnitCutter:
                 live_bias = bias_of(module)
                 if bias is not None and live_bias is not None:
                     live_bias.copy_(bias)
-            for unit in self.natural + self.order[:k]:
+            self.removed = k
+            self.rounding = self._rounding(k) if rounded else []
+            for unit in self.removed_units():
                 zero_unit(self.model, unit.layer, unit.index, self.layers[unit.layer])
-        self.removed = k
         return count_macs(self.model, self.probe)
 
     def cut_to(self, budget: float | None) -> MacReport:
         """Remove the fewest units for kept MACs ≤ ``budget`` × dense (all removable ones if it cannot be met);
-        ``None``: the natural units only. Kept MACs fall monotonically with k, so a bisection finds the point."""
-        report = self.cut(0)
+        ``None``: the natural units only. Kept MACs fall monotonically with k, so a bisection finds the point. With a
+        budget, each layer's units are also rounded to ``multiple``."""
+        rounded = budget is not None
+        report = self.cut(0, rounded=rounded)
         if budget is None or report.fraction <= budget:
             return report
         lo, hi = 0, len(self.order)  # fraction(lo) > budget; find the smallest hi with fraction(hi) ≤ budget
-        if self.cut(hi).fraction > budget:
+        if self.cut(hi, rounded=True).fraction > budget:
             return count_macs(self.model, self.probe)
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if self.cut(mid).fraction <= budget:
+            if self.cut(mid, rounded=True).fraction <= budget:
                 hi = mid
             else:
                 lo = mid
-        return self.cut(hi)
+        return self.cut(hi, rounded=True)
 
     def threshold(self) -> float:
         """The relative size of the last unit the budget removed (0 when it removed none beyond those below ε)."""
@@ -174,4 +206,4 @@ class UnitCutter:
 
     def units_removed(self) -> int:
         """How many units the current cut removed."""
-        return len(self.natural) + self.removed
+        return len(self.removed_units())

@@ -70,7 +70,7 @@ def collapse_structured(
     plain, layers = plain_copy(model)
     plain.eval()
     folded = predict_logits(plain, val.x, batch_size=bs)
-    cutter = UnitCutter(plain, layers, probe_input(example.cpu()))
+    cutter = UnitCutter(plain, layers, probe_input(example.cpu()), cfg.unit_multiple or 1)
     natural = cutter.cut(0)
     natural_acc = accuracy_of(predict_logits(plain, val.x, batch_size=bs), val.y)
     budgets = MAC_FRONTIER if cfg.mac_frontier is None else cfg.mac_frontier
@@ -97,6 +97,8 @@ def collapse_structured(
     info = {
         "structure": cfg.structure,
         "target_macs": cfg.target_macs,
+        # Units kept per layer rounded down to this multiple by the budget's cut (None: not rounded).
+        "unit_multiple": cfg.unit_multiple,
         **report.to_dict(),
         "target_met": None if cfg.target_macs is None else report.fraction <= cfg.target_macs,
         "gated_layers": list(layers),
@@ -159,7 +161,7 @@ def finetune_units(
             extra += [prefix + attr for attr in ("in_proj_weight", "in_proj_bias")
                       if isinstance(getattr(module, attr, None), nn.Parameter)]  # fmt: skip
     widened = replace(collapsed, names=collapsed.names + [n for n in extra if n not in collapsed.names])
-    plain_cfg = replace(cfg, structure="weights", target_macs=None, mac_frontier=None)
+    plain_cfg = cfg.unstructured()
     ft, after, info = finetune_collapsed(
         widened, train, val, plain_cfg, on_progress=on_progress, should_stop=should_stop
     )

@@ -37,9 +37,15 @@ class GradualUnitCut(GrowingMasks):
 
     checkpoint_prefix = "unit_cut/"
 
-    def __init__(self, model: nn.Module, target_macs: float, total_steps: int, example: torch.Tensor) -> None:
+    def __init__(
+        self, model: nn.Module, target_macs: float, total_steps: int, example: torch.Tensor, multiple: int = 1
+    ) -> None:
         super().__init__(model)
         self.target = target_macs
+        # Units kept per layer rounded down to it (UnitCutter) once the schedule reaches the budget, not before:
+        # rounding at every event compounded (each event that cut a layer took a whole block from it) and ended
+        # LeNet-300-100 at 8.3% of the MACs for a 10% budget, 0.4-0.5 pp below the unrounded runs.
+        self.multiple = multiple
         self.window = pruning_window(total_steps, START, END, EVENTS)
         self.probe = probe_input(example.detach().cpu())
         self.mac_fraction = 1.0
@@ -61,11 +67,12 @@ class GradualUnitCut(GrowingMasks):
         was_training = self.model.training
         plain, layers = plain_copy(self.model)
         self.model.train(was_training)
-        cutter = UnitCutter(plain, layers, self.probe.to(next(plain.parameters()).device))
+        multiple = self.multiple if goal <= self.target + 1e-9 else 1
+        cutter = UnitCutter(plain, layers, self.probe.to(next(plain.parameters()).device), multiple)
         self.mac_fraction = cutter.cut_to(goal).fraction
-        # The natural units (below ε: every masked unit is, its gates being zero) and the budget's cut: the masks
-        # only grow.
-        for unit in cutter.natural + cutter.order[: cutter.removed]:
+        # The natural units (below ε: every masked unit is, its gates being zero), the budget's cut and its rounding:
+        # the masks only grow.
+        for unit in cutter.removed_units():
             mask = self.masks.get(unit.layer)
             if mask is None:
                 gates = getattr(self.model.get_submodule(unit.layer), GATES_ATTR)
@@ -93,6 +100,7 @@ class GradualUnitCut(GrowingMasks):
         return {
             "mode": "gradual",
             "target_macs": self.target,
+            "unit_multiple": self.multiple,
             "start_step": start,
             "end_step": end,
             "interval": interval,

@@ -42,7 +42,8 @@ def test_unit_cut_and_a_gradual_weight_cut_of_structure_both_reach_the_training_
 ) -> None:
     from dwf_service.runner import _spec
 
-    method = {"structure": "both", "target_sparsity": 0.99, "target_macs": 0.1, "cut": "gradual", "unit_cut": unit_cut}
+    method = {"structure": "both", "target_sparsity": 0.99, "target_macs": 0.1, "cut": "gradual", "unit_cut": unit_cut,
+              "unit_multiple": 16}  # fmt: skip
     resp = client.post("/v1/jobs", json=body(files, **method))
     assert resp.status_code == 200, resp.text
     with ctx.sessions() as session:
@@ -51,6 +52,7 @@ def test_unit_cut_and_a_gradual_weight_cut_of_structure_both_reach_the_training_
         spec = _spec(ctx, job, {"model": Path("m.onnx"), "dataset": Path("d.npz")}, Path("out"), None)
     resolved = spec.train.resolved()
     assert (resolved.cut, resolved.unit_cut, resolved.structure) == ("gradual", unit_cut, "both")
+    assert resolved.unit_multiple == 16
 
 
 @pytest.mark.parametrize(
@@ -62,6 +64,9 @@ def test_unit_cut_and_a_gradual_weight_cut_of_structure_both_reach_the_training_
         {"structure": "units", "target_macs": 0.5, "cut": "gradual"},
         {"structure": "units", "unit_cut": "gradual"},  # no MAC budget
         {"structure": "units", "target_macs": 0.5, "unit_cut": "sometimes"},
+        {"structure": "units", "unit_multiple": 16},  # no MAC budget to round
+        {"structure": "units", "target_macs": 0.5, "unit_multiple": 0},
+        {"structure": "units", "target_macs": 0.5, "unit_multiple": 2048},
     ],
 )
 def test_bad_cut_is_422_naming_the_field(
@@ -71,7 +76,7 @@ def test_bad_cut_is_422_naming_the_field(
 ) -> None:
     resp = client.post("/v1/jobs", json=body(files, **method))
     assert resp.status_code == 422, resp.text
-    assert resp.json()["error"]["param"] in ("method.cut", "method.unit_cut", "method")
+    assert resp.json()["error"]["param"] in ("method.cut", "method.unit_cut", "method.unit_multiple", "method")
 
 
 def test_sdk_sends_cut_only_when_set() -> None:

@@ -77,9 +77,10 @@ def test_the_dense_phase_of_a_structured_run_drops_every_structured_setting() ->
     from dwf_core.baselines.run import dense_config
 
     cfg = TrainConfig(
-        structure="both", target_sparsity=0.99, target_macs=0.1, cut="gradual", unit_cut="gradual", dense_epochs=2
-    )
+        structure="both", target_sparsity=0.99, target_macs=0.1, cut="gradual", unit_cut="gradual", unit_multiple=16,
+        dense_epochs=2,
+    )  # fmt: skip
     dense = dense_config(cfg.resolved())
-    assert (dense.method, dense.structure, dense.target_macs, dense.unit_cut, dense.cut) == (
-        "dense", "weights", None, None, None
+    assert (dense.method, dense.structure, dense.target_macs, dense.unit_cut, dense.unit_multiple, dense.cut) == (
+        "dense", "weights", None, None, None, None
     )  # fmt: skip

@@ -177,6 +177,37 @@ def test_unit_cut_meets_the_budget_with_exact_zeros() -> None:
         assert int((~dead).sum()) >= 1
 
 
+def _live_units(model: nn.Module, name: str) -> int:
+    return int(model.get_submodule(name).weight.ne(0).any(dim=1).sum())
+
+
+@pytest.mark.parametrize("budget", [0.5, 0.2, 0.05])
+def test_a_unit_multiple_rounds_each_layer_down_within_the_budget(budget: float) -> None:
+    model = _mlp()
+    x = torch.randn(4, 20)
+    attach_gates(model, 3, x[:2])
+    _random_gates(model, seed=3)
+    plain, layers = plain_copy(model)
+    free = UnitCutter(plain, dict(layers), probe_input(x))
+    free_report = free.cut_to(budget)
+    free_removed = {(u.layer, u.index) for u in free.removed_units()}
+    plain8, layers8 = plain_copy(model)
+    cutter = UnitCutter(plain8, layers8, probe_input(x), multiple=8)
+    report = cutter.cut_to(budget)
+    assert report.fraction <= budget and report.fraction <= free_report.fraction
+    for name in layers8:
+        kept = _live_units(plain8, name)
+        assert kept % 8 == 0 or kept < 8, (name, kept)
+    # Rounding only adds removals (each layer's next-smallest units), and it says which.
+    removed = {(u.layer, u.index) for u in cutter.removed_units()}
+    assert free_removed <= removed and len(removed) == cutter.units_removed()
+    assert {(u.layer, u.index) for u in cutter.rounding} == removed - {
+        (u.layer, u.index) for u in cutter.natural + cutter.order[: cutter.removed]
+    }
+    # Without a budget nothing is rounded: the natural cut is the same either way.
+    assert cutter.cut_to(None).fraction == free.cut_to(None).fraction and not cutter.rounding
+
+
 def test_structured_dwf_reaches_its_mac_target_above_chance() -> None:
     data, val = separable_data(1024), separable_data(512, seed=1)
     cfg = TrainConfig(
@@ -224,6 +255,10 @@ def test_structure_both_factorizes_and_gates() -> None:
         ({"structure": "units", "mac_frontier": [0.5, 1.0]}, "mac_frontier"),
         ({"mac_frontier": [0.5]}, "mac_frontier"),
         ({"structure": "units", "method": "gmp", "target_sparsity": 0.9}, "structure"),
+        ({"structure": "units", "unit_multiple": 16}, "unit_multiple"),  # nothing to round without a budget
+        ({"structure": "units", "target_macs": 0.5, "unit_multiple": 0}, "unit_multiple"),
+        ({"structure": "units", "target_macs": 0.5, "unit_multiple": True}, "unit_multiple"),
+        ({"structure": "units", "target_macs": 0.5, "unit_multiple": 4096}, "unit_multiple"),
     ],
 )
 def test_bad_structured_settings_name_the_field(settings: dict[str, object], param: str) -> None:

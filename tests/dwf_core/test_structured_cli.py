@@ -51,3 +51,21 @@ def test_bad_structure_flag_is_one_clear_line(small_npz: Path, tmp_path: Path) -
             "--structure", "channels"]  # fmt: skip
     result = runner.invoke(app, argv)
     assert result.exit_code == 2 and "structure" in result.output and "Traceback" not in result.output
+
+
+def test_unit_multiple_keeps_every_gated_layer_in_multiples(small_npz: Path, tmp_path: Path) -> None:
+    argv = ["train", "--model", "lenet5", "--data", str(small_npz), "--out", str(tmp_path), "--epochs", "2",
+            "--structure", "units", "--target-macs", "0.3", "--unit-cut", "gradual", "--unit-multiple", "4",
+            "--lam", "2e-3", "--lr", "0.05", "--device", "cpu", "--mac-frontier", "0.5,0.2", "--no-onnx"]  # fmt: skip
+    result = runner.invoke(app, argv, env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    structured = metrics["structured"]
+    assert structured["unit_multiple"] == 4 == metrics["unit_cut"]["unit_multiple"]
+    assert structured["target_met"] is True and "layers in multiples of 4" in result.output
+    weights = load_file(tmp_path / "model.safetensors")
+    for layer in structured["gated_layers"]:
+        w = weights[f"{layer}.weight"]
+        kept = int((w.reshape(w.shape[0], -1) != 0).any(dim=1).sum())
+        assert kept % 4 == 0 or kept < 4, (layer, kept)
+    assert all(p["mac_fraction"] <= p["budget"] for p in structured["mac_frontier"])

@@ -88,9 +88,38 @@ def test_config_and_trainer_take_the_unit_cut() -> None:
     info = result.extra["unit_cut"]
     assert info["events"] > 0 and info["units_removed"] > 0 and info["mac_fraction"] <= 0.3
     assert _kept_macs(result.model, data.x[:2]) <= 0.3  # the trained model already fits the budget
+    # With a unit multiple every event rounds the layers too, so the trained model keeps multiples of it.
+    rounded = Trainer(_mlp(), data, val, replace(cfg, unit_multiple=8)).fit()
+    assert rounded.extra["unit_cut"]["unit_multiple"] == 8
+    plain, layers = plain_copy(rounded.model)
+    for name in layers:
+        kept = int(plain.get_submodule(name).weight.ne(0).any(dim=1).sum())
+        assert kept % 8 == 0 or kept < 8, (name, kept)
     # "both" with a target sparsity may mask its weights gradually too; a unit cut without a MAC budget is refused.
     assert replace(cfg, structure="both", target_macs=0.3, target_sparsity=0.9, lam=None, cut="gradual").resolved()
     for bad in (replace(cfg, target_macs=None), replace(cfg, unit_cut="sometimes")):  # type: ignore[arg-type]
         with pytest.raises(ConfigError) as err:
             bad.resolved()
         assert err.value.param == "unit_cut"
+
+
+def test_a_unit_multiple_rounds_once_the_schedule_reaches_the_budget() -> None:
+    """Rounding at every event compounded (each event that cut a layer took a whole block); only the events at the
+    budget round, so the layers end in multiples and the steps before them do not."""
+    model, x = _mlp(), torch.randn(8, 20)
+    attach_gates(model, 3, x[:2])
+    steps = 200
+    cut = GradualUnitCut(model, 0.25, steps, x[:2], multiple=8)
+    _start, end, _ = cut.window
+    uneven_before_end = False
+    for step in range(1, steps + 1):
+        cut.after_step(step)
+        if pruning_due(step, cut.window):
+            plain, layers = plain_copy(model)
+            kept = [int(plain.get_submodule(n).weight.ne(0).any(dim=1).sum()) for n in layers]
+            if step < end:
+                uneven_before_end |= any(k % 8 and k > 8 for k in kept)
+            else:
+                assert all(k % 8 == 0 or k < 8 for k in kept), kept
+                assert count_macs(plain, probe_input(x)).fraction <= 0.25
+    assert uneven_before_end
