@@ -168,6 +168,8 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
         "lam_restarts": len(metrics.get("lam_restarts") or []),
         "finetune_epochs": (metrics.get("finetune") or {}).get("epochs"),
         "cut": (metrics.get("cut") or {}).get("mode"),
+        # Distillation's α (on by default from uploaded trained weights since 2026-12-04); None: off.
+        "distill": (metrics.get("distill") or {}).get("alpha"),
         "non_finite": any(not math.isfinite(h.get("train_loss", 0.0)) for h in metrics.get("history") or []),
         "seconds": time.monotonic() - started,
     }
