@@ -92,3 +92,19 @@ def test_an_uploaded_onnx_graph_is_judged_by_its_accuracy(tmp_path: Path, traine
     for alpha in (0.0, 0.2):
         chosen = prepare(RunSpec(str(model), str(data), tmp_path / "out", train=TrainConfig(depth=2, distill=alpha)))
         assert chosen.config.distill == alpha
+
+
+def test_a_trained_onnx_upload_runs_with_distillation_by_default(tmp_path: Path) -> None:
+    """The teacher is a copy of the converted graph module: the whole run works and says it distilled."""
+    from dwf_core.pipeline import run
+
+    x_train, y_train = _blobs(400, 2)
+    x_test, y_test = _blobs(200, 3)
+    data = tmp_path / "blobs.npz"
+    np.savez(data, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    model = _export(_oracle(), tmp_path / "m.onnx")
+    cfg = TrainConfig(depth=2, epochs=1, target_sparsity=0.5, device="cpu", batch_size=64)
+    metrics = run(RunSpec(str(model), str(data), tmp_path / "out", train=cfg, export_onnx=False))
+    assert metrics["init_decision"]["init"] == "balanced"
+    assert metrics["distill"]["alpha"] == TRAINED_WEIGHTS_ALPHA and metrics["distill"]["automatic"] is True
+    assert metrics["test_accuracy"] > 0.9  # the oracle's function survives (chance: 0.25)
