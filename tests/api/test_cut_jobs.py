@@ -1,4 +1,5 @@
-"""/v1/jobs with ``cut`` and ``unit_cut``: checked against the method, reach the run; the SDK sends cut when set."""
+"""/v1/jobs with ``cut``, ``unit_cut`` and ``unit_multiple``: checked against the method, reach the run; the SDK sends
+cut when set."""
 
 from __future__ import annotations
 
@@ -14,6 +15,13 @@ from dwf_service.context import ServiceContext
 from dwf_service.models import Job
 from tests.api.test_jobs import body
 from tests.dwf_client.test_sdk import _client, _job
+
+
+def test_the_unit_multiple_limit_mirrors_dwf_core() -> None:
+    from api.schemas import MAX_UNIT_MULTIPLE
+    from dwf_core.config import MAX_UNIT_MULTIPLE as CORE_MAX
+
+    assert MAX_UNIT_MULTIPLE == CORE_MAX
 
 
 @pytest.mark.parametrize(("cut", "resolved"), [("final", "final"), ("gradual", "gradual"), (None, "gradual")])
