@@ -370,35 +370,20 @@ def submit(
     if usage is not None:
         err.print(f"[red]error:[/] {escape(usage)}")
         raise typer.Exit(EXIT_USAGE)
-    options: dict[str, Any] = {}
-    if batch_size is not None:
-        options["batch_size"] = batch_size
-    if devices is not None:
-        options["devices"] = devices
-    if optimizer is not None:
-        options["optimizer"] = optimizer
+    # Options sent as given, only when given (the server's defaults otherwise).
+    given = {
+        "batch_size": batch_size, "devices": devices, "optimizer": optimizer, "distill": distill,
+        "distill_temperature": distill_temperature, "distill_schedule": distill_schedule, "structure": structure,
+        "target_macs": target_macs, "cut": cut, "unit_cut": unit_cut, "unit_multiple": unit_multiple,
+        "lr_probe": lr_probe,
+    }  # fmt: skip
+    options: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
     if threshold is not None:
         options["threshold"] = _parse_threshold(threshold)
     if frontier:
         options["frontier"] = list(frontier)
     if dense_epochs:
         options["dense_epochs"] = dense_epochs
-    for name, value in (("distill", distill), ("distill_temperature", distill_temperature),
-                        ("distill_schedule", distill_schedule)):  # fmt: skip
-        if value is not None:
-            options[name] = value
-    if structure is not None:
-        options["structure"] = structure
-    if target_macs is not None:
-        options["target_macs"] = target_macs
-    if cut is not None:
-        options["cut"] = cut
-    if unit_cut is not None:
-        options["unit_cut"] = unit_cut
-    if unit_multiple is not None:
-        options["unit_multiple"] = unit_multiple
-    if lr_probe is not None:
-        options["lr_probe"] = lr_probe
     pairs = _parse_metadata(metadata)
     with _errors(), _client(ctx, server) as client:
         if data is not None and data.startswith("mnist-idx:"):
