@@ -1,7 +1,7 @@
 """What-if for the λ of a target: the default DWF job on model-suite pairs with the target map's λ multiplied.
 
     python -m benchmarks.suite_lam_scale [--scales 1,3,10] [--pairs mixer,dwcnn,...] [--sparsity 0.9,0.99] [--seed 0,1]
-        [--dense-half | --trained-start] [--distill 0,0.5] [--out DIR]
+        [--dense-half | --trained-start] [--distill 0,0.5] [--lr default,0.1] [--out DIR]
 
 The model suite (benchmarks.model_suite) shows DWF's training leaving the monitor CR at ~1 on several pairs: the
 λ that `dwf_core.defaults.lam_for_target` gives (the LeNet-300-100 map, step-scaled) did not sparsify them. This
@@ -18,6 +18,9 @@ trains the suite's epochs. PyTorch-module, timm and config pairs only (an ONNX g
 
 ``--distill``: the runs' ``TrainConfig.distill`` (dwf_core.distill), one cell per value; "default" leaves it to the
 config (off). Without the option every cell takes the default.
+
+``--lr``: the runs' peak LR (``TrainConfig.lr``, which skips the LR probe), one cell per value; "default" leaves it
+to the config (the probe from 0.3).
 """
 
 from __future__ import annotations
@@ -51,13 +54,16 @@ class Cell:
     # TrainConfig.distill; None: the config's default.
     distill: float | None = None
     distill_schedule: str = "constant"
+    # TrainConfig.lr; None: the config's default (the LR probe).
+    lr: float | None = None
 
     @property
     def key(self) -> str:
         start = "/dense-half" if self.dense_half else "/trained-start" if self.trained_start else ""
         distill = "" if self.distill is None else f"/distill{self.distill:g}"
         distill += "" if self.distill_schedule == "constant" else f"-{self.distill_schedule}"
-        return f"{self.pair}/x{self.scale:g}/{self.sparsity:g}/seed{self.seed}{start}{distill}"
+        lr = "" if self.lr is None else f"/lr{self.lr:g}"
+        return f"{self.pair}/x{self.scale:g}/{self.sparsity:g}/seed{self.seed}{start}{distill}{lr}"
 
 
 def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
@@ -82,6 +88,8 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
     if cell.distill is not None:
         settings["distill"] = cell.distill
     settings["distill_schedule"] = cell.distill_schedule
+    if cell.lr is not None:
+        settings["lr"] = cell.lr
     if cell.dense_half:
         settings |= {"dense_epochs": full["epochs"] // 2, "epochs": full["epochs"] - full["epochs"] // 2}
     if pair.include:
@@ -100,6 +108,7 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
         "trained_start": cell.trained_start,
         "distill": metrics["config"]["distill"],
         "distill_schedule": metrics["config"]["distill_schedule"],
+        "lr": metrics["lr"],
         "init": metrics["config"]["init"],
         "test_accuracy": metrics["test_accuracy"],
         "factorized_test_accuracy": metrics["factorized_test_accuracy"],
@@ -124,6 +133,11 @@ def _dense_model(cell: Cell, data: Path, work: Path) -> Path:
     return dense_weights_once(out, lambda: model_for(pair, cell.seed, work), data, config)
 
 
+def _lr_text(lr: Any) -> str:
+    """metrics.json's ``lr`` (the peak LR the run trained with) for the table; rows from before it was kept: –."""
+    return f"{lr:g}" if isinstance(lr, (int, float)) else "–"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", default="1,3,10")
@@ -135,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--trained-start", action="store_true", help="DWF starts from a fully trained dense model")
     parser.add_argument("--distill", default="default", help="TrainConfig.distill values, comma-separated")
     parser.add_argument("--distill-schedule", default="constant", choices=("constant", "linear"))
+    parser.add_argument("--lr", default="default", help="TrainConfig.lr values, comma-separated")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
@@ -149,12 +164,14 @@ def main(argv: list[str] | None = None) -> int:
             trained_start=args.trained_start,
             distill=None if a == "default" else float(a),
             distill_schedule=args.distill_schedule,
+            lr=None if lr == "default" else float(lr),
         )
         for p in args.pairs.split(",")
         for s in args.sparsity.split(",")
         for seed in args.seed.split(",")
         for k in args.scales.split(",")
         for a in args.distill.split(",")
+        for lr in args.lr.split(",")
     ]
     rows: list[dict[str, Any]] = []
     failed = run_cells(cells, functools.partial(run_cell, work=args.out / "work"), args.jobs,
@@ -172,15 +189,15 @@ def main(argv: list[str] | None = None) -> int:
         + (", the first 5 dense, DWF from their model in the last 5." if args.dense_half else "")
         + (": DWF from the pair's model trained densely for 10 epochs." if args.trained_start else "."),
         "",
-        "| pair | target | seed | λ × | distill α | test (sparse) | test (factorized) | final λ "
+        "| pair | target | seed | λ × | distill α | peak LR | test (sparse) | test (factorized) | final λ "
         "| monitor CR, last epoch | λ restarts |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['pair']} | {r['sparsity']:g} | {r['seed']} | {r['scale']:g} | {r.get('distill', 0):g}"
             f"{'' if r.get('distill_schedule', 'constant') == 'constant' else ' ' + r['distill_schedule']} | "
-            f"{100 * r['test_accuracy']:.2f}% | "
+            f"{_lr_text(r.get('lr'))} | {100 * r['test_accuracy']:.2f}% | "
             f"{100 * r['factorized_test_accuracy']:.2f}% | {r['final_lam']:.3g} | {r['monitor_cr_last_epoch']:.3g} | "
             f"{r['lam_restarts']} |"
         )
