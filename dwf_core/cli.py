@@ -29,6 +29,11 @@ out_console = Console()
 @app.callback()
 def _root() -> None:
     """Deep Weight Factorization: train a factorized model, collapse it into a sparse one."""
+    # Made again for each command: rich fixes a console's width from COLUMNS when the console is made, so consoles
+    # made at import keep the width of the environment that imported this module (pytest-xdist workers had COLUMNS=80
+    # then, and the CLI tests' COLUMNS=250 was ignored: the summary table wrapped the lines they look for).
+    global console, out_console
+    console, out_console = Console(stderr=True), Console()
 
 
 def _parse_threshold(value: str) -> float | Literal["auto", "target"]:
