@@ -716,7 +716,12 @@ class Trainer:
             apply_start_state(self.model, self.start_state)
             self.init_stats = init_stats(self.model)
         # The teacher is the model as training starts (after a continued run's factors are loaded).
-        self.distiller = self.given_distiller or Distiller.for_config(self.config, self.model, self.device)
+        given = self.given_distiller
+        self.distiller = (
+            replace(given, teacher=given.teacher.to(self.device))  # another rank's copy lands on its own device
+            if given is not None
+            else Distiller.for_config(self.config, self.model, self.device)
+        )
         self._keep_initial_state()
         if self.checkpoint_dir is not None:
             self._maybe_resume()  # every rank reads the same checkpoint
