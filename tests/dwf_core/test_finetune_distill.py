@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from dwf_core.baselines.run import finetune_collapsed
-from dwf_core.collapse import collapse_and_verify
+from dwf_core.collapse import CollapseResult, collapse_and_verify
 from dwf_core.config import TrainConfig
 from dwf_core.distill import Distillation, Distiller, make_teacher
 from dwf_core.factorize import factorize
@@ -25,7 +25,7 @@ VAL = separable_data(64, seed=1)
 FT = TrainConfig(depth=3, target_sparsity=0.5, finetune_epochs=2, lr=0.1, seed=0, device="cpu", batch_size=32)
 
 
-def _collapsed_half_sparse_mlp():  # type: ignore[no-untyped-def]
+def _collapsed_half_sparse_mlp() -> CollapseResult:
     """A model trained a little (the labels still move it), half its weights cut: what a fine-tuning starts from."""
     model = trained_mlp(DATA, steps=30)
     factorize(model, 3, "balanced")  # the function kept: the collapse gives the trained weights back
