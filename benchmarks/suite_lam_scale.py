@@ -1,7 +1,7 @@
 """What-if for the λ of a target: the default DWF job on model-suite pairs with the target map's λ multiplied.
 
     python -m benchmarks.suite_lam_scale [--scales 1,3,10] [--pairs mixer,dwcnn,...] [--sparsity 0.9,0.99] [--seed 0,1]
-        [--dense-half | --trained-start] [--distill 0,0.5] [--lr default,0.1] [--out DIR]
+        [--dense-half | --trained-start] [--distill 0,0.5] [--lr default,0.1] [--finetune-epochs N] [--out DIR]
 
 The model suite (benchmarks.model_suite) shows DWF's training leaving the monitor CR at ~1 on several pairs: the
 λ that `dwf_core.defaults.lam_for_target` gives (the LeNet-300-100 map, step-scaled) did not sparsify them. This
@@ -21,6 +21,8 @@ config (off). Without the option every cell takes the default.
 
 ``--lr``: the runs' peak LR (``TrainConfig.lr``, which skips the LR probe), one cell per value; "default" leaves it
 to the config (the probe from 0.3).
+
+``--finetune-epochs N``: every cell ends with N epochs of masked fine-tuning (``TrainConfig.finetune_epochs``).
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class Cell:
     distill_schedule: str = "constant"
     # TrainConfig.lr; None: the config's default (the LR probe).
     lr: float | None = None
+    # TrainConfig.finetune_epochs; None: the config's default (fine-tuning only after a cut that cost accuracy).
+    finetune_epochs: int | None = None
 
     @property
     def key(self) -> str:
@@ -63,6 +67,7 @@ class Cell:
         distill = "" if self.distill is None else f"/distill{self.distill:g}"
         distill += "" if self.distill_schedule == "constant" else f"-{self.distill_schedule}"
         lr = "" if self.lr is None else f"/lr{self.lr:g}"
+        lr += "" if self.finetune_epochs is None else f"/ft{self.finetune_epochs}"
         return f"{self.pair}/x{self.scale:g}/{self.sparsity:g}/seed{self.seed}{start}{distill}{lr}"
 
 
@@ -90,6 +95,8 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
     settings["distill_schedule"] = cell.distill_schedule
     if cell.lr is not None:
         settings["lr"] = cell.lr
+    if cell.finetune_epochs is not None:
+        settings["finetune_epochs"] = cell.finetune_epochs
     if cell.dense_half:
         settings |= {"dense_epochs": full["epochs"] // 2, "epochs": full["epochs"] - full["epochs"] // 2}
     if pair.include:
@@ -116,6 +123,7 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
         "monitor_cr_last_epoch": training[-1]["compression_ratio"],
         "lam_restarts": len(metrics["lam_restarts"]),
         "finetune_epochs": (metrics.get("finetune") or {}).get("epochs"),
+        "finetune_distill": (metrics.get("finetune") or {}).get("distill"),
     }
 
 
@@ -150,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill", default="default", help="TrainConfig.distill values, comma-separated")
     parser.add_argument("--distill-schedule", default="constant", choices=("constant", "linear"))
     parser.add_argument("--lr", default="default", help="TrainConfig.lr values, comma-separated")
+    parser.add_argument("--finetune-epochs", type=int, default=None, help="TrainConfig.finetune_epochs of every cell")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
@@ -165,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             distill=None if a == "default" else float(a),
             distill_schedule=args.distill_schedule,
             lr=None if lr == "default" else float(lr),
+            finetune_epochs=args.finetune_epochs,
         )
         for p in args.pairs.split(",")
         for s in args.sparsity.split(",")
