@@ -22,7 +22,8 @@ config (off). Without the option every cell takes the default.
 ``--lr``: the runs' peak LR (``TrainConfig.lr``, which skips the LR probe), one cell per value; "default" leaves it
 to the config (the probe from 0.3).
 
-``--finetune-epochs N``: every cell ends with N epochs of masked fine-tuning (``TrainConfig.finetune_epochs``).
+``--finetune-epochs N``: every cell ends with N epochs of masked fine-tuning (``TrainConfig.finetune_epochs``); run
+from a worktree with another dwf_core, it compares fine-tuning behaviours (benchmarks/results/suite-finetune-teacher).
 """
 
 from __future__ import annotations
@@ -123,7 +124,6 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
         "monitor_cr_last_epoch": training[-1]["compression_ratio"],
         "lam_restarts": len(metrics["lam_restarts"]),
         "finetune_epochs": (metrics.get("finetune") or {}).get("epochs"),
-        "finetune_distill": (metrics.get("finetune") or {}).get("distill"),
     }
 
 

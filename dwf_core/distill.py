@@ -20,9 +20,7 @@ uploaded as weights (the suite's ``--trained-start``, 2 seeds) it was better on 
 The teacher is a frozen copy of the model as training starts (after a continued run's factors are loaded), in eval
 mode (BatchNorm's running statistics, no dropout), with every factorized weight multiplied back into a plain tensor
 so that its forward pass costs one dense model's. It is not checkpointed: a resumed run rebuilds it from the same
-starting model. The run hands it on (``TrainResult.distiller``): a masked fine-tuning after the collapse keeps
-distilling from it (``dwf_core.baselines.run.finetune_collapsed``). The metrics' training loss stays the
-cross-entropy, so that it compares with runs without it.
+starting model. The metrics' training loss stays the cross-entropy, so that it compares with runs without it.
 """
 
 from __future__ import annotations

@@ -397,7 +397,6 @@ def run(
                 replace(with_trained_optimizer(cfg, result), finetune_epochs=ft_epochs),
                 on_progress=on_progress,
                 should_stop=should_stop,
-                distiller=result.distiller,
             )
             finetune_info["reason"] = "requested" if cfg.finetune_epochs else "auto: the target cut cost accuracy"
             finetune_info["divergence_restarts"] = ft.extra.get("divergence_restarts", [])

@@ -108,9 +108,6 @@ class TrainResult:
     train_seconds: float
     resumed_from_epoch: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    # The soft term and frozen teacher the run distilled with (None without distillation): the masked fine-tuning
-    # after the collapse keeps it (dwf_core.baselines.run.finetune_collapsed).
-    distiller: Distiller | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -200,13 +197,9 @@ class Trainer:
         on_progress: Callable[[ProgressEvent], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         start_state: dict[str, torch.Tensor] | None = None,
-        distiller: Distiller | None = None,
     ) -> None:
         self.config = (config or TrainConfig()).resolved()
         self.start_state = start_state
-        # A distiller given from outside (a masked fine-tuning after a distilled DWF run: its teacher, not a copy of
-        # the model this trainer starts from); otherwise the config's (DWF with ``distill``), made in _fit.
-        self.given_distiller = distiller
         self.model = model
         self.train_data = train
         self.val_data = val
@@ -716,12 +709,7 @@ class Trainer:
             apply_start_state(self.model, self.start_state)
             self.init_stats = init_stats(self.model)
         # The teacher is the model as training starts (after a continued run's factors are loaded).
-        given = self.given_distiller
-        self.distiller = (
-            replace(given, teacher=given.teacher.to(self.device))  # another rank's copy lands on its own device
-            if given is not None
-            else Distiller.for_config(self.config, self.model, self.device)
-        )
+        self.distiller = Distiller.for_config(self.config, self.model, self.device)
         self._keep_initial_state()
         if self.checkpoint_dir is not None:
             self._maybe_resume()  # every rank reads the same checkpoint
@@ -790,7 +778,6 @@ class Trainer:
                 # How many processes trained the run (config.devices, or 1 for a trainer that cannot spread).
                 "processes": self.comm.world_size,
             },
-            distiller=self.distiller,
         )
 
 

@@ -22,7 +22,6 @@ from dwf_core.baselines.gmp import GMPTrainer
 from dwf_core.baselines.masks import MaskedTrainer, finetune_epochs_for, layer_density, weights_of
 from dwf_core.collapse import CollapseResult, collapse_and_verify
 from dwf_core.config import TrainConfig
-from dwf_core.distill import Distiller
 from dwf_core.errors import ConfigError
 from dwf_core.evaluate import Labeled
 from dwf_core.masking import Masks, global_topk_mask, mask_sparsity
@@ -165,17 +164,12 @@ def finetune_collapsed(
     on_progress: Callable[[ProgressEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     lr: float | None = None,
-    distiller: Distiller | None = None,
 ) -> tuple[TrainResult, CollapseResult, dict[str, Any]]:
     """Fine-tune a collapsed DWF model with its zeros fixed (``cfg.finetune_epochs`` epochs), then collapse it.
 
     The same masked training as ``magnitude-ft``: depth 1 with balanced init (the function is kept), L2 at the
     depth-1 default, LR = ``lr`` or ``finetune_lr`` of the baseline's, on a fresh cosine. The sparsity
-    pattern of the DWF cut is kept exactly; only the surviving weights move. ``distiller``: the DWF run's
-    (``TrainResult.distiller``); with a constant α the fine-tuning keeps distilling from the same teacher. Without it
-    3 epochs cost LeNet-300-100 (30 dense + 30 DWF epochs, α 0.5, CR 100, 3 seeds) 0.1 pp (98.16 → 98.06%); with it
-    they gave 98.19% (benchmarks/results/lenet300-record-attempts/README.md). A linear α has reached 0 at the end of
-    the DWF run, whose labels alone finished it: its fine-tuning stays on the labels too.
+    pattern of the DWF cut is kept exactly; only the surviving weights move.
 
     Returns:
         The fine-tuning run, the collapse of the fine-tuned model, and what was done (epochs, lr, val before/after).
@@ -188,11 +182,7 @@ def finetune_collapsed(
         base, epochs=cfg.finetune_epochs, lr=lr or finetune_lr(base), warmup_epochs=0.0, init="balanced",
         include=collapsed.names, exclude=None, lr_probe=False,
     )  # fmt: skip
-    if distiller is not None and distiller.distillation.schedule != "constant":
-        distiller = None
-    ft = MaskedTrainer(
-        plain, train, val, ft_cfg, masks=masks, on_progress=on_progress, should_stop=should_stop, distiller=distiller
-    ).fit()
+    ft = MaskedTrainer(plain, train, val, ft_cfg, masks=masks, on_progress=on_progress, should_stop=should_stop).fit()
     after = collapse_and_verify(ft.model, val, 0.0, batch_size=cfg.eval_batch_size)
     info = {
         "epochs": cfg.finetune_epochs,
@@ -201,7 +191,5 @@ def finetune_collapsed(
         "l2_lam": ft_cfg.lam,
         "val_accuracy_before": collapsed.collapsed_accuracy,
         "val_accuracy_after": after.collapsed_accuracy,
-        # α of the distillation the fine-tuning kept from the DWF run (0: labels only).
-        "distill": distiller.distillation.alpha if distiller is not None else 0.0,
     }
     return ft, after, info

@@ -19,7 +19,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from dwf_core.collapse import CollapseResult, collapse_and_verify
 from dwf_core.config import TrainConfig
 from dwf_core.defaults import AUTO_FINETUNE_DROP
-from dwf_core.distill import Distiller
 from dwf_core.evaluate import Labeled, accuracy_of, predict_logits
 from dwf_core.factorize import factorize, select_parameters
 from dwf_core.report import sparsity_report
@@ -142,11 +141,9 @@ def finetune_units(
     *,
     on_progress: Callable[[ProgressEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    distiller: Distiller | None = None,
 ) -> tuple[TrainResult, CollapseResult, dict[str, Any]]:
     """``finetune_collapsed`` with the biases of the reported layers and the affine BatchNorm parameters masked too:
-    zeros stay zeros, so a removed unit (zero row and bias, or zero γ and β) still outputs exactly zero. ``distiller``:
-    the run's, kept as ``finetune_collapsed`` keeps it."""
+    zeros stay zeros, so a removed unit (zero row and bias, or zero γ and β) still outputs exactly zero."""
     from dwf_core.baselines.run import finetune_collapsed
 
     model = collapsed.model
@@ -166,7 +163,7 @@ def finetune_units(
     widened = replace(collapsed, names=collapsed.names + [n for n in extra if n not in collapsed.names])
     plain_cfg = cfg.unstructured()
     ft, after, info = finetune_collapsed(
-        widened, train, val, plain_cfg, on_progress=on_progress, should_stop=should_stop, distiller=distiller
+        widened, train, val, plain_cfg, on_progress=on_progress, should_stop=should_stop
     )
     names = collapsed.names
     return ft, replace(after, names=names, report=sparsity_report(after.model, names=names)), info
