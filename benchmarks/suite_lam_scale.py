@@ -124,6 +124,10 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
         "monitor_cr_last_epoch": training[-1]["compression_ratio"],
         "lam_restarts": len(metrics["lam_restarts"]),
         "finetune_epochs": (metrics.get("finetune") or {}).get("epochs"),
+        # "finetuned" or "before" (the fine-tuning lowered validation accuracy); None: no fine-tuning, or rows from
+        # before the fine-tuning chose (2026-12-04).
+        "finetune_kept": (metrics.get("finetune") or {}).get("kept"),
+        "finetune_val": [(metrics.get("finetune") or {}).get(k) for k in ("val_accuracy_before", "val_accuracy_after")],
     }
 
 

@@ -452,7 +452,8 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
             "fine-tuning",
             f"{finetune['epochs']} epoch(s), {finetune.get('optimizer', 'sgd')} LR {finetune['lr']:.3g} "
             f"({finetune.get('reason', 'requested')}): val {100 * finetune['val_accuracy_before']:.2f}% → "
-            f"{100 * finetune['val_accuracy_after']:.2f}%",
+            f"{100 * finetune['val_accuracy_after']:.2f}%"
+            + (", kept the model before it" if finetune.get("kept") == "before" else ""),
         )
     unit_cut = metrics.get("unit_cut")
     if unit_cut:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dwf_core.baselines.run import finetune_collapsed
+from dwf_core.baselines.run import FINETUNE_KEEP_MARGIN, finetune_collapsed, finetuning_kept
 from dwf_core.collapse import collapse_and_verify
 from dwf_core.config import TrainConfig
 from dwf_core.train import train
 
-from .helpers import mlp, separable_data, write_band_npz
+from .helpers import TinySplit, mlp, separable_data, write_band_npz
 
 DATA = separable_data(256)
 VAL = separable_data(64, seed=1)
@@ -26,6 +27,7 @@ def test_finetune_keeps_the_sparsity_pattern_and_moves_the_survivors() -> None:
     ft, after, info = finetune_collapsed(cut, DATA, VAL, cfg)
     assert info["epochs"] == 2 and info["lr"] > 0 and info["val_accuracy_before"] == cut.collapsed_accuracy
     assert info["val_accuracy_after"] == after.collapsed_accuracy
+    assert info["kept"] == "finetuned" and info["val_accuracy_after"] >= info["val_accuracy_before"]
     assert [h["epoch"] for h in ft.history] == [1, 2]
     assert after.names == cut.names and after.report.nnz <= cut.report.nnz
     moved = False
@@ -38,6 +40,22 @@ def test_finetune_keeps_the_sparsity_pattern_and_moves_the_survivors() -> None:
     # The fine-tuned model has the original plain classes and keys.
     assert list(after.model.state_dict()) == list(cut.model.state_dict())
     assert type(after.model[1]) is torch.nn.Linear  # type: ignore[index]
+
+
+def test_a_finetuning_that_lowers_validation_accuracy_is_not_kept() -> None:
+    cfg = TrainConfig(depth=2, epochs=15, lr=0.1, target_sparsity=0.5, finetune_epochs=2, device="cpu").resolved()
+    trained = train(mlp(), DATA, VAL, cfg).model
+    cut = collapse_and_verify(trained, VAL, "target", target_sparsity=0.5)
+    assert cut.collapsed_accuracy is not None and cut.collapsed_accuracy > 0.5
+    # Fine-tuning on shifted labels teaches the model the wrong classes: validation accuracy must fall.
+    wrong = TinySplit(DATA.x, (DATA.y + 1) % 4)
+    ft, kept, info = finetune_collapsed(cut, wrong, VAL, replace(cfg, finetune_epochs=10), lr=0.5)
+    assert info["val_accuracy_after"] < info["val_accuracy_before"] - FINETUNE_KEEP_MARGIN
+    assert info["val_accuracy_before"] == cut.collapsed_accuracy
+    assert info["kept"] == "before" and kept is cut and len(ft.history) == 10
+    # A drop within the margin (noise on a small validation split), a tie and no validation keep the fine-tuning.
+    assert finetuning_kept(0.9, 0.9) and finetuning_kept(0.9, 0.9 - FINETUNE_KEEP_MARGIN) and finetuning_kept(None, 0.5)
+    assert not finetuning_kept(0.9, 0.9 - 1.01 * FINETUNE_KEEP_MARGIN) and 0 < FINETUNE_KEEP_MARGIN < 0.01
 
 
 def test_pipeline_fine_tunes_automatically_only_when_the_target_cut_hurts(tmp_path: Path) -> None:
@@ -54,7 +72,11 @@ def test_pipeline_fine_tunes_automatically_only_when_the_target_cut_hurts(tmp_pa
     assert auto["finetune"] is not None and auto["finetune"]["reason"].startswith("auto")
     assert auto["finetune"]["epochs"] == 1
     assert [h["phase"] for h in auto["history"]] == ["train", "train", "finetune"]
-    assert auto["finetune"]["val_accuracy_after"] == auto["val_accuracy"]
+    kept = auto["finetune"]["kept"]
+    assert (
+        auto["finetune"][{"finetuned": "val_accuracy_after", "before": "val_accuracy_before"}[kept]]
+        == auto["val_accuracy"]
+    )
     assert auto["sparsity"] >= 0.99
     # 0 means never; without a target the auto threshold already bounds the cost, so nothing is fine-tuned.
     never = metrics("never", target_sparsity=0.99, finetune_epochs=0, cut="final")

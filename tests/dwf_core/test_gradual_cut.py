@@ -179,6 +179,8 @@ def test_cli_summary_says_how_the_finetuning_went(tmp_path: Path) -> None:
     assert (finetune["epochs"], finetune["optimizer"], finetune["reason"]) == (1, "sgd", "requested")
     before, after = 100 * finetune["val_accuracy_before"], 100 * finetune["val_accuracy_after"]
     line = f"1 epoch(s), sgd LR {finetune['lr']:.3g} (requested): val {before:.2f}% → {after:.2f}%"
+    # The summary says when the fine-tuning lowered validation accuracy so far that the model before it was kept.
+    line += {"finetuned": "", "before": ", kept the model before it"}[finetune["kept"]]
     assert line in result.output
 
 
