@@ -114,7 +114,8 @@ class DwfMethod(Strict):
     # one job along the accuracy–CR curve, as frontier-crN.sparse.safetensors artifacts and metrics["frontier"].
     frontier: list[Annotated[float, Field(gt=1, allow_inf_nan=False)]] | None = Field(default=None, max_length=32)
     # Masked fine-tuning epochs after the cut: DWF None = only when a target cut cost > 0.5 pp, 0 = never;
-    # magnitude-ft None = 10% of epochs.
+    # magnitude-ft None = 10% of epochs. DWF keeps the fine-tuned model unless it lowered validation accuracy by
+    # more than 0.5 pp (metrics["finetune"]["kept"]).
     finetune_epochs: int | None = Field(default=None, ge=0, le=MAX_EPOCHS)
     # DWF: epochs of plain (dense) training first; DWF then starts from those weights (dwf_core TrainConfig).
     dense_epochs: int = Field(default=0, ge=0, le=MAX_EPOCHS)
