@@ -25,6 +25,7 @@ _EXPORTS = {
     "collapse": "dwf_core.collapse",
     "collapse_and_verify": "dwf_core.collapse",
     "CollapseResult": "dwf_core.collapse",
+    "recalibrate_batchnorm": "dwf_core.batchnorm_recalibration",
     "sparsity_report": "dwf_core.report",
     "SparsityReport": "dwf_core.report",
     "TrainConfig": "dwf_core.config",

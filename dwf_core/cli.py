@@ -447,6 +447,14 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     if cut:
         steps = f" ({cut['events']} masking steps, {cut['start_step']}–{cut['end_step']})" if "events" in cut else ""
         table.add_row("cut", f"{cut['mode']}{steps}")
+    recalibration = metrics.get("batchnorm_recalibration")
+    if recalibration:  # a cut that cost accuracy, on a model with BatchNorm: its statistics measured again
+        table.add_row(
+            "BatchNorm statistics",
+            f"measured again after the cut ({recalibration['batches']} batches): val "
+            f"{100 * recalibration['val_accuracy_before']:.2f}% → {100 * recalibration['val_accuracy_after']:.2f}%"
+            + ("" if recalibration["kept"] else ", not kept"),
+        )
     finetune = metrics.get("finetune")
     if finetune:  # DWF's masked fine-tuning after the cut: how it trained and what it won back
         table.add_row(

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from dwf_core.batchnorm_recalibration import recalibrate_after_cut
 from dwf_core.collapse import CollapseResult, collapse_and_verify
 from dwf_core.config import TrainConfig
 from dwf_core.controller import target_met
@@ -337,6 +338,7 @@ def run(
     baseline_info: dict[str, Any] | None = None
     structured_info: dict[str, Any] | None = None
     finetune_info: dict[str, Any] | None = None
+    recalibration: dict[str, Any] | None = None
     dense_info: dict[str, Any] | None = None
     hooks: dict[str, Any] = {
         "checkpoint_dir": spec.checkpoint_dir or out / "checkpoints",
@@ -373,7 +375,7 @@ def run(
             collapsed, structured_info = collapse_structured(
                 result.model, data.val, data.test, cfg, example=data.train.x[:2]
             )
-            ft_epochs = structured_finetune_epochs(cfg, collapsed)
+            finetune_epochs = structured_finetune_epochs
         else:
             from dwf_core.baselines.run import finetune_collapsed as finetune
 
@@ -385,7 +387,11 @@ def run(
                 batch_size=cfg.eval_batch_size,
                 target_sparsity=cfg.target_sparsity,
             )
-            ft_epochs = dwf_finetune_epochs(cfg, collapsed)
+            finetune_epochs = dwf_finetune_epochs
+        collapsed, recalibration = recalibrate_after_cut(
+            collapsed, result.model, data.train, data.val, batch_size=cfg.eval_batch_size, seed=cfg.seed
+        )
+        ft_epochs = finetune_epochs(cfg, collapsed)
         if ft_epochs:
             from dwf_core.baselines.run import with_trained_optimizer
 
@@ -500,7 +506,10 @@ def run(
         "structured": structured_info,
         # Baselines: their details (depth 1, L2 λ, mask sparsity, fine-tuning, GMP window…); None for DWF.
         "baseline": baseline_info,
-        # DWF with finetune_epochs: the masked fine-tuning after the collapse (epochs, lr, val before/after).
+        # DWF: BatchNorm statistics estimated again after a cut that cost accuracy (dwf_core.batchnorm_recalibration:
+        # batches, val before/after, kept); None when the model has no BatchNorm or the cut cost nothing.
+        "batchnorm_recalibration": recalibration,
+        # DWF with finetune_epochs: the masked fine-tuning after the collapse (epochs, lr, val before/after, kept).
         "finetune": finetune_info,
         # DWF with dense_epochs: the dense training it started from (epochs, lr, L2, val accuracy, seconds).
         "dense_start": dense_info,
