@@ -447,6 +447,7 @@ def run(
             out_dir=out,
             batch_size=cfg.eval_batch_size,
             metadata={"model": model_label(spec)},
+            train=data.train,
         )
         for point in frontier:
             artifacts[point["file"]] = out / point["file"]
