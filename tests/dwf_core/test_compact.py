@@ -305,3 +305,31 @@ def test_a_group_through_too_many_reshapes_is_left_whole_with_its_reason() -> No
     assert result.channels.skipped[f"more than {MAX_GROUP_RESHAPES} reshapes"] == 1
     assert result.channels.removed == {}
     _assert_same(model, result.model, (1, 8, 8))
+
+
+class _ReadsItsWeight(nn.Module):
+    """As torchvision's Swin attention: the forward hands a Linear's weight to F.linear instead of calling it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = nn.Linear(32, 16)
+        self.head = nn.Linear(16, 4)
+        with torch.no_grad():
+            self.proj.weight[:, :12] = 0  # dead input columns: IndexedLinear would gather the other 20
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(nn.functional.linear(x, self.proj.weight, self.proj.bias)))
+
+
+def test_a_forward_that_reads_a_linears_weight_keeps_its_columns_and_still_compacts() -> None:
+    model = _ReadsItsWeight().eval()
+    result = compact_model(model, torch.randn(4, 32))
+    assert result.inputs == {} and result.inputs_skipped is not None
+    assert "reading only live input columns broke the model" in result.inputs_skipped
+    assert result.to_dict()["selected_inputs_skipped"] == result.inputs_skipped
+    assert not any(isinstance(m, IndexedLinear) for m in result.model.modules())
+    _assert_same(model, result.model, (32,))
+    # Where every forward calls its Linear, the columns are gathered as before.
+    plain = compact_model(_lenet_300_100(), torch.randn(4, 1, 28, 28))
+    assert plain.inputs and plain.inputs_skipped is None
