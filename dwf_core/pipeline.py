@@ -192,6 +192,12 @@ def dwf_finetune_epochs(cfg: TrainConfig, collapsed: CollapseResult) -> int:
     return max(1, round(0.1 * cfg.epochs))
 
 
+def _max_logit_diff(reference: nn.Module, model: nn.Module, x: torch.Tensor, batch_size: int) -> float:
+    """max |model(x) − reference(x)| over the logits (0 for no examples)."""
+    got = predict_logits(model, x, batch_size=batch_size)
+    return float((got - predict_logits(reference, x, batch_size=batch_size)).abs().max()) if got.numel() else 0.0
+
+
 def _train_dense_first(
     model: nn.Module,
     data: DatasetBundle,
@@ -396,13 +402,21 @@ def run(
             from dwf_core.baselines.run import with_trained_optimizer
 
             phase("finetuning")
-            ft, collapsed, finetune_info = finetune(
+            dwf_val_accuracy = collapsed.factorized_accuracy
+            ft, tuned, finetune_info = finetune(
                 collapsed,
                 data.train,
                 data.val,
                 replace(with_trained_optimizer(cfg, result), finetune_epochs=ft_epochs),
                 on_progress=on_progress,
                 should_stop=should_stop,
+            )
+            # The fine-tuning's own collapse measured its depth-1 model; metrics' factorized_val_accuracy and
+            # max_abs_logit_diff_val describe DWF's factorized model, as factorized_test_accuracy does.
+            collapsed = replace(
+                tuned,
+                factorized_accuracy=dwf_val_accuracy,
+                max_abs_logit_diff=_max_logit_diff(result.model, tuned.model, data.val.x, cfg.eval_batch_size),
             )
             finetune_info["reason"] = "requested" if cfg.finetune_epochs else "auto: the target cut cost accuracy"
             finetune_info["divergence_restarts"] = ft.extra.get("divergence_restarts", [])

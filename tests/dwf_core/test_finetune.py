@@ -78,6 +78,11 @@ def test_pipeline_fine_tunes_automatically_only_when_the_target_cut_hurts(tmp_pa
         == auto["val_accuracy"]
     )
     assert auto["sparsity"] >= 0.99
+    # factorized_val_accuracy is DWF's factorized model's (its last training epoch's validation accuracy), as
+    # factorized_test_accuracy is, not the fine-tuned depth-1 model's; so is the logit difference.
+    assert auto["factorized_val_accuracy"] == [h for h in auto["history"] if h["phase"] == "train"][-1]["val_accuracy"]
+    assert auto["factorized_val_accuracy"] - auto["finetune"]["val_accuracy_before"] > 0.005  # what set it off
+    assert auto["max_abs_logit_diff_val"] > 0
     # 0 means never; without a target the auto threshold already bounds the cost, so nothing is fine-tuned.
     never = metrics("never", target_sparsity=0.99, finetune_epochs=0, cut="final")
     assert never["finetune"] is None and never["sparsity"] == auto["sparsity"]
