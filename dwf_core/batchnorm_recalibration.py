@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from dwf_core.collapse import CollapseResult
-from dwf_core.evaluate import Labeled, accuracy_of, predict_logits
+from dwf_core.evaluate import Labeled, accuracy_of, max_logit_diff, predict_logits
 
 # Training batches the statistics are averaged over: on ResNet-10t at 99%, 10 and 35 batches of 128 gave the same
 # validation accuracy (97.0%); 20 leaves room for models with noisier batch statistics at a fraction of an epoch.
@@ -62,6 +62,15 @@ def recalibrate_batchnorm(
     return fresh.eval()
 
 
+def recalibrated(
+    model: nn.Module, x: torch.Tensor, val: Labeled, *, batch_size: int = 1000, seed: int = 0
+) -> tuple[nn.Module, float]:
+    """``recalibrate_batchnorm(model, x)`` and its validation accuracy: the candidate a caller keeps where it scores
+    higher than ``model``."""
+    fresh = recalibrate_batchnorm(model, x, seed=seed)
+    return fresh, accuracy_of(predict_logits(fresh, val.x, batch_size=batch_size), val.y)
+
+
 def recalibrate_after_cut(
     collapsed: CollapseResult,
     factorized: nn.Module,
@@ -79,9 +88,7 @@ def recalibrate_after_cut(
         return collapsed, None
     if not batchnorm_layers(collapsed.model):
         return collapsed, None
-    fresh = recalibrate_batchnorm(collapsed.model, train.x, seed=seed)
-    logits = predict_logits(fresh, val.x, batch_size=batch_size)
-    after = accuracy_of(logits, val.y)
+    fresh, after = recalibrated(collapsed.model, train.x, val, batch_size=batch_size, seed=seed)
     info: dict[str, Any] = {
         "batches": RECALIBRATION_BATCHES,
         "batch_size": RECALIBRATION_BATCH_SIZE,
@@ -92,6 +99,5 @@ def recalibrate_after_cut(
     }
     if after <= before:
         return collapsed, info
-    factorized_logits = predict_logits(factorized, val.x, batch_size=batch_size)
-    diff = float((logits - factorized_logits).abs().max()) if logits.numel() else 0.0
+    diff = max_logit_diff(factorized, fresh, val.x, batch_size=batch_size)
     return replace(collapsed, model=fresh, collapsed_accuracy=after, max_abs_logit_diff=diff), info

@@ -38,6 +38,12 @@ def predict_logits(
     return torch.cat(outs)
 
 
+def max_logit_diff(reference: nn.Module, model: nn.Module, x: torch.Tensor, *, batch_size: int = 1000) -> float:
+    """max |model(x) − reference(x)| over the logits (0 for no examples)."""
+    got = predict_logits(model, x, batch_size=batch_size)
+    return float((got - predict_logits(reference, x, batch_size=batch_size)).abs().max()) if got.numel() else 0.0
+
+
 def accuracy_of(logits: torch.Tensor, y: torch.Tensor) -> float:
     """Top-1 accuracy in [0, 1]."""
     if y.numel() == 0:

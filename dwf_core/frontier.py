@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from dwf_core.batchnorm_recalibration import batchnorm_layers, recalibrate_batchnorm
+from dwf_core.batchnorm_recalibration import batchnorm_layers, recalibrated
 from dwf_core.collapse import apply_threshold, collapse_and_verify, target_threshold
 from dwf_core.errors import ConfigError
 from dwf_core.evaluate import Labeled, accuracy_of, predict_logits
@@ -130,8 +130,7 @@ def _with_fresh_statistics(
     accuracy = accuracy_of(predict_logits(plain, val.x, batch_size=batch_size), val.y)
     if train is None or not batchnorm_layers(plain):
         return plain, accuracy, False
-    fresh = recalibrate_batchnorm(plain, train.x)
-    fresh_accuracy = accuracy_of(predict_logits(fresh, val.x, batch_size=batch_size), val.y)
+    fresh, fresh_accuracy = recalibrated(plain, train.x, val, batch_size=batch_size)
     if fresh_accuracy > accuracy:
         return fresh, fresh_accuracy, True
     return plain, accuracy, False

@@ -26,7 +26,7 @@ from dwf_core.data import DataLimits, DatasetBundle, load_dataset
 from dwf_core.defaults import AUTO_FINETUNE_DROP
 from dwf_core.distill import automatic_alpha
 from dwf_core.errors import ConfigError, ModelError
-from dwf_core.evaluate import accuracy_of, predict_logits
+from dwf_core.evaluate import accuracy_of, max_logit_diff, predict_logits
 from dwf_core.export import export_onnx, save_dense, save_sparse, write_json_atomic
 from dwf_core.files import sha256_file
 from dwf_core.frontier import compute_frontier
@@ -190,12 +190,6 @@ def dwf_finetune_epochs(cfg: TrainConfig, collapsed: CollapseResult) -> int:
     if collapsed.factorized_accuracy - collapsed.collapsed_accuracy <= AUTO_FINETUNE_DROP:
         return 0
     return max(1, round(0.1 * cfg.epochs))
-
-
-def _max_logit_diff(reference: nn.Module, model: nn.Module, x: torch.Tensor, batch_size: int) -> float:
-    """max |model(x) − reference(x)| over the logits (0 for no examples)."""
-    got = predict_logits(model, x, batch_size=batch_size)
-    return float((got - predict_logits(reference, x, batch_size=batch_size)).abs().max()) if got.numel() else 0.0
 
 
 def _train_dense_first(
@@ -416,7 +410,9 @@ def run(
             collapsed = replace(
                 tuned,
                 factorized_accuracy=dwf_val_accuracy,
-                max_abs_logit_diff=_max_logit_diff(result.model, tuned.model, data.val.x, cfg.eval_batch_size),
+                max_abs_logit_diff=max_logit_diff(
+                    result.model, tuned.model, data.val.x, batch_size=cfg.eval_batch_size
+                ),
             )
             finetune_info["reason"] = "requested" if cfg.finetune_epochs else "auto: the target cut cost accuracy"
             finetune_info["divergence_restarts"] = ft.extra.get("divergence_restarts", [])
