@@ -51,6 +51,10 @@ def inference_html(metrics: Mapping[str, Any]) -> str:
         notes.append(f"No compact model: {html.escape(str(compact['skipped']))}")
     elif isinstance(compact, Mapping):
         notes.append(f"Compact model vs sparse model: max |Δlogit| {_fmt(compact.get('max_abs_diff'))}.")
+        if compact.get("channels_skipped"):
+            notes.append(f"Units and channels kept whole: {html.escape(str(compact['channels_skipped']))}")
+        if compact.get("selected_inputs_skipped"):
+            notes.append(f"Input columns kept whole: {html.escape(str(compact['selected_inputs_skipped']))}")
         int8 = compact.get("int8")
         if isinstance(int8, Mapping) and "skipped" in int8:
             notes.append(f"No int8 model: {html.escape(str(int8['skipped']))}")

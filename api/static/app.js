@@ -456,6 +456,8 @@ function renderInference(m) {
     notes.push(`No compact model: ${compact.skipped}`);
   } else if (compact) {
     if (num(compact.max_abs_diff)) notes.push(`Compact vs sparse model: max |Δlogit| ${small(compact.max_abs_diff)}.`);
+    if (compact.channels_skipped) notes.push(`Units and channels kept whole: ${compact.channels_skipped}`);
+    if (compact.selected_inputs_skipped) notes.push(`Input columns kept whole: ${compact.selected_inputs_skipped}`);
     const int8 = compact.int8;
     if (int8 && int8.skipped) notes.push(`No int8 model: ${int8.skipped}`);
     else if (int8 && typeof int8 === "object") {

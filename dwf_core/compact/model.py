@@ -35,6 +35,8 @@ class CompactResult:
     heads: HeadReport = field(default_factory=HeadReport)
     # Why no Linear reads only its live columns although some could (None: they do, or none could).
     inputs_skipped: str | None = None
+    # Why no channel or unit was removed (the dependency graph failed or broke the model; None: it worked).
+    channels_skipped: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the model)."""
@@ -44,6 +46,7 @@ class CompactResult:
             **self.heads.to_dict(),
             "selected_inputs": {name: {"before": a, "kept": b} for name, (a, b) in self.inputs.items()},
             "selected_inputs_skipped": self.inputs_skipped,
+            "channels_skipped": self.channels_skipped,
         }
 
 
@@ -84,7 +87,9 @@ def compact_model(model: nn.Module, example: torch.Tensor) -> CompactResult:
     Removes Linear units and conv channels whose incoming or outgoing weights are all zero, with their
     BatchNorm entries and every coupled layer (Torch-Pruning's dependency graph), folds the constant output of
     units without inputs into the next layer's bias, removes attention heads whose value rows or output columns
-    are all zero (``heads``), and makes Linear layers read only their non-zero columns.
+    are all zero (``heads``), and makes Linear layers read only their non-zero columns. Where the channel removal
+    fails (a graph Torch-Pruning cannot trace, or a coupling it does not see), the heads and input columns, which
+    need no graph, are still removed and ``channels_skipped`` says why the channels were not.
 
     Args:
         model: a plain (collapsed) model.
@@ -94,15 +99,35 @@ def compact_model(model: nn.Module, example: torch.Tensor) -> CompactResult:
         The compact model (eval mode), its shrink spec relative to ``model``, and what was removed.
 
     Raises:
-        CompactionSkipped: the model returns something other than a tensor, the dependency graph cannot be
-            built, or the compact model differs from ``model`` by more than ``ATOL`` (relative).
+        CompactionSkipped: the model returns something other than a tensor, or nothing could be removed without
+            changing its outputs by more than ``ATOL`` (relative).
     """
     reference = copy.deepcopy(model).eval()
-    compact = copy.deepcopy(model).eval()
     batches = [example, random_like(example, max(2, len(example)), seed=0)]
     _logits(reference, example)  # refuse non-tensor outputs before tracing
+    check = [*batches, random_like(example, max(2, len(example)), seed=1)]
     try:
-        channels = remove_dead_channels(compact, batches)
+        return _compact(reference, batches, check, channels=True)
+    except CompactionSkipped as exc:
+        channels_failed = exc
+    try:
+        partial = _compact(reference, batches, check, channels=False)
+    except CompactionSkipped:
+        raise channels_failed from None
+    removed_heads = any(kept < before for before, kept in partial.heads.heads.values())
+    if not partial.inputs and not removed_heads:
+        raise channels_failed  # nothing else to remove: the channels' reason is the job's
+    partial.channels_skipped = str(channels_failed)
+    return partial
+
+
+def _compact(
+    reference: nn.Module, batches: list[torch.Tensor], check: list[torch.Tensor], *, channels: bool
+) -> CompactResult:
+    """One compaction of a copy of ``reference``: dead channels (with ``channels``), heads, input columns; verified."""
+    compact = copy.deepcopy(reference).eval()
+    try:
+        removed = remove_dead_channels(compact, batches) if channels else ChannelReport()
         heads = remove_dead_heads(compact, batches[0])  # before IndexedLinear: it slices plain output columns
         whole_inputs = copy.deepcopy(compact)
         inputs = select_live_inputs(compact)
@@ -110,7 +135,6 @@ def compact_model(model: nn.Module, example: torch.Tensor) -> CompactResult:
         raise
     except Exception as exc:  # Torch-Pruning's tracer and pruners raise anything on graphs they do not know
         raise CompactionSkipped(f"dependency graph failed: {type(exc).__name__}: {exc}"[:500]) from exc
-    check = [*batches, random_like(example, max(2, len(example)), seed=1)]
     inputs_skipped: str | None = None
     failure = _verify(reference, compact, check)
     if failure is not None and inputs:
@@ -123,7 +147,8 @@ def compact_model(model: nn.Module, example: torch.Tensor) -> CompactResult:
     if failure is not None:
         raise CompactionSkipped(failure)
     diff, _ = max_abs_diff(reference, compact, check)
-    return CompactResult(compact, shrink_spec(reference, compact), channels, inputs, diff, heads, inputs_skipped)
+    spec = shrink_spec(reference, compact)
+    return CompactResult(compact, spec, removed, inputs, diff, heads, inputs_skipped=inputs_skipped)
 
 
 def _verify(reference: nn.Module, compact: nn.Module, batches: list[torch.Tensor]) -> str | None:

@@ -221,16 +221,68 @@ class _ChannelMix(nn.Module):
         return self.b(y) + self.c(y.sum(dim=1, keepdim=True))
 
 
-@pytest.mark.parametrize("model", [_TupleOut(), _ChannelMix()], ids=["tuple-output", "channel-mixing-sum"])
-def test_unsupported_models_are_skipped_with_a_reason(model: nn.Module, tmp_path: Path) -> None:
-    first = next(model.children())
+class _ChannelShuffle(nn.Module):
+    """ShuffleNet V2's split, branch, concatenation and channel shuffle: Torch-Pruning's graph fails on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.branch = nn.Conv2d(4, 4, 1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.relu(self.conv(x)).chunk(2, dim=1)
+        y = torchvision.models.shufflenetv2.channel_shuffle(torch.cat((a, self.branch(b)), dim=1), 2)
+        return self.fc(y.mean((2, 3)))
+
+
+def test_models_that_return_no_tensor_are_skipped_with_a_reason(tmp_path: Path) -> None:
+    model = _TupleOut().eval()
     with torch.no_grad():
-        getattr(model, "b", first).weight[:, :2] = 0  # something that looks dead
-    outcome = write_compact(model.eval(), torch.randn(4, first.in_features), tmp_path, metadata={})
-    assert outcome.result is None and outcome.info["skipped"]
+        model.fc.weight[:, :2] = 0  # something that looks dead
+    outcome = write_compact(model, torch.randn(4, 4), tmp_path, metadata={})
+    assert outcome.result is None and "not a tensor" in outcome.info["skipped"]
     assert not list(tmp_path.iterdir())  # no compact artifacts
     with pytest.raises(CompactionSkipped):
-        compact_model(model, torch.randn(4, first.in_features))
+        compact_model(model, torch.randn(4, 4))
+
+
+@pytest.mark.parametrize(
+    ("model", "shape", "dead_columns"),
+    [(_ChannelMix(), (6,), ("b", 2)), (_ChannelShuffle(), (3, 8, 8), ("fc", 3))],
+    ids=["channel-mixing-sum", "channel-shuffle"],
+)
+def test_where_the_channel_graph_fails_linears_still_read_only_their_live_columns(
+    model: nn.Module, shape: tuple[int, ...], dead_columns: tuple[str, int], tmp_path: Path
+) -> None:
+    name, dead = dead_columns
+    layer = model.get_submodule(name)
+    with torch.no_grad():
+        layer.weight[:, :dead] = 0
+    outcome = write_compact(model.eval(), torch.randn(4, *shape), tmp_path, metadata={})
+    assert outcome.result is not None
+    assert outcome.info["channels_skipped"].startswith("dependency graph failed")
+    assert outcome.info["removed_channels"] == {}
+    assert outcome.info["selected_inputs"] == {name: {"before": layer.in_features, "kept": layer.in_features - dead}}
+    assert isinstance(outcome.result.model.get_submodule(name), IndexedLinear)
+    _assert_same(model, outcome.result.model, shape)
+    rebuilt = load_compact(copy.deepcopy(model), tmp_path / "model.compact.safetensors")
+    _assert_same(model, rebuilt, shape)
+
+
+def test_where_the_channel_graph_fails_and_nothing_else_is_dead_the_model_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fails(model: nn.Module, batches: list[torch.Tensor]) -> None:
+        raise ZeroDivisionError("integer division or modulo by zero")  # what ShuffleNet V2's shuffle raises
+
+    monkeypatch.setattr("dwf_core.compact.model.remove_dead_channels", fails)
+    model = _ChannelShuffle().eval()  # no dead Linear column, no attention
+    outcome = write_compact(model, torch.randn(4, 3, 8, 8), tmp_path, metadata={})
+    assert outcome.result is None
+    assert outcome.info["skipped"] == "dependency graph failed: ZeroDivisionError: integer division or modulo by zero"
+    assert not list(tmp_path.iterdir())
 
 
 def test_load_compact_refuses_files_that_do_not_fit(tmp_path: Path) -> None:

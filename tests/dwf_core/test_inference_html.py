@@ -37,3 +37,20 @@ def test_section_says_why_there_is_no_compact_model_and_is_absent_without_number
     page = inference_html(metrics)
     assert "No compact model: the model returns &lt;tuple&gt;" in page and "model.compact.onnx" not in page
     assert inference_html({"test_accuracy": 0.9}) == ""
+
+
+def test_section_says_what_the_compaction_kept_whole_and_why() -> None:
+    metrics = {
+        "inference": {"batches": [1, 64], "dense": _entry("model.onnx", 5, 0.1, 0.2)},
+        "compact": {
+            "max_abs_diff": 0.0,
+            "channels_skipped": "dependency graph failed: ZeroDivisionError: <division>",
+            "selected_inputs_skipped": None,
+        },
+    }
+    page = inference_html(metrics)
+    assert "Units and channels kept whole: dependency graph failed: ZeroDivisionError: &lt;division&gt;" in page
+    assert "Input columns kept whole" not in page
+    metrics["compact"] = {"max_abs_diff": 0.0, "channels_skipped": None, "selected_inputs_skipped": "it broke"}
+    page = inference_html(metrics)
+    assert "Input columns kept whole: it broke" in page and "Units and channels kept whole" not in page

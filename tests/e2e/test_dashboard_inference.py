@@ -161,6 +161,17 @@ def test_skipped_compaction_shows_the_reason_as_text(page: Any) -> None:
     assert seen["images"] == 0
 
 
+def test_compaction_that_kept_channels_whole_says_why(page: Any) -> None:
+    reason = "dependency graph failed: ZeroDivisionError <img src=x onerror=alert(1)>"
+    inference = {"runtime": "onnxruntime 1.20.0 CPU", "threads": 1, "batches": [1, 64]}
+    inference["dense"] = _model(266200, 266610, 1_066_000, (0.05, 1.6))
+    compact = {"max_abs_diff": 0.0, "channels_skipped": reason, "selected_inputs_skipped": None}
+    seen = _render(page, inference=inference, compact=compact)
+    assert f"Units and channels kept whole: {reason}" in seen["notes"]
+    assert not any("Input columns kept whole" in note for note in seen["notes"])
+    assert seen["images"] == 0
+
+
 def test_skipped_measurement_shows_the_reason(page: Any) -> None:
     inference = {"runtime": "onnxruntime 1.20.0 CPU", "threads": 1, "batches": [1, 64]}
     inference["skipped"] = "no ONNX model was exported"
