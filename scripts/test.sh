@@ -18,6 +18,7 @@ apt_install_missing test.sh warn ${missing[@]+"${missing[@]}"}
 
 bash scripts/setup.sh
 .venv/bin/ruff check dwf_core dwf_service dwf_client api worker tests benchmarks scripts
+.venv/bin/ruff format --check .  # the code blocks in README.md and docs/ too
 .venv/bin/mypy
 # The fault tier (tests/fault: kills and restarts real processes, minutes long) runs via scripts/fault.sh only.
 exec .venv/bin/python -m pytest -q -m "not fault" "$@"
