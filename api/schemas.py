@@ -23,6 +23,27 @@ MAX_UNIT_MULTIPLE = 1024  # dwf_core.config.MAX_UNIT_MULTIPLE
 # the API refuses a malformed one at once, the worker's validation checks that timm knows it.
 TIMM_PREFIX = "timm:"
 TIMM_NAME_PATTERN = r"[a-z0-9_]{1,100}"
+MAX_SHIFT = 16  # dwf_core.augment.MAX_SHIFT
+
+
+def check_augment(spec: str) -> None:
+    """dwf_core.augment.parse_augment's grammar without torch (the tests check both accept the same settings).
+
+    Raises:
+        ValueError: what is wrong with ``spec``.
+    """
+    seen: set[str] = set()
+    for raw in spec.split(","):
+        part = raw.strip().lower()
+        name, _, arg = part.partition(":")
+        if name in seen:
+            raise ValueError(f"{name!r} is given twice")
+        seen.add(name)
+        if name == "shift":
+            if arg and not (re.fullmatch(r"[0-9]{1,3}", arg) and 1 <= int(arg) <= MAX_SHIFT):
+                raise ValueError(f"shift takes a whole number of pixels in 1..{MAX_SHIFT} (shift:2), got {part!r}")
+        elif name != "flip" or arg:
+            raise ValueError(f"unknown transform {part!r}; use shift, shift:N, flip or a comma-separated list")
 
 
 class Strict(BaseModel):
@@ -145,6 +166,16 @@ class DwfMethod(Strict):
     mac_frontier: list[Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]] | None = Field(
         default=None, max_length=32
     )
+    # Random transforms of every training batch, image inputs only (dwf_core.augment): "shift", "shift:N", "flip" or
+    # a comma-separated list; None: the data as given.
+    augment: str | None = Field(default=None, max_length=64, examples=["shift:2", "shift:4,flip"])
+
+    @field_validator("augment")
+    @classmethod
+    def _augment(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_augment(value)
+        return value
 
     @field_validator("threshold")
     @classmethod

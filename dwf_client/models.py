@@ -108,6 +108,8 @@ class DwfMethod(_Request):
     target_macs: float | None = None
     # units/both: MAC fractions at which the model is also cut and evaluated ([]: none).
     mac_frontier: list[float] | None = None
+    # Random transforms of every training batch, image inputs only: "shift", "shift:N", "flip" or a list of them.
+    augment: str | None = None
 
 
 class JobCreate(_Request):

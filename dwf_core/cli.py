@@ -194,6 +194,13 @@ def train(
             "0.5,0.25,0.1,0.05; 'none' for no cut): metrics.json structured.mac_frontier"
         ),
     ] = None,
+    augment: Annotated[
+        str | None,
+        typer.Option(
+            help="Random transforms of every training batch, image inputs only: shift (±2 px), shift:N, flip, or "
+            "a comma-separated list (shift:2,flip); validation and test data are never transformed"
+        ),
+    ] = None,
     lr: Annotated[
         float | None,
         typer.Option(help="Peak LR (default: measured by the LR probe from SGD 0.3 DWF, 0.1 baselines; Adam 1e-3)"),
@@ -324,6 +331,7 @@ def _train(**kw: Any) -> dict[str, Any]:
         structure=kw["structure"],
         target_macs=kw["target_macs"],
         mac_frontier=_parse_mac_frontier(kw["mac_frontier"]),
+        augment=kw["augment"],
     )
     config.validate()
     out: Path = kw["out"]

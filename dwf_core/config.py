@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from dwf_core import defaults
+from dwf_core.augment import parse_augment
 from dwf_core.baselines import METHODS, PRUNING_METHODS
 from dwf_core.distill import DEFAULT_TEMPERATURE, MAX_TEMPERATURE
 from dwf_core.distributed import MAX_DEVICES
@@ -120,6 +121,10 @@ class TrainConfig:
     # Structured runs: MAC fractions at which the trained model is also cut and evaluated (metrics "mac_frontier");
     # None: dwf_core.structured.settings.MAC_FRONTIER, []: none.
     mac_frontier: list[float] | None = None
+    # Random transforms of every training batch, for image inputs (dwf_core.augment): "shift", "shift:N", "flip" or a
+    # comma-separated combination. Every phase of a job trains on them (dense first, DWF, baselines, fine-tuning);
+    # validation and test never do. None: the data as given.
+    augment: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -233,6 +238,8 @@ class TrainConfig:
             f"in (0, {MAX_TEMPERATURE:g}]",
         )
         need(self.lam is None or (finite(self.lam) and 0 <= self.lam <= 1), "lam", "in [0, 1]")
+        if self.augment is not None:
+            parse_augment(self.augment)
         need(
             self.target_sparsity is None or (finite(self.target_sparsity) and 0 < self.target_sparsity < 1),
             "target_sparsity",

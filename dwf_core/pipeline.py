@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from dwf_core.augment import check_images, parse_augment
 from dwf_core.batchnorm_recalibration import recalibrate_after_cut
 from dwf_core.collapse import CollapseResult, collapse_and_verify
 from dwf_core.config import TrainConfig
@@ -269,6 +270,8 @@ def prepare(spec: RunSpec) -> Prepared:
             raise ConfigError("an ONNX model carries its own weights; drop the weights file", param="weights")
         load_weights(model, spec.weights)
     check_forward(model, data)
+    if spec.train.augment is not None:  # refused here, before any training, rather than by the first Trainer
+        check_images(data.train.x, parse_augment(spec.train.augment))
     # A model that starts trained (weights that predict the data, or the dense_epochs run) keeps its function: the
     # balanced init factorizes the trained weights instead of drawing new ones. Weights that came with the model
     # (a weights file, an ONNX graph's) are judged on the validation split first: untrained ones are only an

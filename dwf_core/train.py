@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from dwf_core import defaults
+from dwf_core.augment import BatchAugmenter, check_images, parse_augment
 from dwf_core.checkpoint import (
     Checkpoint,
     load_checkpoint,
@@ -246,6 +247,8 @@ class Trainer:
         n = int(self.train_data.x.shape[0])
         if n == 0:
             raise TrainingError("the training split is empty", code="empty_dataset", param="dataset")
+        if cfg.augment is not None:
+            check_images(self.train_data.x, parse_augment(cfg.augment))
         self.steps_per_epoch = math.ceil(n / cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         # DWF with a target: the weights beyond it are masked during training (dwf_core.gradual_cut).
@@ -311,6 +314,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
         # A generator of its own keeps the shuffling order independent of anything else that draws numbers.
         self.shuffle_rng = torch.Generator().manual_seed(self.config.seed + 1)
+        # Training batches' random transforms (dwf_core.augment), with their own generator for the same reason.
+        augment = self.config.augment
+        self.augmenter = BatchAugmenter(parse_augment(augment), self.config.seed + 2) if augment is not None else None
         self.global_step = 0
 
     def _maybe_resume(self) -> None:
@@ -360,6 +366,8 @@ class Trainer:
         set_lam(self.optimizer, self.lam)
         torch.set_rng_state(ckpt.tensors["rng/torch"])
         self.shuffle_rng.set_state(ckpt.tensors["rng/shuffle"])
+        if self.augmenter is not None and "rng/augment" in ckpt.tensors:
+            self.augmenter.generator.set_state(ckpt.tensors["rng/augment"])
         if self.device.type == "cuda" and "rng/cuda" in ckpt.tensors:
             torch.cuda.set_rng_state(ckpt.tensors["rng/cuda"], self.device)
         if self.scaler is not None and state.get("scaler"):
@@ -381,6 +389,8 @@ class Trainer:
         tensors.update(opt_tensors)
         tensors["rng/torch"] = torch.get_rng_state()
         tensors["rng/shuffle"] = self.shuffle_rng.get_state()
+        if self.augmenter is not None:
+            tensors["rng/augment"] = self.augmenter.generator.get_state()
         if self.device.type == "cuda":
             tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
         for cut in self._cuts():
@@ -405,13 +415,15 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------------
     def _batch(self, order: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch ``step`` of an epoch's shuffled ``order`` (this rank's share with DDP), on the training device."""
+        """Batch ``step`` of an epoch's shuffled ``order`` (this rank's share with DDP), on the training device, with
+        the config's random transforms (``augment``) applied."""
         size = self.config.batch_size
         idx = self.comm.shard(order[step * size : (step + 1) * size])
         if self.x_train.device != torch.device("cpu"):
             idx = idx.to(self.x_train.device)
         xb, yb = self.x_train[idx], self.y_train[idx]
-        return xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+        xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+        return (self.augmenter(xb) if self.augmenter is not None else xb), yb
 
     def _scheduled_lr(self) -> float:
         """The LR of the next step: the running attempt's peak LR on the schedule at ``global_step``."""

@@ -143,6 +143,7 @@ def _spec(ctx: ServiceContext, job: Job, paths: dict[str, Path], out_dir: Path, 
         unit_multiple=method.get("unit_multiple"),
         target_macs=method.get("target_macs"),
         mac_frontier=method.get("mac_frontier"),
+        augment=method.get("augment"),
         seed=req.get("seed", 0),
         device=ctx.settings.device,
     )

@@ -579,6 +579,8 @@ async function submitJob(event) {
     if (denseEpochs) body.method.dense_epochs = denseEpochs;
     const distill = numberOrNull(f.distill.value);
     if (distill !== null) body.method.distill = distill;
+    const augment = f.augment.value.trim();
+    if (augment) body.method.augment = augment;
     if (f.structure.value !== "weights") body.method.structure = f.structure.value;
     const targetMacs = numberOrNull(f.target_macs.value);
     if (targetMacs) body.method.target_macs = targetMacs / 100;

@@ -114,7 +114,7 @@ def _one_error_line(result: subprocess.CompletedProcess[str], code: str) -> None
 def test_cli_submit_wait_download(server: Serve, tiny_npz: Path, tmp_path: Path) -> None:
     submitted = server.cli(
         "submit", "lenet_300_100", str(tiny_npz), "--depth", "3", "--target-sparsity", "0.9", "--epochs", "1",
-        "--dense-epochs", "1", "--distill", "0.25", "--distill-schedule", "linear", "--wait",
+        "--dense-epochs", "1", "--distill", "0.25", "--distill-schedule", "linear", "--augment", "shift:1", "--wait",
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stderr + server.log.read_text()[-3000:]
     job_id = submitted.stdout.strip()
@@ -132,6 +132,7 @@ def test_cli_submit_wait_download(server: Serve, tiny_npz: Path, tmp_path: Path)
     assert metrics["dense_start"]["epochs"] == 1 and metrics["history"][0]["phase"] == "dense"
     # The options reached it.
     assert metrics["distill"] == {"alpha": 0.25, "temperature": 4.0, "schedule": "linear", "automatic": False}
+    assert metrics["config"]["augment"] == "shift:1"
 
     status = server.cli("status", job_id, "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["status"] == "succeeded"
