@@ -193,6 +193,20 @@ class GRUClassifier(nn.Module):
         return out
 
 
+class LSTMClassifier(nn.Module):
+    """A 2-layer bidirectional LSTM (8 → 32 per direction), both directions' final states into a linear head."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(8, 32, num_layers=2, bidirectional=True, batch_first=True)
+        self.head = nn.Linear(64, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, (hidden, _) = self.lstm(x)
+        out: torch.Tensor = self.head(torch.cat([hidden[-2], hidden[-1]], dim=1))
+        return out
+
+
 def export_onnx(model: nn.Module, shape: tuple[int, ...], path: Path, exporter: str) -> Path:
     """Export ``model`` (eval mode) at batch 2 without dynamic axes, as users do by default."""
     example = torch.randn(2, *shape)
@@ -205,9 +219,9 @@ def export_onnx(model: nn.Module, shape: tuple[int, ...], path: Path, exporter: 
     return path
 
 
-def bert_config(path: Path) -> Path:
-    """A BERT-style encoder (width 64, 2 layers, 4 heads) as a transformers config.json for the token task."""
-    config = {
+HF_CONFIGS: dict[str, dict[str, object]] = {
+    # A BERT-style encoder (width 64, 2 layers, 4 heads).
+    "bert": {
         "model_type": "bert",
         "vocab_size": TOKEN_VOCAB,
         "hidden_size": 64,
@@ -218,7 +232,27 @@ def bert_config(path: Path) -> Path:
         "num_labels": TOKEN_CLASSES,
         "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0,
-    }
+    },
+    # A GPT-2-style decoder of the same size: causal attention, its blocks' weights in transformers' Conv1D, and
+    # no pad token, as GPT-2's own configs.
+    "gpt2": {
+        "model_type": "gpt2",
+        "vocab_size": TOKEN_VOCAB,
+        "n_embd": 64,
+        "n_layer": 2,
+        "n_head": 4,
+        "n_positions": TOKEN_SEQ,
+        "num_labels": TOKEN_CLASSES,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+    },
+}
+
+
+def hf_config(name: str, path: Path) -> Path:
+    """The transformers config.json ``HF_CONFIGS[name]`` for the token task, written to ``path``."""
+    config = HF_CONFIGS[name]
     part = path.with_name(f"{path.stem}.part-{os.getpid()}.json")
     part.write_text(json.dumps(config))
     os.replace(part, path)
@@ -262,6 +296,14 @@ PAIRS: tuple[Pair, ...] = (
         needs=("transformers",),
     ),
     Pair("lenet300-trained", "LeNet-300-100 from uploaded trained weights, MNIST", "mnist", "weights"),
+    Pair("lstm", "2-layer bidirectional LSTM (module), synthetic motifs", "motifs", "module"),
+    Pair(
+        "gpt2",
+        "GPT-2-style decoder (transformers config.json), token task",
+        "token-ids",
+        "hf-config",
+        needs=("transformers",),
+    ),
 )
 PAIR_BY_NAME = {p.name: p for p in PAIRS}
 # Classes of each dataset: chance accuracy is 1 / classes (all are balanced).
@@ -273,6 +315,7 @@ MODULES: dict[str, Callable[[], nn.Module]] = {
     "dwcnn": DepthwiseCNN,
     "cnn1d": CNN1d,
     "gru": GRUClassifier,
+    "lstm": LSTMClassifier,
 }
 INPUT_SHAPES = {"vit-ts": (1, 28, 28), "vit-dynamo": (1, 28, 28)}
 
@@ -299,7 +342,7 @@ def model_for(pair: Pair, seed: int, work: Path) -> str | nn.Module:
     if pair.source == "timm":
         return "timm:resnet10t"
     if pair.source == "hf-config":
-        return str(bert_config(work / "bert-config.json"))
+        return str(hf_config(pair.name, work / f"{pair.name}-config.json"))
     if pair.source == "weights":
         return "lenet_300_100"
     raise ValueError(f"unknown source {pair.source!r}")

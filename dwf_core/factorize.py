@@ -9,6 +9,7 @@ converted from ONNX, and ``collapse`` can later turn the model back into its ori
 from __future__ import annotations
 
 import fnmatch
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -29,7 +30,21 @@ from dwf_core.init import (
 
 InitName = Literal["varmatch", "balanced"]
 MAX_DEPTH = 8
-DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    # Decoders, upsampling heads and U-Nets; the fan-in read from their shape is the one torch's own init uses.
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Bilinear,
+)
+# Recurrent layers hold their matrices under per-layer names (weight_ih_l0, weight_hh_l1_reverse, the LSTM
+# projection weight_hr_l0; a cell's weight_ih / weight_hh), laid out (out, in) like a Linear: every ``weight_*``
+# of these is factorized by default. Left out, an LSTM classifier kept >99% of its parameters dense.
+RECURRENT_TYPES: tuple[type[nn.Module], ...] = (nn.RNNBase, nn.RNNCellBase)
 # Weight matrices held by modules that are no Linear/Conv, factorized by default too (fan-in read from the shape):
 # nn.MultiheadAttention's Q/K/V projections (packed, or separate when kdim/vdim differ; its out_proj is a Linear) and
 # embedding tables, often the largest matrices of a language model (BERT-base: 23M of its 110M parameters).
@@ -99,9 +114,11 @@ def select_parameters(
 ) -> list[str]:
     """Names of the parameters ``factorize`` would choose.
 
-    Default: the ``weight`` of every Linear and Conv1d/2d/3d (subclasses included), the matrices of
-    ``DEFAULT_MATRICES`` (attention Q/K/V projections, embedding tables) and the parameters a module lists under
-    ``WEIGHT_FAN_IN_ATTR`` (weight matrices of converted ONNX graphs, their embedding tables included). With
+    Default: the ``weight`` of every Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d and Bilinear (subclasses
+    included) and of transformers' ``Conv1D``, every ``weight_*`` matrix of recurrent layers (RNN, LSTM, GRU and
+    their cells), the matrices of ``DEFAULT_MATRICES`` (attention Q/K/V projections, embedding tables) and the
+    parameters a module lists under ``WEIGHT_FAN_IN_ATTR`` (weight matrices of converted ONNX graphs, their
+    embedding tables included). With
     ``include``, any directly owned parameter whose full name matches one of the globs (``"*.weight"``, ``"head.*"``);
     ``exclude`` globs then remove names.
     """
@@ -111,14 +128,7 @@ def select_parameters(
             if param is None:
                 continue
             full = f"{mod_name}.{attr}" if mod_name else attr
-            if include:
-                selected = _matches(full, include)
-            else:
-                selected = (
-                    (attr == "weight" and isinstance(module, DEFAULT_LAYER_TYPES))
-                    or attr in _listed_weights(module)
-                    or any(isinstance(module, kind) and attr in attrs for kind, attrs in DEFAULT_MATRICES)
-                ) and not getattr(module, "sparse", False)  # a sparse gradient cannot flow into the factors
+            selected = _matches(full, include) if include else _is_default_weight(module, attr)
             if selected and not (exclude and _matches(full, exclude)):
                 chosen.append(full)
     return chosen
@@ -129,6 +139,37 @@ def _listed_weights(module: nn.Module) -> dict[str, int | None]:
     return listed if isinstance(listed, dict) else {}
 
 
+def _is_transformers_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2, GPT, CTRL, …): a Linear whose weight is stored transposed, (in, out).
+
+    Looked up only when transformers is already imported: a model of that class cannot exist otherwise, and
+    dwf_core does not depend on transformers.
+    """
+    utils = sys.modules.get("transformers.pytorch_utils")
+    conv1d = getattr(utils, "Conv1D", None)
+    return isinstance(conv1d, type) and isinstance(module, conv1d)
+
+
+def _is_default_weight(module: nn.Module, attr: str) -> bool:
+    """Whether ``module.attr`` is a weight matrix the default selection factorizes."""
+    if getattr(module, "sparse", False):  # a sparse gradient cannot flow into the factors
+        return False
+    if attr == "weight" and (isinstance(module, DEFAULT_LAYER_TYPES) or _is_transformers_conv1d(module)):
+        return True
+    if isinstance(module, RECURRENT_TYPES) and attr.startswith("weight_"):
+        return True
+    return attr in _listed_weights(module) or any(
+        isinstance(module, kind) and attr in attrs for kind, attrs in DEFAULT_MATRICES
+    )
+
+
+def _known_fan_in(module: nn.Module, attr: str) -> int | None:
+    """The fan-in of ``module.attr`` where its shape does not say it (None: read it from the shape)."""
+    if attr == "weight" and _is_transformers_conv1d(module):
+        return int(getattr(module, attr).shape[0])  # (in, out)
+    return _listed_weights(module).get(attr)
+
+
 def _resolve(model: nn.Module, full_name: str) -> tuple[nn.Module, str]:
     mod_name, _, attr = full_name.rpartition(".")
     return (model.get_submodule(mod_name) if mod_name else model), attr
@@ -136,7 +177,11 @@ def _resolve(model: nn.Module, full_name: str) -> tuple[nn.Module, str]:
 
 def _check_selection(model: nn.Module, names: list[str], include: Sequence[str] | None) -> None:
     if not names:
-        what = f"include={list(include)}" if include else "the default (weights of Linear/Conv layers)"
+        what = (
+            f"include={list(include)}"
+            if include
+            else "the default (weights of Linear, Conv, recurrent and attention layers, embedding tables)"
+        )
         raise ConfigError(f"no parameter matched {what}; nothing to factorize", param="include")
     seen: dict[int, str] = {}
     for full, param in model.named_parameters(remove_duplicate=False):
@@ -178,7 +223,7 @@ def factorize(
         depth: D ≥ 1 (D = 1 is the dense model with the same code path: one "factor", L2 penalty).
         init: "balanced" keeps the current weights (function preserved; use with pretrained weights);
             "varmatch" draws fresh factors by the paper's VarMatch with absolute-value truncation.
-        include: parameter-name globs to factorize instead of the default Linear/Conv weights.
+        include: parameter-name globs to factorize instead of the default selection (``select_parameters``).
         exclude: parameter-name globs removed from the selection.
         variant: VarMatch reading, "published" or "exact" (variance matched after truncation).
         epsilon: VarMatch lower truncation relative to σw.
@@ -208,13 +253,13 @@ def factorize(
         for name in names:
             module, attr = _resolve(model, name)
             weight = getattr(module, attr)
-            parametrize.register_parametrization(module, attr, Product(depth, list(module._parameters)))
+            parametrize.register_parametrization(module, attr, Product(depth, _parameter_order(module)))
             done.append((module, attr))
             if init == "varmatch":
                 fresh = varmatch_factors(
                     weight.shape,
                     depth,
-                    sigma_w=target_std(weight.shape, target, known_fan_in=_listed_weights(module).get(attr)),
+                    sigma_w=target_std(weight.shape, target, known_fan_in=_known_fan_in(module, attr)),
                     variant=variant,
                     epsilon=epsilon,
                     generator=generator,
@@ -233,15 +278,31 @@ def factorize(
     return model
 
 
+def _parameter_order(module: nn.Module) -> list[str]:
+    """``module``'s parameter names in their order before any of its tensors was factorized.
+
+    A module with several factorized tensors (an LSTM's eight matrices) has lost the earlier ones from
+    ``_parameters`` when the later ones are registered: they take the order the first one recorded.
+    """
+    if parametrize.is_parametrized(module):
+        plists: nn.ModuleDict = getattr(module, "parametrizations")  # noqa: B009 (typed as a Tensor | Module)
+        for plist in plists.values():
+            if isinstance(plist[0], Product) and plist[0].parameter_order:  # type: ignore[index]
+                return list(plist[0].parameter_order)  # type: ignore[index]
+    return list(module._parameters)
+
+
 def unfactorize(module: nn.Module, attr: str) -> None:
     """Replace the parametrization of ``module.attr`` by its current product, keeping the original key order."""
     product = module.parametrizations[attr][0]  # type: ignore[index]
     order = product.parameter_order if isinstance(product, Product) else []
     parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
-    if order and set(order) == set(module._parameters):
+    if order:
+        # Tensors still factorized are missing here; they return to their places when they are unfactorized.
         params = dict(module._parameters)
+        ranked = [key for key in order if key in params] + [key for key in params if key not in order]
         module._parameters.clear()
-        for key in order:
+        for key in ranked:
             module._parameters[key] = params[key]
 
 

@@ -24,16 +24,65 @@ BATCHES = (1, 64)
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     """Multiply-accumulates of one sample through ``model`` (matmuls, convolutions, attention; from torch's counter).
 
-    Zeros inside dense weights are counted like any value: that is what a dense runtime executes.
+    Recurrent layers (RNN, LSTM, GRU and their cells) are counted from their sizes and the steps each call ran
+    wherever torch's counter saw less inside them: it counts the matmuls of a recurrence torch runs op by op (a GRU
+    on CPU) but nothing inside a fused kernel (oneDNN's or cuDNN's LSTM). Zeros inside dense weights are counted
+    like any value: that is what a dense runtime executes.
     """
     was_training = model.training
     model.eval()
+    counter = FlopCounterMode(display=False)
+    missed: list[int] = []  # per recurrent call: MACs its sizes say minus those the counter saw inside it
+    seen_before: list[int] = []
+
+    def before(_module: nn.Module, _args: Any) -> None:
+        seen_before.append(counter.get_total_flops())
+
+    def after(module: nn.Module, args: Any, _out: Any) -> None:
+        seen = (counter.get_total_flops() - seen_before.pop()) // 2
+        missed.append(max(0, recurrent_macs(module, args[0]) - seen))
+
+    recurrent = [m for m in model.modules() if isinstance(m, (nn.RNNBase, nn.RNNCellBase))]
+    hooks = [m.register_forward_pre_hook(before) for m in recurrent]
+    hooks += [m.register_forward_hook(after) for m in recurrent]
     try:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
+        with counter, torch.no_grad():
             model(example[:1])
     finally:
+        for hook in hooks:
+            hook.remove()
         model.train(was_training)
-    return int(counter.get_total_flops()) // 2
+    return int(counter.get_total_flops()) // 2 + sum(missed)
+
+
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+def recurrent_macs(module: nn.Module, inputs: Any) -> int:
+    """Multiply-accumulates of one call of a recurrent layer or cell on ``inputs`` (one sample's worth per step).
+
+    Per step and direction a layer multiplies its input and its previous output by every gate's weights (LSTM 4,
+    GRU 3, RNN 1), plus the LSTM's projection when it has one; calls on a batch count one sample.
+    """
+    if isinstance(module, nn.RNNCellBase):
+        gates = 4 if isinstance(module, nn.LSTMCell) else 3 if isinstance(module, nn.GRUCell) else 1
+        return gates * module.hidden_size * (module.input_size + module.hidden_size)
+    assert isinstance(module, nn.RNNBase)
+    if isinstance(inputs, nn.utils.rnn.PackedSequence):
+        batch = int(inputs.batch_sizes[0])
+        steps = inputs.data.shape[0] / max(batch, 1)  # the mean length of the packed sequences
+    elif inputs.dim() == 2:  # unbatched (L, input_size)
+        steps = inputs.shape[0]
+    else:
+        steps = inputs.shape[1] if module.batch_first else inputs.shape[0]
+    gates, hidden, proj = _GATES.get(module.mode, 1), module.hidden_size, module.proj_size
+    out = proj or hidden
+    directions = 2 if module.bidirectional else 1
+    per_step = 0
+    for layer in range(module.num_layers):
+        width = module.input_size if layer == 0 else out * directions
+        per_step += directions * (gates * hidden * (width + out) + hidden * proj)
+    return int(steps * per_step)
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

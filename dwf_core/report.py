@@ -109,7 +109,7 @@ def sparsity_report(model: nn.Module, *, names: Sequence[str] | None = None, thr
     Args:
         model: a factorized model (its collapsed weights are counted) or a plain/collapsed one.
         names: the target tensors (state_dict names). Default: the factorized tensors if the model has any,
-            else the default selection (weights of Linear/Conv layers), as on a collapsed model.
+            else the default selection (``select_parameters``: every weight matrix), as on a collapsed model.
         threshold: values with |w| < threshold count as zero (0: exact zeros only).
 
     Returns:

@@ -238,5 +238,20 @@ def build_hf_model(
             param="model",
         )
     model = build()
+    _read_last_position_without_pad(model, kind)
     model.train()
     return model
+
+
+# Decoder-style sequence classifiers (GPT-2, Llama, Mistral, …) take the logits at each sequence's last token that
+# is not ``pad_token_id``, and refuse every batch of more than one sequence when the config names no pad token, as
+# GPT-2's and Llama's own configs do not. Such a model gets this id, which no sequence holds, after it is built (so
+# no embedding treats it as padding): it reads every sequence at its last position. A config that names its pad
+# token keeps it.
+NO_PAD_TOKEN = -1
+
+
+def _read_last_position_without_pad(model: nn.Module, kind: str) -> None:
+    config = getattr(model, "config", None)
+    if kind == TOKENS and config is not None and hasattr(config, "pad_token_id") and config.pad_token_id is None:
+        config.pad_token_id = NO_PAD_TOKEN

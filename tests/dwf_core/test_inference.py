@@ -29,6 +29,28 @@ def test_macs_of_the_lenets_are_the_textbook_numbers() -> None:
     assert count_macs(lenet5, torch.zeros(1, *MNIST)) == convs + 800 * 500 + 500 * 10
 
 
+def test_recurrent_layers_count_every_gate_of_every_step() -> None:
+    class Tagger(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = torch.nn.LSTM(8, 32, num_layers=2, bidirectional=True, batch_first=True)
+            self.gru = torch.nn.GRU(64, 16)  # sequence-first
+            self.cell = torch.nn.RNNCell(16, 4)
+            self.head = torch.nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out, _ = self.lstm(x)
+            seq, _ = self.gru(out.transpose(0, 1))
+            result: torch.Tensor = self.head(self.cell(seq[-1]))
+            return result
+
+    steps = 24
+    lstm = steps * (2 * 4 * 32 * (8 + 32) + 2 * 4 * 32 * (64 + 32))
+    gru = steps * 3 * 16 * (64 + 16)
+    cell = 1 * 16 * 4 + 4 * 4  # one step: input and hidden weights
+    assert count_macs(Tagger(), torch.randn(5, steps, 8)) == lstm + gru + cell + 4 * 3
+
+
 def test_latency_is_measured_for_every_model_and_batch(tmp_path: Path) -> None:
     big = build_model("lenet_300_100", num_classes=10).eval()
     small = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).eval()

@@ -65,6 +65,28 @@ def test_custom_residual_layernorm_module(tmp_path: Path) -> None:
     _dwf_round_trip(model, (1, 1, 12, 12), tmp_path, init="varmatch")
 
 
+class _LSTMTagger(nn.Module):
+    """A bidirectional 2-layer LSTM over (N, 12, 6) sequences, its final states into a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(6, 16, num_layers=2, bidirectional=True, batch_first=True)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, (hidden, _) = self.lstm(x)
+        out: torch.Tensor = self.head(torch.cat([hidden[-2], hidden[-1]], dim=1))
+        return out
+
+
+def test_lstm_module_every_recurrent_matrix(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    _dwf_round_trip(_LSTMTagger(), (1, 12, 6), tmp_path, init="varmatch")  # state_dict keys kept in order
+    assert {n for n, p in _LSTMTagger().named_parameters() if p.dim() >= 2} == {
+        t.name for t in factorized_tensors(factorize(_LSTMTagger(), 2))
+    }  # all 8 LSTM matrices and the head
+
+
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
 def test_onnx_torchvision_models(

@@ -75,6 +75,29 @@ def test_every_weight_matrix_is_factorized_embedding_tables_included(tmp_path: P
     assert cov.factorized / cov.total >= 0.95
 
 
+GPT2 = {"model_type": "gpt2", "vocab_size": 100, "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 32}
+
+
+def test_a_decoder_config_without_pad_token_reads_each_sequence_at_its_end(tmp_path: Path) -> None:
+    """GPT-2's own configs name no pad token, with which transformers refuses any batch of more than one sequence."""
+    model = build_hf_model(
+        config_json(tmp_path / "gpt2.json", GPT2), num_classes=3, input_shape=(16,), tokens=True, max_token_id=99
+    ).eval()
+    ids = torch.from_numpy(token_arrays(4, 4, 16, mask=False)["input_ids_test"])
+    with torch.no_grad():
+        batch = model(ids)
+        one_by_one = torch.cat([model(ids[i : i + 1]) for i in range(4)])
+    assert batch.shape == (4, 3)
+    torch.testing.assert_close(batch, one_by_one)  # each row from its own last position
+    # Every weight matrix is factorized: the blocks' Conv1D (a Linear stored (in, out)) as well as the tables.
+    cov = coverage(model)
+    assert cov.factorized == sum(p.numel() for p in model.parameters() if p.dim() >= 2)
+    kept = build_hf_model(
+        config_json(tmp_path / "pad.json", GPT2, pad_token_id=0), num_classes=3, input_shape=(16,), tokens=True
+    )
+    assert kept.config.pad_token_id == 0  # a config that names its pad token keeps it
+
+
 def test_transformers_safetensors_weights_load_by_key(tmp_path: Path) -> None:
     trained = _bert(tmp_path).eval()
     save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(tmp_path / "model.safetensors"))
@@ -155,6 +178,28 @@ def test_bert_on_tokens_through_the_pipeline(tmp_path: Path) -> None:
     # The collapsed weights load back into plain transformers, key for key.
     plain = AutoModelForSequenceClassification.from_config(BertConfig(**{**BERT, "num_labels": 3}))
     plain.load_state_dict(load_file(str(tmp_path / "out" / "model.safetensors")), strict=True)
+
+
+def test_gpt2_on_tokens_through_the_pipeline(tmp_path: Path) -> None:
+    """A GPT-2 config (no pad token, Conv1D blocks): every matrix sparse, exported, loads back into transformers."""
+    from transformers import AutoModelForSequenceClassification, GPT2Config
+
+    spec = RunSpec(
+        model=str(config_json(tmp_path / "config.json", GPT2)),
+        data=str(token_npz(tmp_path / "tokens.npz", n_train=200, n_test=64, mask=False)),
+        out_dir=tmp_path / "out",
+        train=TrainConfig(epochs=1, batch_size=64, target_sparsity=0.9, device="cpu", seed=0),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        metrics = run(spec)
+    assert metrics["parameters"]["factorized_share"] > 0.95 and metrics["sparsity_all"] > 0.85
+    assert metrics["onnx"]["exported"], metrics["onnx"].get("reason")
+    plain = AutoModelForSequenceClassification.from_config(GPT2Config(**{**GPT2, "num_labels": 3}))
+    weights = load_file(str(tmp_path / "out" / "model.safetensors"))
+    plain.load_state_dict(weights, strict=True)
+    block = weights["transformer.h.0.mlp.c_fc.weight"]
+    assert block.shape == (32, 128) and float((block == 0).float().mean()) > 0.5  # (in, out) as transformers keeps it
 
 
 def test_vit_on_tiny_images_through_the_pipeline(tmp_path: Path) -> None:
