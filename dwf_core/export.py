@@ -369,6 +369,49 @@ def _failure(reason: str, opset: int, max_abs_diff: float | None = None) -> Onnx
     )
 
 
+def _torchscript_export(model: nn.Module, example_input: torch.Tensor, tmp: Path, opset: int) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript exporter is chosen on purpose (dynamo=False); its deprecation is known.
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")
+        _onnx2torch_export_shim()
+        torch.onnx.export(
+            model,
+            (example_input,),
+            str(tmp),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+
+
+def _retry_with_eager_attention(model: nn.Module, example_input: torch.Tensor, tmp: Path, opset: int) -> bool:
+    """Export a transformers model again with its attention written out as matmuls; True if that worked.
+
+    The TorchScript exporter cannot convert ``scaled_dot_product_attention`` with grouped key/value heads
+    (Mistral, Qwen2, Gemma, Llama configs with ``num_key_value_heads``); transformers' "eager" attention computes
+    the same function with plain ops. The model's own attention implementation is restored afterwards.
+    """
+    config = getattr(model, "config", None)
+    switch = getattr(model, "set_attn_implementation", None)
+    current = getattr(config, "_attn_implementation", None)
+    if not callable(switch) or current in (None, "eager"):
+        return False
+    try:
+        switch("eager")
+    except Exception:  # a model class without an eager path keeps the first failure
+        return False
+    try:
+        _torchscript_export(model, example_input, tmp, opset)
+        return True
+    except Exception:
+        return False
+    finally:
+        switch(current)
+
+
 def export_onnx(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -418,23 +461,10 @@ def export_onnx(
     model.eval()
     try:
         try:
-            with warnings.catch_warnings(), torch.no_grad():
-                # The TorchScript exporter is chosen on purpose (dynamo=False); its deprecation is known.
-                warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-                warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")
-                _onnx2torch_export_shim()
-                torch.onnx.export(
-                    model,
-                    (example_input,),
-                    str(tmp),
-                    dynamo=False,
-                    opset_version=opset,
-                    input_names=["input"],
-                    output_names=["logits"],
-                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                )
+            _torchscript_export(model, example_input, tmp, opset)
         except Exception as exc:  # the exporter raises many unrelated types; any of them means "no export"
-            return _failure(f"torch.onnx.export failed: {type(exc).__name__}: {exc}", opset)
+            if not _retry_with_eager_attention(model, example_input, tmp, opset):
+                return _failure(f"torch.onnx.export failed: {type(exc).__name__}: {exc}", opset)
         if not tmp.is_file():
             return _failure("torch.onnx.export wrote no file", opset)
         max_diff: float | None = None

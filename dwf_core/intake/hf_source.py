@@ -131,7 +131,7 @@ def _check_inputs(config: Any, kind: str, input_shape: tuple[int, ...], max_toke
             )
         positions = getattr(config, "max_position_embeddings", None)
         length = input_shape[-1]
-        if isinstance(positions, int) and length > positions:
+        if isinstance(positions, int) and 0 < positions < length:  # XLNet's -1: no limit (relative positions)
             raise ModelError(
                 f"the dataset's sequences have {length} tokens but the config's max_position_embeddings is {positions}",
                 code="input_shape_mismatch",

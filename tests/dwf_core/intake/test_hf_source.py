@@ -98,6 +98,38 @@ def test_a_decoder_config_without_pad_token_reads_each_sequence_at_its_end(tmp_p
     assert kept.config.pad_token_id == 0  # a config that names its pad token keeps it
 
 
+def test_grouped_query_attention_exports_with_its_attention_written_out(tmp_path: Path) -> None:
+    """The TorchScript exporter cannot convert SDPA with grouped K/V heads (Mistral, Qwen2, Gemma): the export
+    retries with transformers' eager attention, and the model keeps its own implementation afterwards."""
+    from dwf_core.export import export_onnx
+
+    mistral = {
+        "model_type": "mistral",
+        "vocab_size": 100,
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 64,
+        "max_position_embeddings": 32,
+    }
+    model = build_hf_model(
+        config_json(tmp_path / "mistral.json", mistral), num_classes=3, input_shape=(16,), tokens=True
+    ).eval()
+    assert model.config._attn_implementation == "sdpa"
+    ids = torch.from_numpy(token_arrays(4, 4, 16, mask=False)["input_ids_test"])
+    result = export_onnx(model, ids[:2], tmp_path / "model.onnx")
+    assert result.exported, result.reason  # checked against the PyTorch model by onnxruntime
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_a_config_without_a_position_limit_is_not_refused(tmp_path: Path) -> None:
+    xlnet = {"model_type": "xlnet", "vocab_size": 100, "d_model": 32, "n_layer": 1, "n_head": 2, "d_inner": 64}
+    model = build_hf_model(config_json(tmp_path / "xlnet.json", xlnet), num_classes=3, input_shape=(16,), tokens=True)
+    assert model.config.max_position_embeddings == -1  # relative positions: any length
+    assert model.eval()(torch.randint(0, 100, (2, 16))).shape == (2, 3)
+
+
 def test_transformers_safetensors_weights_load_by_key(tmp_path: Path) -> None:
     trained = _bert(tmp_path).eval()
     save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(tmp_path / "model.safetensors"))
