@@ -24,6 +24,7 @@ from torch import nn
 from dwf_core.checkpoint import load_checkpoint
 from dwf_core.config import TrainConfig
 from dwf_core.errors import ConfigError, TrainingError
+from dwf_core.state_dict import load_tensors
 
 MODEL_PREFIX = "model/"
 # How many mismatched names an error lists before "and N more".
@@ -177,7 +178,7 @@ def apply_start_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> Non
             param="start_state",
         )
     with torch.no_grad():
-        model.load_state_dict(tensors, strict=True)
+        load_tensors(model, tensors)
 
 
 def start_state_path(run_dir: Path) -> Path:

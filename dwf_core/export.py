@@ -369,8 +369,21 @@ def _failure(reason: str, opset: int, max_abs_diff: float | None = None) -> Onnx
     )
 
 
+@contextmanager
+def _without_attention_fast_path() -> Iterator[None]:
+    """nn.MultiheadAttention / TransformerEncoderLayer in eval mode under no_grad call one fused kernel
+    (``aten::_native_multi_head_attention``) that has no ONNX conversion (torchvision's ViTs); off, they trace as
+    the plain ops they equal."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
 def _torchscript_export(model: nn.Module, example_input: torch.Tensor, tmp: Path, opset: int) -> None:
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _without_attention_fast_path():
         # The TorchScript exporter is chosen on purpose (dynamo=False); its deprecation is known.
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")

@@ -39,6 +39,7 @@ from dwf_core.errors import ConfigError, ModelError, WeightsError
 from dwf_core.export import load_sparse
 from dwf_core.intake import detect_model_format, load_weights
 from dwf_core.sparse_format import FORMAT_NAME as SPARSE_FORMAT
+from dwf_core.state_dict import load_tensors
 
 Choice = Literal["csr", "dense"]
 Source = Literal["compact", "sparse", "dense"]
@@ -443,7 +444,7 @@ def _load_sparse_into(model: nn.Module, path: Path) -> None:
             )
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise WeightsError(f"tensor {key!r} has NaN/inf values", code="non_finite", param=key)
-    model.load_state_dict(state, strict=True)
+    load_tensors(model, state)
 
 
 def load_weights_any(model: nn.Module, path: str | Path) -> Source:

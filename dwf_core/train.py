@@ -44,6 +44,7 @@ from dwf_core.one_class import predicts_one_class
 from dwf_core.penalty import factor_penalty, factor_weight_decay, misalignment, param_groups
 from dwf_core.report import sparsity_report
 from dwf_core.schedule import lr_at
+from dwf_core.state_dict import load_tensors
 from dwf_core.structured.control import control_lam
 from dwf_core.structured.gates import attach_gates, has_gates
 from dwf_core.structured.unit_cut import GradualUnitCut
@@ -292,7 +293,7 @@ class Trainer:
     def _restart(self) -> None:
         """Start training over from the initial weights, RNG state and data order, at the λ₀, peak LR and clip
         the caller has set (a λ or a divergence restart); the history of the abandoned attempt is dropped."""
-        self.model.load_state_dict(self.initial_state)
+        load_tensors(self.model, self.initial_state)
         torch.set_rng_state(self.initial_rng)
         if self.initial_cuda_rng is not None:
             torch.cuda.set_rng_state(self.initial_cuda_rng, self.device)
@@ -341,7 +342,7 @@ class Trainer:
             )
         model_state = {k[len("model/") :]: v for k, v in ckpt.tensors.items() if k.startswith("model/")}
         try:
-            self.model.load_state_dict(model_state, strict=True)
+            load_tensors(self.model, model_state)
         except RuntimeError as exc:  # same settings, other tensors: e.g. a default selection that changed since
             raise TrainingError(
                 "checkpoint does not fit the model (its tensors differ: another architecture, or weights selected "

@@ -22,6 +22,7 @@ from dwf_core.compact.inputs import IndexedLinear, OffsetConv2d
 from dwf_core.compact.mha import HeadsMultiheadAttention
 from dwf_core.errors import WeightsError
 from dwf_core.export import save_dense
+from dwf_core.state_dict import load_tensors
 
 SPEC_KEY = "dwf_compact"
 FORMAT_KEY = "dwf_compact_format"
@@ -168,7 +169,7 @@ def load_compact(model: nn.Module, path: str | Path) -> nn.Module:
     for name, entry in spec.items():
         _apply_entry(model, name, entry)
     try:
-        model.load_state_dict(state, strict=True)
+        load_tensors(model, state)
     except RuntimeError as exc:
         raise _bad(f"{source.name} does not fit the shrunk model: {exc}"[:2000], str(source)) from exc
     return model.eval()

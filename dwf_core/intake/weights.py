@@ -19,6 +19,7 @@ from dwf_core.intake.formats import (
 )
 from dwf_core.intake.limits import DEFAULT_LIMITS, ModelLimits
 from dwf_core.intake.safetensors_header import FLOAT_DTYPES, SafetensorsHeader, read_safetensors_header
+from dwf_core.state_dict import load_tensors
 
 SAFETENSORS_TO_TORCH: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -182,4 +183,4 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, limits: Mode
         raise WeightsError(f"safetensors could not read {p.name!r}: {exc}", code="corrupt_file", param="path") from exc
     for key, source in fill.items():
         loaded[key] = loaded[source]
-    model.load_state_dict(loaded, strict=True)
+    load_tensors(model, loaded)

@@ -291,6 +291,26 @@ def _replace_first_conv(model: nn.Module, name: str, in_channels: int) -> None:
     )
 
 
+# GoogLeNet and Inception v3 return (logits, aux logits) tuples in training mode with their auxiliary heads, which
+# their original recipes used and a pruned classifier does not need: built without them, they return logits.
+_TORCHVISION_OPTIONS: dict[str, dict[str, object]] = {
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+}
+
+
+def _torchvision_size(name: str, h: int, w: int) -> dict[str, object]:
+    """Builder arguments that fit torchvision's ViTs (built for 224 × 224 by default) to the data's images.
+
+    They take square images divisible by their patch size; other sizes, and other fixed-size architectures (MaxViT),
+    keep the builder's default, and the check of the model on the dataset's inputs names the mismatch.
+    """
+    if name.startswith("vit_"):
+        patch = int(name.split("_")[-1])
+        return {"image_size": h} if h == w and h % patch == 0 else {}
+    return {}
+
+
 def _build_torchvision(
     name: str, num_classes: int, in_channels: int | None, input_shape: tuple[int, ...] | None
 ) -> nn.Module:
@@ -303,10 +323,12 @@ def _build_torchvision(
             param="model",
         )
     channels = in_channels
+    options: dict[str, object] = dict(_TORCHVISION_OPTIONS.get(name, {}))
     if input_shape is not None:
-        channels = _require_chw(TORCHVISION_PREFIX + name, _resolve_shape((0, 0), 3, in_channels, input_shape))[0]
+        channels, h, w = _require_chw(TORCHVISION_PREFIX + name, _resolve_shape((0, 0), 3, in_channels, input_shape))
+        options.update(_torchvision_size(name, h, w))
     # weights=None always: this service never downloads pretrained weights.
-    model: nn.Module = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    model: nn.Module = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **options)
     if channels is not None and channels != 3:
         _replace_first_conv(model, name, channels)
     return model

@@ -191,6 +191,31 @@ class ItemLoop(nn.Module):
         return x
 
 
+class _SelfAttention(nn.Module):
+    """An encoder layer and a bare MultiheadAttention, both batch-first (torchvision's ViT blocks are built so)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.layer(x)
+        h, _ = self.attn(h, h, h, need_weights=False)
+        out: torch.Tensor = self.head(h.mean(1))
+        return out
+
+
+def test_export_onnx_attention_without_its_fused_kernel(tmp_path: Path) -> None:
+    """In eval mode under no_grad, attention runs one fused op with no ONNX conversion; the export traces the plain
+    ops instead, and the fast path is switched back on afterwards."""
+    model = _SelfAttention().eval()
+    result = export_onnx(model, torch.randn(2, 5, 16), tmp_path / "attn.onnx")
+    assert result.exported, result.reason  # verified against PyTorch's output by onnxruntime
+    assert torch.backends.mha.get_fastpath_enabled()
+
+
 def test_export_onnx_unsupported_op(tmp_path: Path) -> None:
     """An op the exporter cannot translate gives exported=False with a reason and no file."""
     result = export_onnx(Bessel(), torch.randn(2, 4), tmp_path / "m.onnx")

@@ -92,6 +92,30 @@ def test_torchvision_in_channels_adapts_first_conv(name: str) -> None:
         assert model(torch.randn(1, 1, 64, 64)).shape == (1, 4)
 
 
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
+def test_torchvision_models_with_auxiliary_heads_give_logits_in_training(name: str) -> None:
+    model = build_model(f"torchvision:{name}", num_classes=4, input_shape=(3, 96, 96)).train()
+    out = model(torch.randn(2, 3, 96, 96))  # was a (logits, aux…) named tuple in training mode
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 4)
+
+
+def test_torchvision_vit_takes_the_datasets_image_size() -> None:
+    model = build_model("torchvision:vit_b_32", num_classes=4, input_shape=(3, 64, 64)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 4)  # built for 224 × 224 by default
+
+
+def test_torchvision_mnasnet_reloads_plain_tensors() -> None:
+    """MNASNet refuses a state dict without its module versions; files and snapshots have none."""
+    from dwf_core.state_dict import load_tensors
+
+    model = build_model("torchvision:mnasnet0_5", num_classes=4)
+    plain = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="version"):
+        model.load_state_dict(plain)
+    load_tensors(model, plain)
+
+
 def test_unknown_model_lists_valid_names() -> None:
     with pytest.raises(ModelError) as err:
         build_model("resnet1800")
