@@ -195,17 +195,21 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         data = token_npz(work / "tokens.npz", n_train=200, n_test=64, mask=False)
         for model_type in args.types.split(","):
-            row = run_type(model_type, data, work)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "rows.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
+            rows.append(run_type(model_type, data, work))
+            print(json.dumps(rows[-1]), flush=True)
+    write_results(args.out, header, rows, "transformers model types through the default job", "model_type")
+
+
+def write_results(out: Path, header: dict[str, Any], rows: list[dict[str, Any]], title: str, first: str) -> None:
+    """rows.json and README.md (title, stamp, table) under ``out``; the README is printed too."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rows.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
+    script = header["command"].split("-m ")[-1].split()[0].replace(".", "/") + ".py"
     text = (
-        "# transformers model types through the default job\n\n"
-        f"{stamp_line(header)}; settings: the module docstring of benchmarks/hf_model_types.py. {DIFF_NOTE}\n\n"
-        f"{table(rows)}\n"
+        f"# {title}\n\n{stamp_line(header)}; settings: the module docstring of {script}. {DIFF_NOTE}\n\n"
+        f"{table(rows, first=first)}\n"
     )
-    (args.out / "README.md").write_text(text)
+    (out / "README.md").write_text(text)
     print(text)
 
 

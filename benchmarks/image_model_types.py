@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.hf_model_types import DIFF_NOTE, job_row, table
-from benchmarks.stamp import stamp, stamp_line
+from benchmarks.hf_model_types import job_row, write_results
+from benchmarks.stamp import stamp
 
 MODELS = (
     "torchvision:resnet18",
@@ -89,18 +89,10 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         data = images(work / "images.npz", args.size)
         for spec in args.models.split(","):
-            row = job_row(spec, spec, data, work / spec.replace(":", "_"), batch_size=32)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "rows.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
-    text = (
-        f"# torchvision and timm classifiers through the default job ({args.size} × {args.size} images)\n\n"
-        f"{stamp_line(header)}; settings: the module docstring of benchmarks/image_model_types.py. {DIFF_NOTE}\n\n"
-        f"{table(rows, first='model')}\n"
-    )
-    (args.out / "README.md").write_text(text)
-    print(text)
+            rows.append(job_row(spec, spec, data, work / spec.replace(":", "_"), batch_size=32))
+            print(json.dumps(rows[-1]), flush=True)
+    title = f"torchvision and timm classifiers through the default job ({args.size} × {args.size} images)"
+    write_results(args.out, header, rows, title, "model")
 
 
 if __name__ == "__main__":
