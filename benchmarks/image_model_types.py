@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.hf_model_types import job_row, write_results
+from benchmarks.default_job_rows import job_row, write_results
 from benchmarks.stamp import stamp
 
+MODULE = "benchmarks.image_model_types"
 MODELS = (
     "torchvision:resnet18",
     "torchvision:mobilenet_v3_small",
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.getLogger("timm").setLevel(logging.ERROR)
-    header = stamp("benchmarks.image_model_types", argv=argv)
+    header = stamp(MODULE, argv=argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(job_row(spec, spec, data, work / spec.replace(":", "_"), batch_size=32))
             print(json.dumps(rows[-1]), flush=True)
     title = f"torchvision and timm classifiers through the default job ({args.size} × {args.size} images)"
-    write_results(args.out, header, rows, title, "model")
+    write_results(args.out, MODULE, header, rows, title, "model")
 
 
 if __name__ == "__main__":
