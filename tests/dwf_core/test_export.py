@@ -225,6 +225,26 @@ def test_export_onnx_unsupported_op(tmp_path: Path) -> None:
     assert files_in(tmp_path) == []
 
 
+def test_a_failed_export_prints_no_graph_and_leaves_the_onnx_log_as_it_was(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """torch's TorchScript exporter turns its C++ ONNX log on and never off, so a failure printed the whole traced
+    graph to stdout (and every later one too); the export keeps the log off and restores its state."""
+    torch._C._jit_set_onnx_log_enabled(False)  # as a fresh process has it (another test's direct export may not)
+    for _ in range(2):  # the second failure is the one the stuck log used to print as well
+        assert not export_onnx(Bessel(), torch.randn(2, 4), tmp_path / "m.onnx").exported
+    out, err = capfd.readouterr()
+    assert "Torch IR graph" not in out + err and "aten::special_bessel" not in out + err
+    assert not torch._C._jit_is_onnx_log_enabled()
+    torch._C._jit_set_onnx_log_enabled(True)  # a log the caller turned on stays on
+    try:
+        assert not export_onnx(Bessel(), torch.randn(2, 4), tmp_path / "m.onnx").exported
+        assert torch._C._jit_is_onnx_log_enabled()
+        assert "Torch IR graph" in "".join(capfd.readouterr())
+    finally:
+        torch._C._jit_set_onnx_log_enabled(False)
+
+
 def test_export_onnx_data_dependent_loop(tmp_path: Path) -> None:
     """A trace that does not generalize is caught by the random-batch check: no file, a reason, the diff."""
     example = torch.full((1, 16), 0.25)  # 10·0.25 -> 2 doublings baked into the trace
