@@ -53,6 +53,20 @@ DEFAULT_MATRICES: tuple[tuple[type[nn.Module], tuple[str, ...]], ...] = (
     (nn.Embedding, ("weight",)),
     (nn.EmbeddingBag, ("weight",)),
 )
+# transformers attention classes that hold their projections as raw (d_model, n_head, d_head) parameters used in
+# einsum calls instead of Linear layers: class (module path, name) → {parameter: its fan-in from the shape}. XLNet's
+# q/k/v/r read d_model ("ibh,hnd->ibnd"), its output o reads n_head·d_head ("ibnd,hnd->ibh"); Funnel's positional
+# r_kernel reads d_model ("td,dnh->tnh"). Left out, XLNet had 53% of its parameters factorized, Funnel 87%. Their
+# (n_head, d_head) biases and segment embeddings stay dense, as every bias does. Looked up only once transformers
+# is imported, like its Conv1D below.
+_FAN_IN_D_MODEL = "d_model"
+_FAN_IN_HEADS = "heads"
+EINSUM_ATTENTION_WEIGHTS: dict[tuple[str, str], dict[str, str]] = {
+    ("transformers.models.xlnet.modeling_xlnet", "XLNetRelativeAttention"): {
+        "q": _FAN_IN_D_MODEL, "k": _FAN_IN_D_MODEL, "v": _FAN_IN_D_MODEL, "r": _FAN_IN_D_MODEL, "o": _FAN_IN_HEADS,
+    },
+    ("transformers.models.funnel.modeling_funnel", "FunnelRelMultiheadAttention"): {"r_kernel": _FAN_IN_D_MODEL},
+}  # fmt: skip
 # Any module may list its own parameters that are weight matrices under this attribute, as a dict name → fan-in
 # (None: read from the shape as for a Linear): they are factorized by default too, and VarMatch draws them with
 # that fan-in. The ONNX intake sets it for MatMul/Gemm/Einsum weights (dwf_core.intake.onnx_trainable).
@@ -116,7 +130,8 @@ def select_parameters(
 
     Default: the ``weight`` of every Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d and Bilinear (subclasses
     included) and of transformers' ``Conv1D``, every ``weight_*`` matrix of recurrent layers (RNN, LSTM, GRU and
-    their cells), the matrices of ``DEFAULT_MATRICES`` (attention Q/K/V projections, embedding tables) and the
+    their cells), the matrices of ``DEFAULT_MATRICES`` (attention Q/K/V projections, embedding tables), the raw
+    einsum projections of ``EINSUM_ATTENTION_WEIGHTS`` (XLNet's, Funnel's) and the
     parameters a module lists under ``WEIGHT_FAN_IN_ATTR`` (weight matrices of converted ONNX graphs, their
     embedding tables included). With
     ``include``, any directly owned parameter whose full name matches one of the globs (``"*.weight"``, ``"head.*"``);
@@ -150,6 +165,15 @@ def _is_transformers_conv1d(module: nn.Module) -> bool:
     return isinstance(conv1d, type) and isinstance(module, conv1d)
 
 
+def _einsum_attention_weights(module: nn.Module) -> dict[str, str]:
+    """The raw einsum projections of a transformers attention module (``EINSUM_ATTENTION_WEIGHTS``), or {}."""
+    for (path, name), attrs in EINSUM_ATTENTION_WEIGHTS.items():
+        kind = getattr(sys.modules.get(path), name, None)
+        if isinstance(kind, type) and isinstance(module, kind):
+            return attrs
+    return {}
+
+
 def _is_default_weight(module: nn.Module, attr: str) -> bool:
     """Whether ``module.attr`` is a weight matrix the default selection factorizes."""
     if getattr(module, "sparse", False):  # a sparse gradient cannot flow into the factors
@@ -157,6 +181,8 @@ def _is_default_weight(module: nn.Module, attr: str) -> bool:
     if attr == "weight" and (isinstance(module, DEFAULT_LAYER_TYPES) or _is_transformers_conv1d(module)):
         return True
     if isinstance(module, RECURRENT_TYPES) and attr.startswith("weight_"):
+        return True
+    if attr in _einsum_attention_weights(module) and getattr(module, attr).dim() == 3:
         return True
     return attr in _listed_weights(module) or any(
         isinstance(module, kind) and attr in attrs for kind, attrs in DEFAULT_MATRICES
@@ -167,6 +193,10 @@ def _known_fan_in(module: nn.Module, attr: str) -> int | None:
     """The fan-in of ``module.attr`` where its shape does not say it (None: read it from the shape)."""
     if attr == "weight" and _is_transformers_conv1d(module):
         return int(getattr(module, attr).shape[0])  # (in, out)
+    einsum = _einsum_attention_weights(module).get(attr)
+    if einsum is not None:
+        shape = getattr(module, attr).shape  # (d_model, n_head, d_head)
+        return int(shape[0]) if einsum == _FAN_IN_D_MODEL else int(shape[1]) * int(shape[2])
     return _listed_weights(module).get(attr)
 
 

@@ -90,3 +90,39 @@ def test_the_suite_gru_default_selection_is_its_include_globs() -> None:
     from benchmarks.suite_models import PAIR_BY_NAME, GRUClassifier
 
     assert select_parameters(GRUClassifier()) == list(PAIR_BY_NAME["gru"].include)
+
+
+def test_xlnet_and_funnel_einsum_projections_are_selected_with_their_fan_in() -> None:
+    """XLNet's q/k/v/o/r and Funnel's r_kernel are raw (d_model, n_head, d_head) parameters used in einsum calls, not
+    Linear layers: selected by default, drawn with the fan-in of the einsum that reads them, the function kept."""
+    pytest.importorskip("transformers")
+    from transformers import FunnelConfig, FunnelModel, XLNetConfig, XLNetModel
+
+    xlnet = XLNetModel(XLNetConfig(vocab_size=50, d_model=64, n_layer=1, n_head=4, d_inner=32))
+    chosen = select_parameters(xlnet)
+    assert {f"layer.0.rel_attn.{p}" for p in "qkvor"} <= set(chosen)
+    assert not any(name.endswith(("_bias", "seg_embed")) for name in chosen)  # biases stay dense
+    # every weight but the biases, LayerNorms and the mask embedding (53% of a width-32 XLNet before this selection)
+    assert coverage(xlnet, None, None).factorized_share > 0.9
+    funnel = FunnelModel(FunnelConfig(vocab_size=50, d_model=32, n_head=4, d_head=8, d_inner=32, block_sizes=[1, 1]))
+    assert "encoder.blocks.0.0.attention.r_kernel" in select_parameters(funnel)
+
+    torch.manual_seed(0)
+    factorize(xlnet, 3, variant="exact")
+    stats = init_stats(xlnet)
+    q, o = stats["layer.0.rel_attn.q"], stats["layer.0.rel_attn.o"]
+    assert q["std"] == pytest.approx(target_std((1, 64)), rel=0.05)  # reads d_model = 64
+    assert o["std"] == pytest.approx(target_std((1, 4 * 16)), rel=0.05)  # reads n_head · d_head = 4 · 16
+
+
+def test_xlnet_function_is_kept_by_the_balanced_factorization() -> None:
+    pytest.importorskip("transformers")
+    from transformers import XLNetConfig, XLNetModel
+
+    torch.manual_seed(0)
+    model = XLNetModel(XLNetConfig(vocab_size=50, d_model=32, n_layer=1, n_head=2, d_inner=32)).eval()
+    tokens = torch.randint(0, 50, (2, 7))
+    before = model(tokens).last_hidden_state
+    factorize(model, 3, init="balanced")
+    assert len(factorized_tensors(model)) >= 5
+    torch.testing.assert_close(model(tokens).last_hidden_state, before, rtol=1e-4, atol=1e-5)
