@@ -41,6 +41,9 @@ MODEL_TITLES = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5-Caffe"}
 # or without input standardization, dense even with 1 epoch of warmup); gradient-norm clipping at 5 trains it.
 MODEL_SETTINGS: dict[str, dict[str, Any]] = {"lenet300": {}, "lenet5": {"max_grad_norm": 5.0}}
 DWF_METHODS = ("dwf-d2", "dwf-d3", "dwf-d4")
+# The default job: DWF with nothing but the target (its depth from dwf_core.defaults.depth_for_target), what issue 14's
+# equal-budget target is about.
+DWF_DEFAULT = "dwf"
 # DWF followed by the masked fine-tuning magnitude-ft gets (10% of the epochs, LR 0.01, zeros fixed): DWF's
 # penalty also shrinks the weights it keeps, and a user who fine-tunes after magnitude pruning would do the same.
 DWF_FT_METHODS = ("dwf-d3-ft", "dwf-d4-ft")
@@ -53,6 +56,7 @@ DWF_HALF_METHODS = ("dwf-d3-half", "dwf-d4-half")
 BASELINES = ("magnitude-ft", "gmp", "snip", "synflow", "random")
 # Row order of the table; "magnitude" is derived from "dense".
 ROWS = (
+    DWF_DEFAULT,
     "dwf-d3",
     "dwf-d4",
     "dwf-d2",
@@ -63,6 +67,7 @@ ROWS = (
     *BASELINES,
 )
 ROW_TITLES = {
+    DWF_DEFAULT: "DWF, the default job (D by target)",
     "dwf-d2": "DWF D=2 (L1)",
     "dwf-d3": "DWF D=3",
     "dwf-d4": "DWF D=4",
@@ -161,6 +166,8 @@ def run_cell(cell: Cell, crs: tuple[float, ...]) -> dict[str, Any]:
         kwargs.update(method="dwf", depth=depth, finetune_epochs=max(1, round(0.1 * cell.epochs)))
     elif cell.method.startswith("dwf-d"):
         kwargs.update(method="dwf", depth=int(cell.method.removeprefix("dwf-d")))
+    elif cell.method == DWF_DEFAULT:
+        kwargs.update(method="dwf")
     else:
         kwargs.update(method=cell.method)
     if cell.cr is not None:
@@ -192,6 +199,7 @@ def run_cell(cell: Cell, crs: tuple[float, ...]) -> dict[str, Any]:
         "sparse_bytes": metrics["sparse_file"]["file_bytes"],
         "frontier": metrics.get("frontier"),
         "init": metrics["config"].get("init"),
+        "depth": metrics["config"].get("depth"),
         "finetune_epochs": (metrics.get("finetune") or {}).get("epochs"),
         "dense_epochs": (metrics.get("dense_start") or {}).get("epochs", 0),
         "seconds": time.monotonic() - started,
@@ -281,6 +289,11 @@ def markdown(header: dict[str, Any], summary: dict[str, Any], crs: tuple[float, 
             ' "first half dense": the first half of the epochs trains the dense model, the second half DWF from it'
             " (the same budget as the other rows)."
             if any(m in summary["methods"] for m in DWF_HALF_METHODS)
+            else ""
+        )
+        + (
+            ' "the default job": DWF with nothing but the target sparsity (D = 3, or 4 from a target of 0.995, CR 200).'
+            if DWF_DEFAULT in summary["methods"]
             else ""
         ),
         "",
@@ -410,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds:
         mode["seeds"] = tuple(int(s) for s in args.seeds.split(","))
     if args.methods:
-        known = {"dense", *DWF_METHODS, *DWF_HALF_METHODS, *DWF_FT_METHODS, *DWF_PRE_METHODS, *BASELINES}
+        known = {"dense", DWF_DEFAULT, *DWF_METHODS, *DWF_HALF_METHODS, *DWF_FT_METHODS, *DWF_PRE_METHODS, *BASELINES}
         unknown = set(args.methods.split(",")) - known
         if unknown:
             parser.error(f"unknown methods: {', '.join(sorted(unknown))}")

@@ -63,13 +63,16 @@ class Cell:
     depth: int | None = None
     # DWF's linear LR warm-up as a fraction of its epochs (--warmup), for what-if tables.
     warmup: float | None = None
+    # The share of DWF's epochs trained densely first (--dense-share; TrainConfig.dense_epochs, the total unchanged),
+    # for what-if tables. Pairs that start from uploaded trained weights are left as they are.
+    dense_share: float | None = None
 
     @property
     def key(self) -> str:
         target = "dense" if self.sparsity is None else f"{self.sparsity:g}"
         what_if = "".join(f"/{k}={v:g}" if isinstance(v, float) else f"/{k}={v}"
                           for k, v in (("optimizer", self.optimizer), ("lr", self.lr), ("depth", self.depth),
-                                       ("warmup", self.warmup))
+                                       ("warmup", self.warmup), ("dense_share", self.dense_share))
                           if v is not None)  # fmt: skip
         return f"{self.pair}/{self.method}/{target}/seed{self.seed}/{self.epochs}ep/{self.n_train}{what_if}"
 
@@ -87,7 +90,9 @@ def plan(mode: dict[str, Any]) -> list[Cell]:
                 for method in (m for m in methods if m != "dense"):
                     depth = mode.get("depth") if method == "dwf" else None  # the baselines train at depth 1
                     warmup = mode.get("warmup") if method == "dwf" else None
-                    cells.append(Cell(pair, method, sparsity, seed, **common, depth=depth, warmup=warmup))
+                    share = mode.get("dense_share") if method == "dwf" else None
+                    cells.append(Cell(pair, method, sparsity, seed, **common, depth=depth, warmup=warmup,
+                                      dense_share=share))  # fmt: skip
     return cells
 
 
@@ -136,6 +141,9 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
             settings["depth"] = cell.depth
         if cell.warmup is not None:
             settings["warmup_epochs"] = cell.warmup * cell.epochs
+        if cell.dense_share is not None and pair.source != "weights":
+            settings["dense_epochs"] = round(cell.dense_share * cell.epochs)
+            settings["epochs"] = cell.epochs - settings["dense_epochs"]
     if cell.sparsity is not None:
         settings["target_sparsity"] = cell.sparsity
     if pair.include:
@@ -215,6 +223,8 @@ def _what_if_phrase(key: str, value: Any) -> str:
         return f"DWF ran at depth {value}"
     if key == "warmup":
         return f"DWF warmed its LR up over {value:g} of its epochs"
+    if key == "dense_share":
+        return f"DWF trained the plain model for {value:g} of its epochs first (the same total)"
     return f"every method ran with {key} {value}"
 
 
@@ -352,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, help="what-if: every method uses this peak LR")
     parser.add_argument("--depth", type=int, help="what-if: DWF uses this depth instead of its default")
     parser.add_argument("--warmup", type=float, help="what-if: DWF warms its LR up over this fraction of its epochs")
+    parser.add_argument(
+        "--dense-share",
+        type=float,
+        help="what-if: DWF trains the plain model for this share of its epochs first (same total)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/model-suite[-smoke])")
     args = parser.parse_args(argv)
@@ -380,7 +395,9 @@ def main(argv: list[str] | None = None) -> int:
         mode["methods"] = _names(parser, args.methods, METHODS, "methods")
     if args.sparsities:
         mode["sparsities"] = tuple(float(x) for x in args.sparsities.split(","))
-    mode |= {"optimizer": args.optimizer, "lr": args.lr, "depth": args.depth, "warmup": args.warmup}
+    what_if = {"optimizer": args.optimizer, "lr": args.lr, "depth": args.depth, "warmup": args.warmup,
+               "dense_share": args.dense_share}  # fmt: skip
+    mode |= what_if
     skipped = [p for p in mode["pairs"] if not available(PAIR_BY_NAME[p])]
     mode["pairs"] = tuple(p for p in mode["pairs"] if p not in skipped)
     header = {
@@ -389,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": mode["epochs"],
         "seeds": list(mode["seeds"]),
         "sparsities": list(mode["sparsities"]),
-        "what_if": {"optimizer": args.optimizer, "lr": args.lr, "depth": args.depth, "warmup": args.warmup},
+        "what_if": what_if,
         "train": mode["train"],
         "test": mode["test"],
     }

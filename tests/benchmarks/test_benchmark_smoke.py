@@ -132,6 +132,18 @@ def test_mnist_table_smoke_writes_stamped_table_plot_and_resumes(tmp_path: Path)
     assert len(json.loads((out / "cells.json").read_text())["rows"]) == 3
 
 
+def test_mnist_table_default_job_row_takes_the_depth_of_its_target(tmp_path: Path) -> None:
+    """Method "dwf" is the default job (nothing but the target): D = 3 at CR 10, its row titled as such."""
+    from benchmarks import mnist_table
+
+    data = write_band_npz(tmp_path / "small.npz", 300, 100)
+    argv = ["--smoke", "--methods", "dwf", "--data", str(data), "--out", str(tmp_path / "table"), "--jobs", "1"]
+    assert mnist_table.main(argv) == 0
+    [row] = json.loads((tmp_path / "table" / "cells.json").read_text())["rows"]
+    assert row["cell"]["method"] == "dwf" and row["depth"] == 3
+    assert "| DWF, the default job (D by target) |" in (tmp_path / "table" / "table.md").read_text()
+
+
 def test_mnist_table_from_dense_and_fine_tune_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The "+ fine-tune" and "from dense" rows: fine-tuned after the cut; the second starts from a cached dense run."""
     from benchmarks import mnist_table

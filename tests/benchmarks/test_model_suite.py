@@ -66,6 +66,18 @@ def test_depth_what_if_reaches_dwf_cells_only(tmp_path: Path) -> None:
     assert row["key"].endswith("/depth=2")
 
 
+def test_dense_share_what_if_splits_dwf_epochs_and_keeps_the_total(tmp_path: Path) -> None:
+    """--dense-share: a DWF cell trains the plain model for that share of its epochs first, then DWF for the rest."""
+    mode = {**model_suite.MODES["smoke"], "methods": ("gmp", "dwf"), "dense_share": 0.5}
+    cells = model_suite.plan(mode)
+    assert all(c.key.endswith("/dense_share=0.5") == (c.method == "dwf") for c in cells)
+    dwf = next(c for c in cells if c.method == "dwf" and c.pair == "mixer")
+    model_suite.run_cell(replace(dwf, epochs=2), tmp_path)
+    [run_dir] = (tmp_path / "runs").iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["dense_start"]["epochs"] == 1 and metrics["config"]["epochs"] == 1
+
+
 def test_a_cell_trains_from_scratch_even_when_an_old_run_folder_is_left(tmp_path: Path) -> None:
     """A re-run after its row was deleted must not resume the old run's checkpoints (they may come from older code)."""
     cell = model_suite.Cell("gru", "dwf", 0.9, 0, 1, 64, 32)

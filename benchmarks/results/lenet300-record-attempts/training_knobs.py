@@ -16,6 +16,10 @@ Fifth round (also patches in the worker, not product options):
   frozen copy of the model as DWF's training starts (with "dense_epochs" the trained dense model: DWF's init keeps
   its function), as knowledge distillation does (Hinton et al. 2015); the dense phase trains on CE alone.
 A row also holds each layer's nnz ("layers").
+
+Seventh round (a patch in the worker, not a product option):
+- "w_l2": μ adds μ·Σ‖w‖² over the factorized tensors' products w to DWF's objective: the L2 penalty the dense and
+  GMP baselines train with (weight decay 2λ on w, λ = 5e-4), on top of DWF's penalty on the factors.
 """
 
 from __future__ import annotations
@@ -105,6 +109,32 @@ def _patch_distill(alpha: float, temperature: float) -> None:
     Comm.loss = loss  # type: ignore[method-assign]
 
 
+def _patch_w_l2(mu: float) -> None:
+    """DWF's objective gains μ·Σ‖w‖² over the products w of its factorized tensors (the baselines' L2 on w)."""
+    import torch
+
+    from dwf_core import train
+    from dwf_core.distributed import Comm
+    from dwf_core.factorize import factorized_tensors
+
+    current: list[Any] = []
+    original_step = train.Trainer._step
+    original_loss = Comm.loss
+
+    def step(self: Any, xb: torch.Tensor, yb: torch.Tensor, lr: float) -> torch.Tensor:
+        current[:] = [self.model] if self.config.method == "dwf" else []
+        return original_step(self, xb, yb, lr)
+
+    def loss(self: Any, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        objective, summed = original_loss(self, logits, y)
+        if current:
+            objective = objective + mu * sum(t.weight().pow(2).sum() for t in factorized_tensors(current[0]))
+        return objective, summed
+
+    train.Trainer._step = step  # type: ignore[method-assign]
+    Comm.loss = loss  # type: ignore[method-assign]
+
+
 def run_one(cell: dict[str, Any], out: str) -> dict[str, Any]:
     import torch
 
@@ -122,6 +152,8 @@ def run_one(cell: dict[str, Any], out: str) -> dict[str, Any]:
     if "distill" in kwargs:
         kd = kwargs.pop("distill")
         _patch_distill(float(kd["alpha"]), float(kd["temperature"]))
+    if "w_l2" in kwargs:
+        _patch_w_l2(float(kwargs.pop("w_l2")))
     mapped = getattr(defaults, "_unscaled_lam_for_target", defaults.lam_for_target)
     defaults._unscaled_lam_for_target = mapped  # type: ignore[attr-defined]
     defaults.lam_for_target = mapped if scale is None else (lambda *a, **k: scale * mapped(*a, **k))
