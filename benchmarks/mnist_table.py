@@ -113,6 +113,12 @@ class Cell:
         return f"{self.method}|{self.cr}|{self.seed}|{self.epochs}"
 
 
+# --device: where every run trains. "cuda" runs under bf16 autocast (TrainConfig.amp, the default on CUDA);
+# "cuda-fp32" on the same GPU in float32 (issue 14: does bf16 cost DWF more than GMP?).
+DEVICES = {"cpu": {"device": "cpu"}, "cuda": {"device": "cuda"}, "cuda-fp32": {"device": "cuda", "amp": False}}
+DEVICE_PHRASES = {"cuda": "on the GPU with bf16 autocast (the default on CUDA)", "cuda-fp32": "on the GPU in float32"}
+
+
 def plan(model: str, mode: dict[str, Any], data: str, device: str = "cpu") -> list[Cell]:
     """The runs of a table, cheapest first within a seed (so a partial table has whole columns early)."""
     cells = []
@@ -135,7 +141,7 @@ def dense_weights(cell: Cell) -> Path:
     if path.is_file():
         return path
     cache.mkdir(parents=True, exist_ok=True)
-    kwargs = {"epochs": cell.epochs, "seed": cell.seed, "device": cell.device, **MODEL_SETTINGS[cell.model]}
+    kwargs = {"epochs": cell.epochs, "seed": cell.seed, **DEVICES[cell.device], **MODEL_SETTINGS[cell.model]}
     with tempfile.TemporaryDirectory() as tmp:
         spec = RunSpec(MODELS[cell.model], cell.data, Path(tmp), train=TrainConfig(method="dense", **kwargs))
         run(replace(spec, export_onnx=False))
@@ -153,7 +159,7 @@ def run_cell(cell: Cell, crs: tuple[float, ...]) -> dict[str, Any]:
     from dwf_core.pipeline import RunSpec, run
 
     torch.set_num_threads(1)
-    kwargs: dict[str, Any] = {"epochs": cell.epochs, "seed": cell.seed, "device": cell.device}
+    kwargs: dict[str, Any] = {"epochs": cell.epochs, "seed": cell.seed, **DEVICES[cell.device]}
     kwargs.update(MODEL_SETTINGS[cell.model])
     if cell.method == "dense":
         kwargs.update(method="dense", frontier=list(crs))
@@ -269,7 +275,7 @@ def markdown(header: dict[str, Any], summary: dict[str, Any], crs: tuple[float, 
             else []
         ),
         f"{header['epochs']} epochs per run"
-        + (", on the GPU with bf16 autocast (the default on CUDA)" if header.get("device") == "cuda" else "")
+        + (f", {DEVICE_PHRASES[header['device']]}" if header.get("device") in DEVICE_PHRASES else "")
         + "".join(f", {k} = {v}" for k, v in (header.get("model_settings") or {}).items())
         + f", every other setting at its default; seeds {', '.join(map(str, summary['seeds']))} (not every cell has "
         "every seed); mean ± std over seeds "
@@ -344,7 +350,7 @@ def plot(path: Path, header: dict[str, Any], summary: dict[str, Any]) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("compression ratio (weights ÷ non-zeros, log scale)")
     ax.set_ylabel("test accuracy (%)")
-    on_gpu = ", GPU with bf16 autocast" if header.get("device") == "cuda" else ""
+    on_gpu = {"cuda": ", GPU with bf16 autocast", "cuda-fp32": ", GPU in float32"}.get(header.get("device") or "", "")
     ax.set_title(f"{header['title']} on MNIST, {header['epochs']} epochs{on_gpu}", fontsize=11)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
@@ -368,13 +374,20 @@ README_START = "<!-- mnist-tables:start: written by `python -m benchmarks.mnist_
 README_END = "<!-- mnist-tables:end -->"
 
 
-KIND_TITLES = {"gpu": " on a GPU", "gpu-gradual-cut": " on a GPU, DWF with the gradual cut (the default)"}
+KIND_TITLES = {
+    "60ep": ", 60 epochs for every row: the default job, 30 dense + 30 DWF epochs and GMP at the same budget",
+    "gpu": " on a GPU",
+    "gpu-gradual-cut": " on a GPU, DWF with the gradual cut (the default)",
+}
+# The tables README shows, in this order (folder results/mnist-table/MODEL-KIND).
+README_TABLES = (("lenet300", "full"), ("lenet300", "60ep"), ("lenet5", "full"), ("lenet5", "gpu"),
+                 ("lenet5", "gpu-gradual-cut"))  # fmt: skip
 
 
 def update_readme(readme: Path = README, results: Path = ROOT / "results" / "mnist-table") -> list[str]:
     """Put every full table (its table.md and plot) between the README's markers; the tables it wrote."""
     blocks, names = [], []
-    for key, kind in (("lenet300", "full"), ("lenet5", "full"), ("lenet5", "gpu"), ("lenet5", "gpu-gradual-cut")):
+    for key, kind in README_TABLES:
         folder = results / f"{key}-{kind}"
         if not (folder / "table.md").exists():
             continue
@@ -409,7 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crs", help="run only these of the mode's compression ratios, e.g. 100,500")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
     parser.add_argument(
-        "--device", choices=("cpu", "cuda"), default="cpu", help="cuda: every worker on the one GPU (use --out)"
+        "--device",
+        choices=tuple(DEVICES),
+        default="cpu",
+        help="cuda (bf16 autocast) or cuda-fp32: every worker on the one GPU (use --out)",
     )
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/mnist-table/MODEL-MODE)")
     parser.add_argument("--render", action="store_true", help="only rewrite table.md/json/png from cells.json")

@@ -26,3 +26,17 @@ def test_readme_gets_the_full_tables_between_its_markers_and_nothing_else(tmp_pa
     assert "![LeNet-300-100: accuracy vs CR](benchmarks/results/mnist-table/lenet300-full/table.png)" in text
     update_readme(readme, results)
     assert readme.read_text() == text  # rerunning changes nothing
+
+
+def test_readme_shows_the_60_epoch_equal_budget_table_after_the_30_epoch_one(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{README_START}\n{README_END}\n")
+    results = tmp_path / "benchmarks" / "results" / "mnist-table"
+    for kind in ("60ep", "full"):
+        (results / f"lenet300-{kind}").mkdir(parents=True)
+        (results / f"lenet300-{kind}" / "table.md").write_text(f"# title\n\n| {kind} |\n")
+    names = update_readme(readme, results)
+    assert names == [f"benchmarks/results/mnist-table/lenet300-{kind}" for kind in ("full", "60ep")]
+    assert "**LeNet-300-100, 60 epochs for every row: the default job, 30 dense + 30 DWF epochs and GMP" in (
+        readme.read_text()
+    )
