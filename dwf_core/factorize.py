@@ -9,6 +9,7 @@ converted from ONNX, and ``collapse`` can later turn the model back into its ori
 from __future__ import annotations
 
 import fnmatch
+import math
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -54,18 +55,17 @@ DEFAULT_MATRICES: tuple[tuple[type[nn.Module], tuple[str, ...]], ...] = (
     (nn.EmbeddingBag, ("weight",)),
 )
 # transformers attention classes that hold their projections as raw (d_model, n_head, d_head) parameters used in
-# einsum calls instead of Linear layers: class (module path, name) → {parameter: its fan-in from the shape}. XLNet's
-# q/k/v/r read d_model ("ibh,hnd->ibnd"), its output o reads n_head·d_head ("ibnd,hnd->ibh"); Funnel's positional
-# r_kernel reads d_model ("td,dnh->tnh"). Left out, XLNet had 53% of its parameters factorized, Funnel 87%. Their
-# (n_head, d_head) biases and segment embeddings stay dense, as every bias does. Looked up only once transformers
-# is imported, like its Conv1D below.
-_FAN_IN_D_MODEL = "d_model"
-_FAN_IN_HEADS = "heads"
-EINSUM_ATTENTION_WEIGHTS: dict[tuple[str, str], dict[str, str]] = {
+# einsum calls instead of Linear layers: class (module path, name) → {parameter: the dims its einsum sums over, whose
+# sizes multiply to its fan-in}. XLNet's q/k/v/r read d_model ("ibh,hnd->ibnd": dim 0), its output o reads
+# n_head·d_head ("ibnd,hnd->ibh": dims 1, 2); Funnel's positional r_kernel reads d_model ("td,dnh->tnh"). Left out,
+# XLNet had 53% of its parameters factorized, Funnel 87%. Their (n_head, d_head) biases and segment embeddings stay
+# dense, as every bias does. Looked up only once transformers is imported, like its Conv1D below.
+_D_MODEL, _HEADS = (0,), (1, 2)
+EINSUM_ATTENTION_WEIGHTS: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {
     ("transformers.models.xlnet.modeling_xlnet", "XLNetRelativeAttention"): {
-        "q": _FAN_IN_D_MODEL, "k": _FAN_IN_D_MODEL, "v": _FAN_IN_D_MODEL, "r": _FAN_IN_D_MODEL, "o": _FAN_IN_HEADS,
+        "q": _D_MODEL, "k": _D_MODEL, "v": _D_MODEL, "r": _D_MODEL, "o": _HEADS,
     },
-    ("transformers.models.funnel.modeling_funnel", "FunnelRelMultiheadAttention"): {"r_kernel": _FAN_IN_D_MODEL},
+    ("transformers.models.funnel.modeling_funnel", "FunnelRelMultiheadAttention"): {"r_kernel": _D_MODEL},
 }  # fmt: skip
 # Any module may list its own parameters that are weight matrices under this attribute, as a dict name → fan-in
 # (None: read from the shape as for a Linear): they are factorized by default too, and VarMatch draws them with
@@ -165,7 +165,7 @@ def _is_transformers_conv1d(module: nn.Module) -> bool:
     return isinstance(conv1d, type) and isinstance(module, conv1d)
 
 
-def _einsum_attention_weights(module: nn.Module) -> dict[str, str]:
+def _einsum_attention_weights(module: nn.Module) -> dict[str, tuple[int, ...]]:
     """The raw einsum projections of a transformers attention module (``EINSUM_ATTENTION_WEIGHTS``), or {}."""
     for (path, name), attrs in EINSUM_ATTENTION_WEIGHTS.items():
         kind = getattr(sys.modules.get(path), name, None)
@@ -193,10 +193,10 @@ def _known_fan_in(module: nn.Module, attr: str) -> int | None:
     """The fan-in of ``module.attr`` where its shape does not say it (None: read it from the shape)."""
     if attr == "weight" and _is_transformers_conv1d(module):
         return int(getattr(module, attr).shape[0])  # (in, out)
-    einsum = _einsum_attention_weights(module).get(attr)
-    if einsum is not None:
+    summed = _einsum_attention_weights(module).get(attr)
+    if summed is not None:
         shape = getattr(module, attr).shape  # (d_model, n_head, d_head)
-        return int(shape[0]) if einsum == _FAN_IN_D_MODEL else int(shape[1]) * int(shape[2])
+        return math.prod(int(shape[d]) for d in summed)
     return _listed_weights(module).get(attr)
 
 
