@@ -169,6 +169,9 @@ class DwfMethod(Strict):
     # Random transforms of every training batch, image inputs only (dwf_core.augment): "shift", "shift:N", "flip" or
     # a comma-separated list; None: the data as given.
     augment: str | None = Field(default=None, max_length=64, examples=["shift:2", "shift:4,flip"])
+    # Training arithmetic on the worker (dwf_core.precision): "auto" (bf16 autocast on a GPU, float32 on a CPU),
+    # "fp32", or "bf16" (autocast; the job fails before training on a device without it).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     @field_validator("augment")
     @classmethod

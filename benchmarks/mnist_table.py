@@ -113,10 +113,26 @@ class Cell:
         return f"{self.method}|{self.cr}|{self.seed}|{self.epochs}"
 
 
-# --device: where every run trains. "cuda" runs under bf16 autocast (TrainConfig.amp, the default on CUDA);
-# "cuda-fp32" on the same GPU in float32 (issue 14: does bf16 cost DWF more than GMP?).
-DEVICES = {"cpu": {"device": "cpu"}, "cuda": {"device": "cuda"}, "cuda-fp32": {"device": "cuda", "amp": False}}
-DEVICE_PHRASES = {"cuda": "on the GPU with bf16 autocast (the default on CUDA)", "cuda-fp32": "on the GPU in float32"}
+# --device: where every run trains and in what arithmetic (TrainConfig.precision, dwf_core.precision). "cuda" runs
+# under bf16 autocast (the default on CUDA), "cuda-fp32" on the same GPU in float32, "cpu-bf16" on the CPU under bf16
+# autocast (issue 14: does bf16 cost DWF more than GMP? A CPU with AMX asks it without a GPU).
+DEVICES: dict[str, dict[str, str]] = {
+    "cpu": {"device": "cpu"},
+    "cpu-bf16": {"device": "cpu", "precision": "bf16"},
+    "cuda": {"device": "cuda"},
+    "cuda-fp32": {"device": "cuda", "precision": "fp32"},
+}
+# How table.md's settings line and the plot's title name a device other than the plain CPU.
+DEVICE_PHRASES = {
+    "cpu-bf16": "on the CPU with bf16 autocast",
+    "cuda": "on the GPU with bf16 autocast (the default on CUDA)",
+    "cuda-fp32": "on the GPU in float32",
+}
+DEVICE_TITLES = {
+    "cpu-bf16": ", CPU with bf16 autocast",
+    "cuda": ", GPU with bf16 autocast",
+    "cuda-fp32": ", GPU in float32",
+}
 
 
 def plan(model: str, mode: dict[str, Any], data: str, device: str = "cpu") -> list[Cell]:
@@ -206,6 +222,7 @@ def run_cell(cell: Cell, crs: tuple[float, ...]) -> dict[str, Any]:
         "frontier": metrics.get("frontier"),
         "init": metrics["config"].get("init"),
         "depth": metrics["config"].get("depth"),
+        "precision": metrics.get("precision"),
         "finetune_epochs": (metrics.get("finetune") or {}).get("epochs"),
         "dense_epochs": (metrics.get("dense_start") or {}).get("epochs", 0),
         "seconds": time.monotonic() - started,
@@ -350,8 +367,8 @@ def plot(path: Path, header: dict[str, Any], summary: dict[str, Any]) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("compression ratio (weights ÷ non-zeros, log scale)")
     ax.set_ylabel("test accuracy (%)")
-    on_gpu = {"cuda": ", GPU with bf16 autocast", "cuda-fp32": ", GPU in float32"}.get(header.get("device") or "", "")
-    ax.set_title(f"{header['title']} on MNIST, {header['epochs']} epochs{on_gpu}", fontsize=11)
+    where = DEVICE_TITLES.get(header.get("device") or "", "")
+    ax.set_title(f"{header['title']} on MNIST, {header['epochs']} epochs{where}", fontsize=11)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     footer = textwrap.fill(f"{header['command']} · {header['commit']} · {header['machine']} · {header['date']}", 170)
@@ -425,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         "--device",
         choices=tuple(DEVICES),
         default="cpu",
-        help="cuda (bf16 autocast) or cuda-fp32: every worker on the one GPU (use --out)",
+        help="cpu-bf16 (bf16 autocast on the CPU), cuda (bf16 autocast) or cuda-fp32: every worker on the one GPU "
+        "(use --out)",
     )
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/mnist-table/MODEL-MODE)")
     parser.add_argument("--render", action="store_true", help="only rewrite table.md/json/png from cells.json")

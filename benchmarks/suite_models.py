@@ -23,6 +23,7 @@ from benchmarks.transformer_onnx import CLASSES as TOKEN_CLASSES
 from benchmarks.transformer_onnx import SEQ as TOKEN_SEQ
 from benchmarks.transformer_onnx import VOCAB as TOKEN_VOCAB
 from benchmarks.transformer_onnx import make_task as make_token_task
+from dwf_core.export import onnx_log_as_asked
 from tests.service_helpers import mnist_npz
 
 # ------------------------------------------------------------------------------------------------ datasets
@@ -213,7 +214,8 @@ def export_onnx(model: nn.Module, shape: tuple[int, ...], path: Path, exporter: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
-            torch.onnx.export(model.eval(), (example,), str(path), dynamo=False, opset_version=17)
+            with onnx_log_as_asked():  # a failed export would print its graph (dwf_core.export)
+                torch.onnx.export(model.eval(), (example,), str(path), dynamo=False, opset_version=17)
         else:
             torch.onnx.export(model.eval(), (example,), str(path), dynamo=True, external_data=False)
     return path

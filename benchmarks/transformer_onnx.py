@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from benchmarks.stamp import stamp, stamp_line
+from dwf_core.export import onnx_log_as_asked
 
 VOCAB, SEQ, WIDTH, CLASSES = 50, 16, 32, 4
 
@@ -81,7 +82,8 @@ def export(path: Path, exporter: str, seed: int) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
-            torch.onnx.export(model, (tokens,), str(path), dynamo=False, opset_version=17)
+            with onnx_log_as_asked():  # a failed export would print its graph (dwf_core.export)
+                torch.onnx.export(model, (tokens,), str(path), dynamo=False, opset_version=17)
         else:
             torch.onnx.export(model, (tokens,), str(path), dynamo=True, external_data=False)
     return path

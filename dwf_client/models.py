@@ -110,6 +110,8 @@ class DwfMethod(_Request):
     mac_frontier: list[float] | None = None
     # Random transforms of every training batch, image inputs only: "shift", "shift:N", "flip" or a list of them.
     augment: str | None = None
+    # Training arithmetic: "auto" (bf16 autocast on a GPU, float32 on a CPU), "fp32" or "bf16".
+    precision: Literal["auto", "fp32", "bf16"] | None = None
 
 
 class JobCreate(_Request):

@@ -245,6 +245,13 @@ def train(
             "--batch-size stays the global batch. 1 to 8"
         ),
     ] = 1,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="auto (bf16 autocast on a GPU, float32 on a CPU), fp32, or bf16 (autocast on a GPU or a CPU with "
+            "bf16 support)"
+        ),
+    ] = "auto",
     val_fraction: Annotated[
         float, typer.Option(help="Validation share carved from train when the dataset has none")
     ] = 0.1,
@@ -319,6 +326,7 @@ def _train(**kw: Any) -> dict[str, Any]:
         exclude=kw["exclude"] or None,
         device=kw["device"],
         devices=kw["devices"],
+        precision=cast(Literal["auto", "fp32", "bf16"], kw["precision"]),
         finetune_epochs=kw["finetune_epochs"],
         frontier=_parse_frontier(kw["frontier"]),
         dense_epochs=kw["dense_epochs"],

@@ -13,6 +13,7 @@ from dwf_core.distill import DEFAULT_TEMPERATURE, MAX_TEMPERATURE
 from dwf_core.distributed import MAX_DEVICES
 from dwf_core.errors import ConfigError
 from dwf_core.factorize import MAX_DEPTH
+from dwf_core.precision import PRECISIONS
 
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 65_536
@@ -68,7 +69,8 @@ class TrainConfig:
     # N gloo processes on CPU; batch_size stays the global batch, split over them. Checked against the GPUs present
     # by pipeline.prepare on the machine that trains (the service's API has none to count).
     devices: int = 1
-    amp: bool = True
+    # Training arithmetic (dwf_core.precision): "auto" (bf16 autocast on CUDA, float32 on a CPU), "fp32", "bf16".
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     # None: no clipping, until a non-finite loss restarts training with the norm clipped at 5 (dwf_core.divergence).
     max_grad_norm: float | None = None
     eval_batch_size: int = 1000
@@ -240,6 +242,7 @@ class TrainConfig:
         need(self.lam is None or (finite(self.lam) and 0 <= self.lam <= 1), "lam", "in [0, 1]")
         if self.augment is not None:
             parse_augment(self.augment)
+        need(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
         need(
             self.target_sparsity is None or (finite(self.target_sparsity) and 0 < self.target_sparsity < 1),
             "target_sparsity",

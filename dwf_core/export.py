@@ -383,13 +383,14 @@ def _without_attention_fast_path() -> Iterator[None]:
 
 
 @contextmanager
-def _onnx_log_as_asked() -> Iterator[None]:
+def onnx_log_as_asked() -> Iterator[None]:
     """The TorchScript exporter's ONNX log stays off unless it was on before.
 
     torch's ``setup_onnx_logging`` tests ``_C._jit_is_onnx_log_enabled`` without calling it (a function is always
     true), so every export turns the C++ ONNX log on and leaves it on: a failed export then prints the whole traced
     graph to stdout ("Torch IR graph at exception", megabytes for a ResNet in a worker's log), and so does every later
-    failure in the process. Its fixed twin is used while we export; the log's state is restored afterwards.
+    failure in the process. Its fixed twin is used while we export; the log's state is restored afterwards. Public:
+    the benchmarks that export users' models with torch.onnx directly (benchmarks/suite_models.py) use it too.
     """
     from torch.onnx._internal.torchscript_exporter import utils as ts_utils
 
@@ -416,7 +417,7 @@ def _onnx_log_as_asked() -> Iterator[None]:
 
 
 def _torchscript_export(model: nn.Module, example_input: torch.Tensor, tmp: Path, opset: int) -> None:
-    with warnings.catch_warnings(), torch.no_grad(), _without_attention_fast_path(), _onnx_log_as_asked():
+    with warnings.catch_warnings(), torch.no_grad(), _without_attention_fast_path(), onnx_log_as_asked():
         # The TorchScript exporter is chosen on purpose (dynamo=False); its deprecation is known.
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")

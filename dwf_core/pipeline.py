@@ -33,7 +33,8 @@ from dwf_core.files import sha256_file
 from dwf_core.frontier import compute_frontier
 from dwf_core.init_decision import InitDecision, decide_init
 from dwf_core.intake import build_model, detect_model_format, load_onnx, load_weights, refuse_unsafe
-from dwf_core.train import ProgressEvent, Trainer
+from dwf_core.precision import autocast_dtype
+from dwf_core.train import ProgressEvent, Trainer, resolve_device
 
 ARTIFACTS = (
     "model.safetensors",
@@ -288,11 +289,12 @@ def prepare(spec: RunSpec) -> Prepared:
         given = (spec.weights is not None or source == "onnx") and spec.start_state is None
         config = replace(config, distill=automatic_alpha(config, from_given_weights=given))
     config = config.resolved()
+    device = resolve_device(config.device)
     if config.devices > 1:  # a job asking for more GPUs than its worker has fails here, before any training
         from dwf_core.distributed import backend_for
-        from dwf_core.train import resolve_device
 
-        backend_for(resolve_device(config.device), config.devices)
+        backend_for(device, config.devices)
+    autocast_dtype(config.precision, device)  # likewise "bf16" on a device without it
     return Prepared(model, data, config, source, coverage(model, config.include, config.exclude), decision)
 
 
@@ -502,6 +504,8 @@ def run(
         "lr": result.extra.get("lr", cfg.lr),
         "max_grad_norm": result.extra.get("max_grad_norm", cfg.max_grad_norm),
         "optimizer": result.extra.get("optimizer", cfg.optimizer),
+        # What the main phase trained in: "fp32", or "bf16" / "fp16" autocast (TrainConfig.precision).
+        "precision": result.extra.get("precision"),
         # The LR probe (dwf_core.lr_probe) when the LR was left open: each setting tried, its score, the choice.
         "lr_probe": result.extra.get("lr_probe"),
         "tolerance": collapsed.tolerance,

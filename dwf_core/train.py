@@ -42,6 +42,7 @@ from dwf_core.lr_probe import run_probe
 from dwf_core.masking import GrowingMasks
 from dwf_core.one_class import predicts_one_class
 from dwf_core.penalty import factor_penalty, factor_weight_decay, misalignment, param_groups
+from dwf_core.precision import autocast_dtype, precision_name
 from dwf_core.report import sparsity_report
 from dwf_core.schedule import lr_at
 from dwf_core.state_dict import load_tensors
@@ -269,9 +270,7 @@ class Trainer:
         self.start_epoch = 0
         self.resumed_from: int | None = None
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
-        self.autocast_dtype: torch.dtype | None = None
-        if cfg.amp and self.device.type == "cuda":
-            self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.autocast_dtype = autocast_dtype(cfg.precision, self.device)
         self._start_optimization()
         # Keep the training tensors on the accelerator when they fit comfortably: no per-batch copies.
         x, y = self.train_data.x, self.train_data.y
@@ -784,6 +783,7 @@ class Trainer:
                 "lr": self.lr,
                 "max_grad_norm": self.max_grad_norm,
                 "optimizer": self.optimizer_name,
+                "precision": precision_name(self.autocast_dtype),
                 "divergence_restarts": self.divergence_restarts,
                 "lr_probe": self.lr_probe,
                 "cut": self.cut.describe() if self.cut is not None else None,

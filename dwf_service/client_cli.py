@@ -333,6 +333,9 @@ def submit(
         str | None,
         typer.Option(help="Random transforms of training batches, image inputs only: shift, shift:N, flip, or a list"),
     ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="Training arithmetic: auto (server default: bf16 on a GPU), fp32 or bf16")
+    ] = None,
     threshold: Annotated[str | None, typer.Option(help="Collapse threshold: 'auto' or a number")] = None,
     frontier: Annotated[
         list[float] | None, typer.Option(help="Also save the model cut at this compression ratio (repeatable)")
@@ -379,7 +382,7 @@ def submit(
         "batch_size": batch_size, "devices": devices, "optimizer": optimizer, "distill": distill,
         "distill_temperature": distill_temperature, "distill_schedule": distill_schedule, "structure": structure,
         "target_macs": target_macs, "cut": cut, "unit_cut": unit_cut, "unit_multiple": unit_multiple,
-        "lr_probe": lr_probe, "augment": augment,
+        "lr_probe": lr_probe, "augment": augment, "precision": precision,
     }  # fmt: skip
     options: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
     if threshold is not None:

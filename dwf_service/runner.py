@@ -144,6 +144,7 @@ def _spec(ctx: ServiceContext, job: Job, paths: dict[str, Path], out_dir: Path, 
         target_macs=method.get("target_macs"),
         mac_frontier=method.get("mac_frontier"),
         augment=method.get("augment"),
+        precision=method.get("precision", "auto"),
         seed=req.get("seed", 0),
         device=ctx.settings.device,
     )

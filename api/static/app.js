@@ -581,6 +581,7 @@ async function submitJob(event) {
     if (distill !== null) body.method.distill = distill;
     const augment = f.augment.value.trim();
     if (augment) body.method.augment = augment;
+    if (f.precision.value !== "auto") body.method.precision = f.precision.value;
     if (f.structure.value !== "weights") body.method.structure = f.structure.value;
     const targetMacs = numberOrNull(f.target_macs.value);
     if (targetMacs) body.method.target_macs = targetMacs / 100;

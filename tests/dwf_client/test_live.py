@@ -114,7 +114,8 @@ def _one_error_line(result: subprocess.CompletedProcess[str], code: str) -> None
 def test_cli_submit_wait_download(server: Serve, tiny_npz: Path, tmp_path: Path) -> None:
     submitted = server.cli(
         "submit", "lenet_300_100", str(tiny_npz), "--depth", "3", "--target-sparsity", "0.9", "--epochs", "1",
-        "--dense-epochs", "1", "--distill", "0.25", "--distill-schedule", "linear", "--augment", "shift:1", "--wait",
+        "--dense-epochs", "1", "--distill", "0.25", "--distill-schedule", "linear", "--augment", "shift:1",
+        "--precision", "bf16", "--wait",
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stderr + server.log.read_text()[-3000:]
     job_id = submitted.stdout.strip()
@@ -133,6 +134,7 @@ def test_cli_submit_wait_download(server: Serve, tiny_npz: Path, tmp_path: Path)
     # The options reached it.
     assert metrics["distill"] == {"alpha": 0.25, "temperature": 4.0, "schedule": "linear", "automatic": False}
     assert metrics["config"]["augment"] == "shift:1"
+    assert metrics["config"]["precision"] == "bf16" and metrics["precision"] == "bf16"  # autocast on the CPU worker
 
     status = server.cli("status", job_id, "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["status"] == "succeeded"

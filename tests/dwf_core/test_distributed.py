@@ -33,7 +33,7 @@ VAL = separable_data(64, seed=1)
 # batch 15: shards of 8 and 7 examples, and a last batch of 5 (3 and 2), so unequal shards are covered. A target
 # with the gradual cut: masks grow from the weights during training, on each rank from its own copy.
 CFG = TrainConfig(
-    epochs=3, batch_size=15, lr=0.1, target_sparsity=0.8, seed=3, device="cpu", amp=False, progress_every=5
+    epochs=3, batch_size=15, lr=0.1, target_sparsity=0.8, seed=3, device="cpu", precision="fp32", progress_every=5
 )
 TOLERANCE = 1e-5
 

@@ -104,6 +104,7 @@ def test_rerun_resumes_from_checkpoint(trained: Path, small_npz: Path) -> None:
         (["--cut", "sometimes"], "cut"),
         (["--cut", "final"], "cut"),  # without --target-sparsity
         (["--augment", "rotate"], "unknown transform 'rotate'"),
+        (["--precision", "fp16"], "precision must be one of auto, fp32, bf16"),
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], expected: str, small_npz: Path, tmp_path: Path) -> None:

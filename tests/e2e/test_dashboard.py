@@ -210,6 +210,7 @@ def run_dashboard_flow(server: Server, dataset: Path, downloads: Path, screensho
             page.fill("input[name=dense_epochs]", "1")  # one epoch of plain training first, then DWF from it
             page.fill("input[name=distill]", "0.3")  # and distillation from that dense model at weight 0.3
             page.fill("input[name=augment]", "shift:1")  # training images moved by up to one pixel
+            page.select_option("select[name=precision]", "bf16")  # bf16 autocast on the CPU worker
             page.click("#submit-job")
             page.wait_for_url(re.compile(r".*#/jobs/job-[0-9a-z]+$"), timeout=30_000)
             job_id = page.url.rsplit("/", 1)[-1]
@@ -287,6 +288,7 @@ def test_dashboard_submit_watch_download(server: Server, tmp_path: Path) -> None
     assert job["method"]["dense_epochs"] == 1
     assert job["method"]["distill"] == 0.3 and job["metrics"]["distill"]["alpha"] == 0.3
     assert job["method"]["augment"] == "shift:1" and job["metrics"]["config"]["augment"] == "shift:1"
+    assert job["method"]["precision"] == "bf16" and job["metrics"]["precision"] == "bf16"
     assert seen["live_during_run"], "the page never showed the live events stream"
     assert f"{100 * job['metrics']['sparsity']:.2f}%" in seen["cards"]
     assert seen["console_errors"] == []
