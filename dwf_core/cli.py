@@ -17,6 +17,7 @@ from rich.table import Table
 from dwf_core import defaults
 from dwf_core.distill import DEFAULT_TEMPERATURE
 from dwf_core.errors import ConfigError, DwfError
+from dwf_core.precision import Precision
 
 if TYPE_CHECKING:
     from dwf_core.train import ProgressEvent
@@ -326,7 +327,7 @@ def _train(**kw: Any) -> dict[str, Any]:
         exclude=kw["exclude"] or None,
         device=kw["device"],
         devices=kw["devices"],
-        precision=cast(Literal["auto", "fp32", "bf16"], kw["precision"]),
+        precision=cast(Precision, kw["precision"]),
         finetune_epochs=kw["finetune_epochs"],
         frontier=_parse_frontier(kw["frontier"]),
         dense_epochs=kw["dense_epochs"],

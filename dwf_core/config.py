@@ -13,7 +13,7 @@ from dwf_core.distill import DEFAULT_TEMPERATURE, MAX_TEMPERATURE
 from dwf_core.distributed import MAX_DEVICES
 from dwf_core.errors import ConfigError
 from dwf_core.factorize import MAX_DEPTH
-from dwf_core.precision import PRECISIONS
+from dwf_core.precision import PRECISIONS, Precision
 
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 65_536
@@ -70,7 +70,7 @@ class TrainConfig:
     # by pipeline.prepare on the machine that trains (the service's API has none to count).
     devices: int = 1
     # Training arithmetic (dwf_core.precision): "auto" (bf16 autocast on CUDA, float32 on a CPU), "fp32", "bf16".
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     # None: no clipping, until a non-finite loss restarts training with the norm clipped at 5 (dwf_core.divergence).
     max_grad_norm: float | None = None
     eval_batch_size: int = 1000
