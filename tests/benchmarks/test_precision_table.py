@@ -26,7 +26,12 @@ def test_differences_are_paired_by_seed(tmp_path: Path, monkeypatch: pytest.Monk
     # seed 2 has no fp32 twin: in bf16's mean, not in the paired difference
     _write(
         tmp_path / "lenet5-cpu-bf16",
-        [("dwf", 100.0, 0, 0.981, 300), ("dwf", 100.0, 1, 0.993, 280), ("dwf", 100.0, 2, 0.900, 290)],
+        [
+            ("dwf", 100.0, 0, 0.981, 300),
+            ("dwf", 100.0, 1, 0.993, 280),
+            ("dwf", 100.0, 2, 0.900, 290),
+            ("snip", 100.0, 0, 0.950, 130),  # the equal-budget table's other baselines: not compared
+        ],
     )
     text = precision_table.table("lenet5")
     assert text is not None
@@ -34,6 +39,7 @@ def test_differences_are_paired_by_seed(tmp_path: Path, monkeypatch: pytest.Monk
     assert "| 98.50 ± 0.71 (n=2) |" in row and "(n=3)" in row
     assert "+0.20 (seeds 0, 1)" in row  # (0.1 + 0.3) / 2 pp
     assert "410 → 290" in row
+    assert "snip" not in text.lower()
     assert precision_table.table("lenet300") is None  # no folders: no table
 
 
